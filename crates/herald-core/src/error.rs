@@ -1,0 +1,72 @@
+//! The one error type of the event store port. A variant means the same thing on every backend, so callers can
+//! branch on it without knowing which backend they talk to.
+
+use uuid::Uuid;
+
+use crate::version::{ExpectedVersion, display_version};
+
+/// Result alias for store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in a store operation. Nothing is written when an operation returns an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the version the caller expected. Reload the stream and decide again, or give up.
+    #[error(
+        "wrong expected version for stream `{stream}`: expected {expected}, actual {}",
+        display_version(*actual)
+    )]
+    WrongExpectedVersion {
+        /// The stream whose version did not match.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the check ran (`None`: the stream does not exist).
+        actual: Option<u64>,
+    },
+    /// An event id is already taken (by another append, or twice in this one), or the event is already linked
+    /// into the stream. Event ids are unique across the store; retrying with the same ids will not help.
+    #[error("duplicate event {id} in stream `{stream}`: {reason}")]
+    DuplicateEvent {
+        /// The event id that is already used.
+        id: Uuid,
+        /// The stream the append or link was aimed at.
+        stream: String,
+        /// Why it counts as a duplicate.
+        reason: &'static str,
+    },
+    /// An event id given to link does not exist.
+    #[error("event {id} not found")]
+    EventNotFound {
+        /// The unknown id.
+        id: Uuid,
+    },
+    /// The caller's input breaks a rule (stream name, event type, JSON, size limit, range). Fix the input.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The store was closed or its writer stopped; no further writes are accepted.
+    #[error("event store is closed")]
+    Closed,
+    /// The backend failed (I/O, database error). The operation may be retried; nothing was written.
+    #[error("backend error: {source}")]
+    Backend {
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::InvalidInput`] from anything printable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+
+    /// Wraps a backend (driver) error.
+    pub fn backend(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Backend {
+            source: source.into(),
+        }
+    }
+}

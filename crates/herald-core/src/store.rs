@@ -1,0 +1,279 @@
+//! The event store port.
+//!
+//! [`EventStore`] is dyn-compatible (`Arc<dyn EventStore>`) because the CLI and server pick the backend from a
+//! URL at run time. It holds the operations a backend must implement; conveniences built on them (streaming
+//! reads in batches, following the log live) live on [`EventStoreExt`], implemented once for every store.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, RecordedEvent};
+use crate::query::{Direction, ReadQuery, ReadScope};
+use crate::stream::StreamName;
+use crate::version::ExpectedVersion;
+
+/// What an append wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppendResult {
+    /// The stream appended to.
+    pub stream: String,
+    /// Version of the first event written.
+    pub first_version: u64,
+    /// Version of the last event written (the stream's version after the append).
+    pub last_version: u64,
+    /// Global position of the first event written.
+    pub first_position: u64,
+    /// Global position of the last event written.
+    pub last_position: u64,
+    /// The ids, in order.
+    pub ids: Vec<Uuid>,
+}
+
+/// What a link wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkResult {
+    /// The stream linked into.
+    pub stream: String,
+    /// Version of the first link entry.
+    pub first_version: u64,
+    /// Version of the last link entry.
+    pub last_version: u64,
+}
+
+/// A stream and its current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamInfo {
+    /// The stream name.
+    pub stream: String,
+    /// Version of its last entry.
+    pub version: u64,
+}
+
+/// The store's commit head, published after every commit. Followers wait for it to change, then read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Global position of the last committed event (0: empty store).
+    pub position: u64,
+    /// Number of write commits (appends, links, deletes) seen by this store handle; grows on every change.
+    pub commits: u64,
+}
+
+/// The storage port. Every method validates its input and returns [`Error::InvalidInput`] without touching
+/// stored data when it is bad.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` atomically: all are written or none. `expected` is checked in the same
+    /// transaction. Repeating an already committed append exactly (same ids, same order, same stream) returns
+    /// the original result and writes nothing; any other reuse of an existing id is
+    /// [`Error::DuplicateEvent`].
+    async fn append(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult>;
+
+    /// Links already stored events into `stream` (stored once, read from both). Linking an event into a
+    /// stream that already holds it is [`Error::DuplicateEvent`]; an unknown id is [`Error::EventNotFound`].
+    async fn link(
+        &self,
+        stream: &StreamName,
+        ids: &[Uuid],
+        expected: ExpectedVersion,
+    ) -> Result<LinkResult>;
+
+    /// One page of a read: at most [`ReadQuery::page_size`] events matching the query, starting at
+    /// `query.from`. Use [`EventStoreExt::read`] for a whole result as a stream.
+    async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>>;
+
+    /// The event with this id, as appended (its own stream and version), or `None`.
+    async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>>;
+
+    /// The stream's version (its last entry's), or `None` when it does not exist.
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>>;
+
+    /// Streams whose name starts with `prefix`, in name order, after `after` (exclusive) when given.
+    async fn streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>>;
+
+    /// Deletes a stream: its entries (own events and links) leave stream reads and its version is reset, so it
+    /// can be written again from version 0. Events appended to it stay in the global log, by id and through
+    /// links from other streams: the global log is never rewritten. Deleting a stream that does not exist is
+    /// a no-op (subject to `expected`).
+    async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()>;
+
+    /// A receiver of the commit head: it changes after every commit made through this store handle (and, for
+    /// backends that can see them, commits by other processes).
+    fn watch_head(&self) -> watch::Receiver<Head>;
+}
+
+#[async_trait]
+impl<S: EventStore + ?Sized> EventStore for Arc<S> {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        (**self).append(stream, events, expected).await
+    }
+    async fn link(
+        &self,
+        stream: &StreamName,
+        ids: &[Uuid],
+        expected: ExpectedVersion,
+    ) -> Result<LinkResult> {
+        (**self).link(stream, ids, expected).await
+    }
+    async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
+        (**self).read_page(query).await
+    }
+    async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>> {
+        (**self).event(id).await
+    }
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
+        (**self).stream_version(stream).await
+    }
+    async fn streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
+        (**self).streams(prefix, after, limit).await
+    }
+    async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
+        (**self).delete_stream(stream, expected).await
+    }
+    fn watch_head(&self) -> watch::Receiver<Head> {
+        (**self).watch_head()
+    }
+}
+
+/// Conveniences on every [`EventStore`].
+pub trait EventStoreExt: EventStore {
+    /// The whole result of `query` as a stream, fetched `query.batch_size` events at a time, so memory stays
+    /// bounded whatever the result's size.
+    fn read(&self, query: ReadQuery) -> BoxStream<'_, Result<RecordedEvent>> {
+        if let Err(e) = query.validate() {
+            return stream::once(async { Err(e) }).boxed();
+        }
+        let pager = Pager { query, done: false };
+        stream::try_unfold(pager, move |mut pager| async move {
+            if pager.done {
+                return Ok(None);
+            }
+            let page = self.read_page(&pager.query).await?;
+            pager.advance(&page);
+            Ok(Some((stream::iter(page.into_iter().map(Ok)), pager)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Collects a read into memory: for tests and small results.
+    fn read_to_vec(
+        &self,
+        query: ReadQuery,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<RecordedEvent>>> {
+        futures::FutureExt::boxed(self.read(query).try_collect::<Vec<_>>())
+    }
+
+    /// Reads forward from `query.from`, then keeps following new commits: the stream never ends on its own.
+    /// Nothing is skipped or repeated at the seam between history and live events, because the follower
+    /// always re-reads from the position after the last event it yielded. Drop the stream to stop.
+    fn follow(&self, query: ReadQuery) -> BoxStream<'_, Result<RecordedEvent>> {
+        if let Err(e) = query.validate() {
+            return stream::once(async { Err(e) }).boxed();
+        }
+        if query.direction == Direction::Backward {
+            return stream::once(async {
+                Err(Error::invalid("a follow reads forward; drop --backward"))
+            })
+            .boxed();
+        }
+        let state = Follower {
+            pager: Pager { query, done: false },
+            head: self.watch_head(),
+            buffer: VecDeque::new(),
+        };
+        stream::try_unfold(state, move |mut state| async move {
+            loop {
+                if let Some(event) = state.buffer.pop_front() {
+                    return Ok(Some((event, state)));
+                }
+                if state.pager.limit_reached() {
+                    return Ok(None);
+                }
+                // Mark the head seen *before* reading, so a commit landing during the read still wakes us.
+                state.head.borrow_and_update();
+                let page = self.read_page(&state.pager.query).await?;
+                state.pager.advance(&page);
+                if page.is_empty() {
+                    if state.head.changed().await.is_err() {
+                        return Err(Error::Closed);
+                    }
+                } else {
+                    state.buffer.extend(page);
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+impl<S: EventStore + ?Sized> EventStoreExt for S {}
+
+/// Walks a query page by page: after each page, `from` moves past the last event and the limit shrinks.
+struct Pager {
+    query: ReadQuery,
+    done: bool,
+}
+
+impl Pager {
+    fn advance(&mut self, page: &[RecordedEvent]) {
+        let requested = self.query.page_size();
+        if let Some(limit) = self.query.limit.as_mut() {
+            *limit -= page.len() as u64;
+        }
+        let Some(last) = page.last() else {
+            self.done = true;
+            return;
+        };
+        let cursor = match self.query.scope {
+            ReadScope::Stream(_) => last.version,
+            ReadScope::All | ReadScope::Category(_) => last.position,
+        };
+        match self.query.direction {
+            Direction::Forward => self.query.from = Some(cursor + 1),
+            Direction::Backward => match cursor.checked_sub(1) {
+                Some(previous) => self.query.from = Some(previous),
+                None => self.done = true,
+            },
+        }
+        if page.len() < requested || self.limit_reached() {
+            self.done = true;
+        }
+    }
+
+    fn limit_reached(&self) -> bool {
+        self.query.limit == Some(0)
+    }
+}
+
+struct Follower {
+    pager: Pager,
+    head: watch::Receiver<Head>,
+    buffer: VecDeque<RecordedEvent>,
+}
