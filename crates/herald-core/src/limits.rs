@@ -177,7 +177,7 @@ mod tests {
         ];
         for e in cases {
             let err = limits
-                .validate_append(&stream(), &[e.clone()], ExpectedVersion::Any)
+                .validate_append(&stream(), std::slice::from_ref(&e), ExpectedVersion::Any)
                 .unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{e:?} gave {err}");
         }
