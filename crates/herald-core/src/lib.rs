@@ -15,6 +15,34 @@
 //! | [`limits`] | [`Limits`] and the validation every backend runs before it writes |
 //! | [`error`] | [`Error`], the same meaning on every backend |
 
+//! # Semantics every backend implements (the conformance suite checks them)
+//!
+//! - **Versions and positions.** A stream's first entry has version 0; entries get consecutive versions. Every
+//!   appended event gets the next global position, starting at 1, with no gaps (links take no position).
+//!   Positions only grow in commit order: a follower reading the global log never skips an event.
+//! - **Atomic append.** All events of one append are written, or none; the expected version is checked in the
+//!   same transaction. `Any` still assigns real versions.
+//! - **Idempotent retry.** An append whose ids all already sit, in the same order, at consecutive versions of
+//!   that same stream returns the original [`AppendResult`] and writes nothing (the expected version is not
+//!   re-checked: it is a retry). Any other reuse of an existing id is [`Error::DuplicateEvent`].
+//! - **Links.** [`EventStore::link`] adds entries to a stream that point at stored events; the event is stored
+//!   once. Read through the linking stream, the entry has that stream's name and version, the event's own global
+//!   position, and [`RecordedEvent::origin`] set to where it was appended. Linking an event into a stream that
+//!   already holds it (appended there or linked before) is a duplicate; an unknown id is
+//!   [`Error::EventNotFound`].
+//! - **Scopes.** A stream read includes its links, ordered by version. The global log holds every event once,
+//!   as appended (no origin), ordered by position. A category read is the global log filtered to events
+//!   appended to streams of that category (links are not repeated there).
+//! - **Read options.** `from` is inclusive (a version for streams, a position otherwise); backward reads start
+//!   at the last entry at or before `from`. `types` keeps only those event types. `recorded_after` is
+//!   inclusive, `recorded_before` exclusive. A stream that does not exist reads as empty.
+//! - **Delete.** Removes the stream's entries (own events and links) and resets its version, so it can be
+//!   written again from version 0; the global log, category reads, [`EventStore::event`] and links from other
+//!   streams keep the events. [`EventStore::streams`] lists only existing streams.
+//! - **Time.** `recorded_at` is the commit time, UTC, microsecond precision ([`timefmt`]).
+//! - **Bad input** is [`Error::InvalidInput`] (stream names are checked by [`StreamName::new`], everything else
+//!   by [`Limits`] and [`ReadQuery::validate`]), and nothing is written.
+
 pub mod error;
 pub mod event;
 pub mod limits;
