@@ -19,6 +19,9 @@ use crate::query::{Direction, ReadQuery, ReadScope};
 use crate::stream::StreamName;
 use crate::version::ExpectedVersion;
 
+/// How often an idle [`EventStoreExt::follow`] re-reads when no commit notification arrives.
+pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What an append wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppendResult {
@@ -190,9 +193,13 @@ pub trait EventStoreExt: EventStore {
         futures::FutureExt::boxed(self.read(query).try_collect::<Vec<_>>())
     }
 
-    /// Reads forward from `query.from`, then keeps following new commits: the stream never ends on its own.
-    /// Nothing is skipped or repeated at the seam between history and live events, because the follower
-    /// always re-reads from the position after the last event it yielded. Drop the stream to stop.
+    /// Reads forward from `query.from`, then keeps following new commits: the stream never ends on its own
+    /// (unless `query.limit` is reached). Nothing is skipped or repeated at the seam between history and live
+    /// events, because the follower always re-reads from the position after the last event it yielded.
+    ///
+    /// The follower wakes on [`EventStore::watch_head`] (commits through this handle: microseconds) and, so
+    /// that commits by other processes are seen on backends without cross-process notification, re-reads at
+    /// least every [`FOLLOW_POLL_INTERVAL`] when idle. Drop the stream to stop.
     fn follow(&self, query: ReadQuery) -> BoxStream<'_, Result<RecordedEvent>> {
         if let Err(e) = query.validate() {
             return stream::once(async { Err(e) }).boxed();
@@ -221,8 +228,13 @@ pub trait EventStoreExt: EventStore {
                 let page = self.read_page(&state.pager.query).await?;
                 state.pager.advance(&page);
                 if page.is_empty() {
-                    if state.head.changed().await.is_err() {
-                        return Err(Error::Closed);
+                    tokio::select! {
+                        changed = state.head.changed() => {
+                            if changed.is_err() {
+                                return Err(Error::Closed);
+                            }
+                        }
+                        () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {}
                     }
                 } else {
                     state.buffer.extend(page);
