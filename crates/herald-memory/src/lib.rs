@@ -1,1 +1,478 @@
-//! Placeholder.
+//! An in-memory [`EventStore`] for tests, demos and the `memory://` URL.
+//!
+//! It implements the semantics documented in [`herald_core`] exactly and passes the whole conformance suite
+//! (`herald-store-testkit`). All state sits behind one [`std::sync::Mutex`], held only for the few
+//! microseconds an operation needs and never across an `.await`; appends are therefore serialised, which
+//! makes expected-version checks, position assignment and `recorded_at` trivially consistent. Nothing is
+//! durable: dropping the last handle drops the events.
+//!
+//! | capability | supported |
+//! | --- | --- |
+//! | atomic append, expected versions, idempotent retry | yes |
+//! | links, categories, every read option | yes |
+//! | delete, streams listing | yes |
+//! | live feed ([`EventStore::watch_head`]) | yes, for commits through this handle and its clones |
+//! | durability, other processes | no |
+//!
+//! ```
+//! use herald_core::{EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName};
+//! use herald_memory::InMemoryStore;
+//! # tokio_test_block_on(async {
+//! let store = InMemoryStore::new();
+//! let stream = StreamName::new("order-1")?;
+//! let written = store
+//!     .append(&stream, vec![NewEvent::new("OrderPlaced")], ExpectedVersion::NoStream)
+//!     .await?;
+//! assert_eq!((written.first_version, written.first_position), (0, 1));
+//! let events = store.read_to_vec(ReadQuery::stream(stream)).await?;
+//! assert_eq!(events[0].event_type, "OrderPlaced");
+//! # Ok::<(), herald_core::Error>(())
+//! # }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use herald_core::time::OffsetDateTime;
+use herald_core::uuid::Uuid;
+use herald_core::{
+    AppendResult, Direction, Error, EventStore, ExpectedVersion, Head, Limits, LinkResult,
+    NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo, StreamName,
+    stream::category_of, timefmt,
+};
+use tokio::sync::watch;
+
+/// An event store kept in memory. Cheap to clone: clones share the same events and the same live feed.
+#[derive(Clone)]
+pub struct InMemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: Limits,
+    state: Mutex<State>,
+    head: watch::Sender<Head>,
+}
+
+/// An event as appended; `position` is its index in `State::log` plus one.
+struct Stored {
+    id: Uuid,
+    event_type: String,
+    stream: String,
+    version: u64,
+    data: String,
+    metadata: String,
+    recorded_at: OffsetDateTime,
+}
+
+/// One entry of a stream: the event's global position, and whether it is a link to an event appended
+/// elsewhere. The entry's version is its index in the stream's entry list.
+#[derive(Clone, Copy)]
+struct Entry {
+    position: u64,
+    link: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The global log, in position order (position = index + 1).
+    log: Vec<Stored>,
+    by_id: HashMap<Uuid, u64>,
+    /// Existing streams only: a deleted stream is removed, so its version resets.
+    streams: BTreeMap<String, Vec<Entry>>,
+    /// Every event id a stream holds (own or linked), to reject duplicate links in O(1).
+    members: HashMap<String, HashSet<Uuid>>,
+    commits: u64,
+    last_recorded_at: Option<OffsetDateTime>,
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryStore")
+            .field("limits", &self.inner.limits)
+            .field("head", &*self.inner.head.borrow())
+            .finish()
+    }
+}
+
+impl InMemoryStore {
+    /// An empty store with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    /// An empty store enforcing `limits`.
+    pub fn with_limits(limits: Limits) -> Self {
+        let (head, _) = watch::channel(Head::default());
+        InMemoryStore {
+            inner: Arc::new(Inner {
+                limits,
+                state: Mutex::new(State::default()),
+                head,
+            }),
+        }
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write (every write validates first,
+        // then mutates without failing), so a poisoned lock is safe to keep using.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the head after a commit; called with the state lock held so heads are published in order.
+    fn publish(&self, state: &mut State) {
+        state.commits += 1;
+        let head = Head {
+            position: state.log.len() as u64,
+            commits: state.commits,
+        };
+        self.inner.head.send_replace(head);
+    }
+}
+
+impl State {
+    fn version(&self, stream: &str) -> Option<u64> {
+        self.streams
+            .get(stream)
+            .and_then(|entries| entries.len().checked_sub(1))
+            .map(|v| v as u64)
+    }
+
+    fn stored(&self, position: u64) -> &Stored {
+        &self.log[(position - 1) as usize]
+    }
+
+    /// The commit time: now, but never before the previous commit, so time order follows position order.
+    fn commit_time(&mut self) -> OffsetDateTime {
+        let now = timefmt::now_micros();
+        let t = match self.last_recorded_at {
+            Some(last) if last > now => last,
+            _ => now,
+        };
+        self.last_recorded_at = Some(t);
+        t
+    }
+
+    /// `Some(result)` when `events` repeat, in order, events already appended at consecutive versions of
+    /// `stream`; `Err` when any id is taken otherwise; `None` when every id is new.
+    fn check_ids(&self, stream: &str, events: &[NewEvent]) -> Result<Option<AppendResult>> {
+        let Some(first) = events.iter().find(|e| self.by_id.contains_key(&e.id)) else {
+            return Ok(None);
+        };
+        let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
+            id,
+            stream: stream.to_owned(),
+            reason,
+        };
+        let entries = self.streams.get(stream);
+        let mut positions = Vec::with_capacity(events.len());
+        let mut expected_version = None;
+        for event in events {
+            let Some(&position) = self.by_id.get(&event.id) else {
+                return Err(duplicate(
+                    first.id,
+                    "the id is already used; a retry must repeat the original append exactly",
+                ));
+            };
+            let stored = self.stored(position);
+            let in_place = stored.stream == stream
+                && entries
+                    .and_then(|entries| entries.get(stored.version as usize))
+                    .is_some_and(|entry| !entry.link && entry.position == position);
+            if !in_place {
+                return Err(duplicate(
+                    event.id,
+                    "the id is already used by another event",
+                ));
+            }
+            if expected_version.is_some_and(|v| v != stored.version) {
+                return Err(duplicate(
+                    event.id,
+                    "the ids are already used in a different order; a retry must repeat the original append exactly",
+                ));
+            }
+            expected_version = Some(stored.version + 1);
+            positions.push(position);
+        }
+        let first_stored = self.stored(positions[0]);
+        let last_stored = self.stored(positions[positions.len() - 1]);
+        Ok(Some(AppendResult {
+            stream: stream.to_owned(),
+            first_version: first_stored.version,
+            last_version: last_stored.version,
+            first_position: positions[0],
+            last_position: positions[positions.len() - 1],
+            ids: events.iter().map(|e| e.id).collect(),
+        }))
+    }
+
+    fn record(&self, entry_stream: &str, version: u64, entry: Entry) -> RecordedEvent {
+        let stored = self.stored(entry.position);
+        RecordedEvent {
+            id: stored.id,
+            event_type: stored.event_type.clone(),
+            stream: entry_stream.to_owned(),
+            version,
+            position: entry.position,
+            data: stored.data.clone(),
+            metadata: stored.metadata.clone(),
+            recorded_at: stored.recorded_at,
+            origin: entry.link.then(|| Origin {
+                stream: stored.stream.clone(),
+                version: stored.version,
+            }),
+        }
+    }
+
+    fn as_appended(&self, position: u64) -> RecordedEvent {
+        let stored = self.stored(position);
+        self.record(
+            &stored.stream,
+            stored.version,
+            Entry {
+                position,
+                link: false,
+            },
+        )
+    }
+}
+
+/// Does the event pass the query's type and time filters?
+fn matches(query: &ReadQuery, stored: &Stored) -> bool {
+    (query.types.is_empty() || query.types.contains(&stored.event_type))
+        && query.recorded_after.is_none_or(|t| stored.recorded_at >= t)
+        && query.recorded_before.is_none_or(|t| stored.recorded_at < t)
+}
+
+/// Indexes `0..len` in read order, starting at `from` (inclusive) as documented on [`ReadQuery`].
+fn indexes(len: u64, from: Option<u64>, direction: Direction) -> Box<dyn Iterator<Item = u64>> {
+    match direction {
+        Direction::Forward => Box::new(from.unwrap_or(0).min(len)..len),
+        Direction::Backward => {
+            let end = match from {
+                Some(from) => from.saturating_add(1).min(len),
+                None => len,
+            };
+            Box::new((0..end).rev())
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        self.inner
+            .limits
+            .validate_append(stream, &events, expected)?;
+        let name = stream.as_str();
+        let mut state = self.lock();
+        if let Some(original) = state.check_ids(name, &events)? {
+            return Ok(original);
+        }
+        let current = state.version(name);
+        expected.check(name, current)?;
+        let first_version = current.map_or(0, |v| v + 1);
+        let first_position = state.log.len() as u64 + 1;
+        let recorded_at = state.commit_time();
+        let state = &mut *state;
+        let entries = state.streams.entry(name.to_owned()).or_default();
+        let members = state.members.entry(name.to_owned()).or_default();
+        let mut ids = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let position = first_position + i as u64;
+            entries.push(Entry {
+                position,
+                link: false,
+            });
+            members.insert(event.id);
+            state.by_id.insert(event.id, position);
+            ids.push(event.id);
+            state.log.push(Stored {
+                id: event.id,
+                event_type: event.event_type,
+                stream: name.to_owned(),
+                version: first_version + i as u64,
+                data: event.data,
+                metadata: event.metadata,
+                recorded_at,
+            });
+        }
+        let count = ids.len() as u64;
+        self.publish(state);
+        Ok(AppendResult {
+            stream: name.to_owned(),
+            first_version,
+            last_version: first_version + count - 1,
+            first_position,
+            last_position: first_position + count - 1,
+            ids,
+        })
+    }
+
+    async fn link(
+        &self,
+        stream: &StreamName,
+        ids: &[Uuid],
+        expected: ExpectedVersion,
+    ) -> Result<LinkResult> {
+        self.inner.limits.validate_link(stream, ids, expected)?;
+        let name = stream.as_str();
+        let mut state = self.lock();
+        let mut positions = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(&position) = state.by_id.get(id) else {
+                return Err(Error::EventNotFound { id: *id });
+            };
+            if state.members.get(name).is_some_and(|m| m.contains(id)) {
+                return Err(Error::DuplicateEvent {
+                    id: *id,
+                    stream: name.to_owned(),
+                    reason: "the stream already holds this event",
+                });
+            }
+            positions.push(position);
+        }
+        let current = state.version(name);
+        expected.check(name, current)?;
+        let first_version = current.map_or(0, |v| v + 1);
+        let state = &mut *state;
+        let entries = state.streams.entry(name.to_owned()).or_default();
+        let members = state.members.entry(name.to_owned()).or_default();
+        for (id, position) in ids.iter().zip(positions) {
+            entries.push(Entry {
+                position,
+                link: true,
+            });
+            members.insert(*id);
+        }
+        self.publish(state);
+        Ok(LinkResult {
+            stream: name.to_owned(),
+            first_version,
+            last_version: first_version + ids.len() as u64 - 1,
+        })
+    }
+
+    async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
+        query.validate()?;
+        let page_size = query.page_size();
+        let state = self.lock();
+        let mut page = Vec::with_capacity(page_size.min(1024));
+        match &query.scope {
+            ReadScope::Stream(stream) => {
+                let Some(entries) = state.streams.get(stream.as_str()) else {
+                    return Ok(page);
+                };
+                for version in indexes(entries.len() as u64, query.from, query.direction) {
+                    let entry = entries[version as usize];
+                    if matches(query, state.stored(entry.position)) {
+                        page.push(state.record(stream.as_str(), version, entry));
+                        if page.len() == page_size {
+                            break;
+                        }
+                    }
+                }
+            }
+            ReadScope::All | ReadScope::Category(_) => {
+                let category = match &query.scope {
+                    ReadScope::Category(c) => Some(c.as_str()),
+                    _ => None,
+                };
+                // Positions start at 1; `from` 0 reads from the start (forward) or nothing (backward).
+                let from = match (query.direction, query.from) {
+                    (_, None) => None,
+                    (Direction::Forward, Some(p)) => Some(p.saturating_sub(1)),
+                    (Direction::Backward, Some(0)) => return Ok(page),
+                    (Direction::Backward, Some(p)) => Some(p - 1),
+                };
+                for index in indexes(state.log.len() as u64, from, query.direction) {
+                    let stored = &state.log[index as usize];
+                    if category.is_none_or(|c| category_of(&stored.stream) == c)
+                        && matches(query, stored)
+                    {
+                        page.push(state.as_appended(index + 1));
+                        if page.len() == page_size {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>> {
+        let state = self.lock();
+        Ok(state.by_id.get(&id).map(|&p| state.as_appended(p)))
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
+        Ok(self.lock().version(stream.as_str()))
+    }
+
+    async fn streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
+        if limit == 0 {
+            return Err(Error::invalid("streams limit must be at least 1"));
+        }
+        let state = self.lock();
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        Ok(state
+            .streams
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(limit)
+            .map(|(name, entries)| StreamInfo {
+                stream: name.clone(),
+                version: entries.len() as u64 - 1,
+            })
+            .collect())
+    }
+
+    async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
+        expected.validate()?;
+        let name = stream.as_str();
+        let mut state = self.lock();
+        expected.check(name, state.version(name))?;
+        if state.streams.remove(name).is_some() {
+            state.members.remove(name);
+            self.publish(&mut state);
+        }
+        Ok(())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Head> {
+        self.inner.head.subscribe()
+    }
+}
