@@ -1,1 +1,41 @@
-//! Placeholder.
+//! Herald: an event-driven-architecture toolkit — one facade over the event store, its backends and (as they
+//! land) in-process events, jobs and broker bridges.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), herald::Error> {
+//! use herald::{EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName};
+//!
+//! let store = herald::connect("memory://").await?;
+//! let stream = StreamName::new("order-1")?;
+//! let placed = NewEvent::new("OrderPlaced").with_data(r#"{"total":42}"#);
+//! let written = store.append(&stream, vec![placed], ExpectedVersion::NoStream).await?;
+//! assert_eq!(written.first_version, 0);
+//!
+//! let events = store.read_to_vec(ReadQuery::stream(stream)).await?;
+//! assert_eq!(events[0].data, r#"{"total":42}"#);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | feature | default | gives |
+//! | --- | --- | --- |
+//! | `sqlite` | yes | [`sqlite`]: the embedded backend, `sqlite://PATH` URLs |
+//!
+//! The in-memory backend (`memory://`) is always available.
+
+mod connect;
+
+pub use connect::{DEFAULT_DATABASE_URL, connect};
+pub use herald_core::{
+    AppendResult, Direction, Error, EventStore, EventStoreExt, ExpectedVersion, Head, Limits, LinkResult,
+    NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo, StreamName, time, timefmt,
+    uuid,
+};
+/// The core crate: event model, the [`EventStore`] port and its errors.
+pub use herald_core as core;
+/// The in-memory backend.
+pub use herald_memory as memory;
+/// The embedded SQLite backend.
+#[cfg(feature = "sqlite")]
+pub use herald_sqlite as sqlite;

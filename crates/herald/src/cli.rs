@@ -1,0 +1,446 @@
+//! Argument parsing and the commands. Values whose rules belong to the store (ids, expected versions,
+//! timestamps, JSON) are taken as text and checked by herald-core, so a bad one is "invalid input" (exit 5)
+//! with the store's own message, not a usage error.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use herald_core::{
+    Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName, timefmt,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::output::{event_line, json_line};
+
+/// Herald: an event store and event-driven toolkit.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub(crate) struct Cli {
+    /// Database URL: sqlite://PATH or memory://.
+    #[arg(long, global = true, env = "HERALD_DATABASE_URL", default_value = herald::DEFAULT_DATABASE_URL)]
+    database: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database and its schema (every command does this on first use).
+    Init,
+    /// Append events to a stream, atomically. Prints {"stream","first_version","last_version",
+    /// "first_position","last_position","ids"}.
+    Append(AppendArgs),
+    /// Link existing events into a stream. Prints {"stream","first_version","last_version"}.
+    Link {
+        /// The stream to link into.
+        stream: String,
+        /// Ids of the events to link, in order.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// any, no-stream, exists, or the stream's exact current version.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Read events as NDJSON, one event a line.
+    Read(ReadArgs),
+    /// Print one event by id (exit 4 if unknown).
+    Event {
+        /// The event id.
+        id: String,
+    },
+    /// Print a stream's version: {"stream","version"} (null for an empty stream).
+    Version {
+        /// The stream.
+        stream: String,
+    },
+    /// List streams as NDJSON {"stream","version"}, in name order.
+    Streams {
+        /// Only streams whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many streams.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Delete a stream (its events stay in the global log).
+    Delete {
+        /// The stream.
+        stream: String,
+        /// any, no-stream, exists, or the stream's exact current version.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Like read, then follow new commits until SIGINT or SIGTERM (exit 0).
+    Tail {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Start here (inclusive): a version for a stream, a global position otherwise.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AppendArgs {
+    /// The stream to append to.
+    stream: String,
+    /// any, no-stream, exists, or the stream's exact current version.
+    #[arg(long, default_value = "any")]
+    expected: String,
+    /// The event type.
+    #[arg(long = "type", required_unless_present = "stdin", conflicts_with = "stdin")]
+    event_type: Option<String>,
+    /// Event data, JSON (default {}).
+    #[arg(long, conflicts_with = "stdin")]
+    data: Option<String>,
+    /// Event metadata, a JSON object (default {}).
+    #[arg(long, conflicts_with = "stdin")]
+    metadata: Option<String>,
+    /// Event id, a UUID (default: a new UUIDv7).
+    #[arg(long, conflicts_with = "stdin")]
+    id: Option<String>,
+    /// Read NDJSON events from stdin, one {"type","data","metadata","id"} a line; the whole input is one
+    /// atomic append.
+    #[arg(long)]
+    stdin: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
+    /// The stream to read.
+    stream: Option<String>,
+    /// Read the global log.
+    #[arg(long)]
+    all: bool,
+    /// Read a category (streams named CATEGORY-…).
+    #[arg(long)]
+    category: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReadArgs {
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Newest first.
+    #[arg(long)]
+    backward: bool,
+    /// Start here (inclusive): a version for a stream, a global position otherwise.
+    #[arg(long)]
+    from: Option<u64>,
+    /// At most this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only events recorded at or after this RFC 3339 time.
+    #[arg(long)]
+    after: Option<String>,
+    /// Only events recorded before this RFC 3339 time.
+    #[arg(long)]
+    before: Option<String>,
+}
+
+/// A command's failure, with the exit code scripts branch on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    #[error(transparent)]
+    Store(#[from] Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl CliError {
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Store(Error::WrongExpectedVersion { .. }) => 3,
+            CliError::Store(Error::EventNotFound { .. }) | CliError::NotFound(_) => 4,
+            CliError::Store(Error::InvalidInput(_)) => 5,
+            CliError::Store(Error::DuplicateEvent { .. }) => 6,
+            _ => 1,
+        }
+    }
+}
+
+/// Prints a clap error: help and version as clap renders them (exit 0), anything else as one line (exit 2).
+pub(crate) fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("usage error");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("herald: {first} (see herald --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type CliResult<T = ()> = Result<T, CliError>;
+
+pub(crate) async fn run(cli: Cli) -> CliResult {
+    let store = herald::connect(&cli.database).await?;
+    let mut out = Output::new();
+    match cli.command {
+        Command::Init => out.line(&json_line(&serde_json::json!({"database": cli.database})))?,
+        Command::Append(args) => append(&*store, args, &mut out).await?,
+        Command::Link {
+            stream,
+            ids,
+            expected,
+        } => {
+            let stream = StreamName::new(stream)?;
+            let ids = ids.iter().map(|id| parse_id(id)).collect::<Result<Vec<_>, _>>()?;
+            let result = store.link(&stream, &ids, expected.parse()?).await?;
+            out.line(&json_line(&result))?;
+        }
+        Command::Read(args) => read(&*store, args, &mut out).await?,
+        Command::Event { id } => {
+            let id = parse_id(&id)?;
+            let event = store
+                .event(id)
+                .await?
+                .ok_or_else(|| CliError::NotFound(format!("event {id} not found")))?;
+            out.line(&event_line(&event).map_err(Error::backend)?)?;
+        }
+        Command::Version { stream } => {
+            let stream = StreamName::new(stream)?;
+            let version = store.stream_version(&stream).await?;
+            out.line(&json_line(
+                &serde_json::json!({"stream": stream.as_str(), "version": version}),
+            ))?;
+        }
+        Command::Streams { prefix, limit } => streams(&*store, &prefix, limit, &mut out).await?,
+        Command::Delete { stream, expected } => {
+            let stream = StreamName::new(stream)?;
+            store.delete_stream(&stream, expected.parse()?).await?;
+            out.line(&json_line(
+                &serde_json::json!({"stream": stream.as_str(), "deleted": true}),
+            ))?;
+        }
+        Command::Tail { scope, from, types } => {
+            let mut query = scope_query(scope)?.types(types);
+            query.from = from;
+            tail(store, query, &mut out).await?;
+        }
+    }
+    out.flush()
+}
+
+fn parse_id(text: &str) -> Result<Uuid, Error> {
+    let id = Uuid::parse_str(text)
+        .map_err(|e| Error::invalid(format!("`{text}` is not a UUID: {e}")))?;
+    if id.is_nil() {
+        return Err(Error::invalid("the nil UUID is not a valid event id"));
+    }
+    Ok(id)
+}
+
+/// One NDJSON input line of `herald append --stdin`. Data and metadata stay raw so their bytes are kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Option<Box<RawValue>>,
+    metadata: Option<Box<RawValue>>,
+    id: Option<String>,
+}
+
+async fn append(store: &dyn EventStore, args: AppendArgs, out: &mut Output) -> CliResult {
+    let stream = StreamName::new(args.stream)?;
+    let expected: ExpectedVersion = args.expected.parse()?;
+    let events = if args.stdin {
+        read_stdin_events()?
+    } else {
+        let event_type = args.event_type.unwrap_or_default();
+        let mut event = NewEvent::new(event_type);
+        if let Some(data) = args.data {
+            event = event.with_data(data);
+        }
+        if let Some(metadata) = args.metadata {
+            event = event.with_metadata(metadata);
+        }
+        if let Some(id) = args.id {
+            event = event.with_id(parse_id(&id)?);
+        }
+        vec![event]
+    };
+    let result = store.append(&stream, events, expected).await?;
+    out.line(&json_line(&result))
+}
+
+fn read_stdin_events() -> CliResult<Vec<NewEvent>> {
+    let mut events = Vec::new();
+    for (index, line) in io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let input: InputEvent = serde_json::from_str(&line).map_err(|e| {
+            Error::invalid(format!(
+                "stdin line {}: not a {{\"type\",\"data\",\"metadata\",\"id\"}} JSON object: {e}",
+                index + 1
+            ))
+        })?;
+        let mut event = NewEvent::new(input.event_type);
+        if let Some(data) = input.data {
+            event = event.with_data(data.get());
+        }
+        if let Some(metadata) = input.metadata {
+            event = event.with_metadata(metadata.get());
+        }
+        if let Some(id) = input.id {
+            let id = parse_id(&id)
+                .map_err(|e| Error::invalid(format!("stdin line {}: {e}", index + 1)))?;
+            event = event.with_id(id);
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+fn scope_query(scope: ScopeArgs) -> Result<ReadQuery, Error> {
+    Ok(match (scope.stream, scope.all, scope.category) {
+        (Some(stream), _, _) => ReadQuery::stream(StreamName::new(stream)?),
+        (None, _, Some(category)) => ReadQuery::category(category),
+        _ => ReadQuery::all(),
+    })
+}
+
+async fn read(store: &dyn EventStore, args: ReadArgs, out: &mut Output) -> CliResult {
+    let mut query = scope_query(args.scope)?.types(args.types);
+    if args.backward {
+        query = query.backward();
+    }
+    query.from = args.from;
+    query.limit = args.limit;
+    if let Some(after) = args.after {
+        query = query.recorded_after(timefmt::parse_rfc3339(&after)?);
+    }
+    if let Some(before) = args.before {
+        query = query.recorded_before(timefmt::parse_rfc3339(&before)?);
+    }
+    let mut events = store.read(query);
+    while let Some(event) = events.next().await {
+        out.line(&event_line(&event?).map_err(Error::backend)?)?;
+    }
+    Ok(())
+}
+
+async fn streams(
+    store: &dyn EventStore,
+    prefix: &str,
+    limit: Option<u64>,
+    out: &mut Output,
+) -> CliResult {
+    const PAGE: u64 = 1_000;
+    if limit == Some(0) {
+        return Err(Error::invalid("--limit must be at least 1").into());
+    }
+    let mut remaining = limit.unwrap_or(u64::MAX);
+    let mut after: Option<String> = None;
+    while remaining > 0 {
+        let page_size = remaining.min(PAGE);
+        let page = store
+            .streams(prefix, after.as_deref(), page_size as usize)
+            .await?;
+        for info in &page {
+            out.line(&json_line(info))?;
+        }
+        remaining -= page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() as u64 == page_size => after = Some(last.stream.clone()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+async fn tail(store: Arc<dyn EventStore>, query: ReadQuery, out: &mut Output) -> CliResult {
+    let mut events = store.follow(query);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            next = events.next() => match next {
+                Some(event) => {
+                    out.line(&event_line(&event?).map_err(Error::backend)?)?;
+                    out.flush()?;
+                }
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Buffered stdout that treats a closed pipe (`herald read --all | head`) as a normal end.
+struct Output {
+    stdout: io::BufWriter<io::Stdout>,
+    closed: bool,
+}
+
+impl Output {
+    fn new() -> Self {
+        Output {
+            stdout: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            closed: false,
+        }
+    }
+
+    fn line(&mut self, line: &str) -> CliResult {
+        if self.closed {
+            return Ok(());
+        }
+        let written = self
+            .stdout
+            .write_all(line.as_bytes())
+            .and_then(|()| self.stdout.write_all(b"\n"));
+        self.check(written)
+    }
+
+    fn flush(&mut self) -> CliResult {
+        if self.closed {
+            return Ok(());
+        }
+        let flushed = self.stdout.flush();
+        self.check(flushed)
+    }
+
+    fn check(&mut self, result: io::Result<()>) -> CliResult {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+

@@ -1,0 +1,31 @@
+//! The `herald` command line: append, read, link, inspect and follow an event store.
+//!
+//! Its output and exit codes are a contract scripts rely on (see the README): JSON on stdout, one line per
+//! result or event; one line on stderr per error; exit 0 ok, 2 usage, 3 wrong expected version, 4 not found,
+//! 5 invalid input, 6 duplicate, 1 anything else.
+
+mod cli;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return cli::usage_error(e),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HERALD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

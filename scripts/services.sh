@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Starts the local services Herald's tests talk to, when they are down, with the commands this machine kind
+# documents. Safe to run repeatedly; prints what it started.
+set -uo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local name=$1 port=$2
+  for _ in $(seq 1 60); do
+    port_open "$port" && return 0
+    sleep 0.5
+  done
+  echo "services: $name did not come up on port $port" >&2
+  return 1
+}
+
+start() {
+  local name=$1 port=$2; shift 2
+  if port_open "$port"; then return 0; fi
+  echo "services: starting $name"
+  "$@" >/dev/null 2>&1 || echo "services: starting $name failed" >&2
+  wait_port "$name" "$port"
+}
+
+if command -v pg_ctlcluster >/dev/null 2>&1; then
+  start postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
