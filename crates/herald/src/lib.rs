@@ -39,3 +39,8 @@ pub use herald_memory as memory;
 /// The embedded SQLite backend.
 #[cfg(feature = "sqlite")]
 pub use herald_sqlite as sqlite;
+
+/// The README's Rust examples run as doctests, so the README cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
