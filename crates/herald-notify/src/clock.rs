@@ -1,0 +1,80 @@
+//! The clock behind every timestamp in this crate.
+//!
+//! `std::time::Instant::now()` and `SystemTime::now()` go through `clock_gettime`, which costs tens of
+//! nanoseconds on the virtual machines Herald runs on; at the rates instrumentation runs at, that is most
+//! of the budget. `quanta` reads the CPU's invariant TSC instead (calibrated once against the OS clock,
+//! falling back to the OS clock where no usable TSC exists). Wall-clock times are derived from a
+//! per-thread anchor pair (wall, monotonic) that is refreshed every second, so they track NTP adjustments
+//! with at most a second's delay and never cost a system call on the hot path.
+
+use std::cell::Cell;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
+
+/// How long a per-thread wall-clock anchor is trusted before it is re-read from the OS.
+const ANCHOR_TTL: Duration = Duration::from_secs(1);
+
+/// A monotonic instant from the crate's calibrated clock.
+pub(crate) type MonoInstant = quanta::Instant;
+
+/// Reads the monotonic clock.
+#[inline]
+pub(crate) fn now() -> MonoInstant {
+    CLOCK.now()
+}
+
+thread_local! {
+    static ANCHOR: Cell<Option<(SystemTime, MonoInstant)>> = const { Cell::new(None) };
+}
+
+fn anchor(at: MonoInstant) -> (SystemTime, MonoInstant) {
+    ANCHOR.with(|cell| match cell.get() {
+        Some(pair) if at.saturating_duration_since(pair.1) < ANCHOR_TTL && at >= pair.1 => pair,
+        _ => {
+            let pair = (SystemTime::now(), now());
+            cell.set(Some(pair));
+            pair
+        }
+    })
+}
+
+/// Converts a monotonic instant taken on this clock into wall-clock time.
+pub(crate) fn to_wall(at: MonoInstant) -> SystemTime {
+    let (wall, mono) = anchor(at);
+    if at >= mono {
+        wall + at.duration_since(mono)
+    } else {
+        wall - mono.duration_since(at)
+    }
+}
+
+/// The current wall-clock time, without a system call on most calls.
+#[inline]
+pub(crate) fn wall_now() -> SystemTime {
+    to_wall(now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_tracks_system_time() {
+        let ours = wall_now();
+        let os = SystemTime::now();
+        let diff = match os.duration_since(ours) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        assert!(diff < Duration::from_millis(50), "drift {diff:?}");
+    }
+
+    #[test]
+    fn monotonic_clock_is_monotonic() {
+        let a = now();
+        let b = now();
+        assert!(b >= a);
+    }
+}

@@ -1,0 +1,570 @@
+//! Instrumentation: named, timed, in-memory events with subscribers (ActiveSupport::Notifications).
+//!
+//! Instrumentation events are never stored. They exist so that code can say "this happened and took this
+//! long" (`sql.query`, `cache.read`, `http.request`) at a cost of a few nanoseconds when nobody listens,
+//! and so that logging, metrics and tracing can subscribe to them by name, glob or regex.
+//!
+//! # Cost model
+//!
+//! * No subscriber on the notifier at all: one relaxed atomic load, then the work. The payload closure is
+//!   never called and no clock is read.
+//! * Some subscribers, none matching this name: a per-thread cache lookup (name → matching subscribers,
+//!   hashed with FxHash), invalidated by a generation counter that every subscribe/unsubscribe bumps.
+//! * Matching subscribers: the payload is built once, the monotonic clock is read twice (TSC via `quanta`),
+//!   each subscriber is called in subscription order. Wall-clock times are computed only if a subscriber
+//!   asks for them.
+
+mod event;
+mod pattern;
+pub mod tracing_bridge;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+pub use event::{ErrorInfo, Event, Outcome, Payload, Started};
+pub use pattern::Pattern;
+
+use crate::clock;
+use crate::panic::{PanicPolicy, PanicReport, PanicReporter, panic_message, report};
+use crate::scope::{self, ScopeId, ThreadScope};
+use crate::subscription::{Subscription, Unsubscribe};
+use crate::tlcache::LocalCache;
+
+/// A subscriber that sees both ends of every instrumented block, for spans.
+///
+/// `start` is called before the work runs and `finish` after it (also when it returned an error or
+/// panicked), on the same thread, properly nested: a subscriber that needs per-call state keeps a
+/// thread-local stack, as the [tracing bridge](tracing_bridge) does. For `notify`, both are called at once.
+pub trait SpanSubscriber: Send + Sync + 'static {
+    /// The work is about to run.
+    fn start(&self, event: &Started<'_>);
+    /// The work has finished.
+    fn finish(&self, event: &Event<'_>);
+}
+
+type TimedFn = Box<dyn Fn(&Event<'_>) + Send + Sync>;
+
+enum Handler {
+    Timed(TimedFn),
+    Span(Box<dyn SpanSubscriber>),
+}
+
+struct Sub {
+    id: u64,
+    pattern: Pattern,
+    handler: Handler,
+    scope: Option<ScopeId>,
+    live: AtomicBool,
+}
+
+impl Sub {
+    #[inline]
+    fn in_scope(&self) -> bool {
+        self.scope.is_none_or(scope::is_active)
+    }
+
+    #[inline]
+    fn deliverable(&self) -> bool {
+        self.live.load(Ordering::Acquire) && self.in_scope()
+    }
+}
+
+/// The subscribers matching one name, as cached per thread.
+struct Matched {
+    subs: Box<[Arc<Sub>]>,
+    any_span: bool,
+}
+
+struct Inner {
+    id: u64,
+    count: AtomicUsize,
+    generation: AtomicU64,
+    registry: Mutex<Vec<Arc<Sub>>>,
+    next_id: AtomicU64,
+    policy: AtomicU8,
+    reporter: Mutex<Option<PanicReporter>>,
+    panics: AtomicU64,
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Vec<Arc<Sub>>> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Unsubscribe for Inner {
+    fn unsubscribe_id(&self, id: u64) -> bool {
+        let mut reg = self.registry();
+        let Some(pos) = reg.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        let sub = reg.remove(pos);
+        sub.live.store(false, Ordering::Release);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+}
+
+static NEXT_NOTIFIER: AtomicU64 = AtomicU64::new(1);
+static GLOBAL: LazyLock<Notifier> = LazyLock::new(Notifier::new);
+
+thread_local! {
+    static CACHE: RefCell<LocalCache<Box<str>, Matched>> = const { RefCell::new(LocalCache::new()) };
+}
+
+/// An instrumentation hub: subscribers register with it, `instrument`/`notify` deliver through it.
+///
+/// There is one process-global notifier ([`Notifier::global`], used by the crate-level functions such as
+/// [`instrument`](crate::instrument)), and any number of independent ones from [`Notifier::new`], which is
+/// what tests should use so that they do not see each other's subscribers. Cloning a `Notifier` gives
+/// another handle to the same hub.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use herald_notify::Notifier;
+///
+/// let notifier = Notifier::new();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let sub = notifier.subscribe("sql.*", move |event| {
+///     log.lock().unwrap().push((event.name().to_owned(), format!("{:?}", event.payload())));
+/// });
+///
+/// let rows = notifier.instrument("sql.query", || "SELECT 1", || 1 + 1);
+/// assert_eq!(rows, 2);
+/// assert_eq!(*seen.lock().unwrap(), [("sql.query".to_owned(), "\"SELECT 1\"".to_owned())]);
+///
+/// sub.unsubscribe();
+/// notifier.instrument("sql.query", || "SELECT 2", || ());
+/// assert_eq!(seen.lock().unwrap().len(), 1);
+/// ```
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier::new()
+    }
+}
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notifier")
+            .field("id", &self.inner.id)
+            .field("subscribers", &self.inner.count.load(Ordering::Relaxed))
+            .field("panic_policy", &self.panic_policy())
+            .finish()
+    }
+}
+
+/// Builds a [`Notifier`] with non-default settings.
+#[derive(Default)]
+pub struct NotifierBuilder {
+    policy: PanicPolicy,
+    reporter: Option<PanicReporter>,
+}
+
+impl fmt::Debug for NotifierBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifierBuilder")
+            .field("policy", &self.policy)
+            .field("reporter", &self.reporter.is_some())
+            .finish()
+    }
+}
+
+impl NotifierBuilder {
+    /// What a panicking subscriber does (default: [`PanicPolicy::Isolate`]).
+    pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where isolated panics are reported (default: a `tracing` error event).
+    pub fn panic_reporter(
+        mut self,
+        reporter: impl Fn(&PanicReport) + Send + Sync + 'static,
+    ) -> Self {
+        self.reporter = Some(Arc::new(reporter));
+        self
+    }
+
+    /// Builds the notifier.
+    pub fn build(self) -> Notifier {
+        Notifier {
+            inner: Arc::new(Inner {
+                id: NEXT_NOTIFIER.fetch_add(1, Ordering::Relaxed),
+                count: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
+                registry: Mutex::new(Vec::new()),
+                next_id: AtomicU64::new(1),
+                policy: AtomicU8::new(self.policy.to_u8()),
+                reporter: Mutex::new(self.reporter),
+                panics: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Notifier {
+    /// A new, independent notifier with default settings.
+    pub fn new() -> Self {
+        NotifierBuilder::default().build()
+    }
+
+    /// A builder for a notifier with non-default settings.
+    pub fn builder() -> NotifierBuilder {
+        NotifierBuilder::default()
+    }
+
+    /// The process-global notifier used by the crate-level functions.
+    pub fn global() -> &'static Notifier {
+        &GLOBAL
+    }
+
+    /// The current panic policy.
+    pub fn panic_policy(&self) -> PanicPolicy {
+        PanicPolicy::from_u8(self.inner.policy.load(Ordering::Relaxed))
+    }
+
+    /// Changes the panic policy (useful for the global notifier in tests).
+    pub fn set_panic_policy(&self, policy: PanicPolicy) {
+        self.inner.policy.store(policy.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Changes where isolated panics are reported.
+    pub fn set_panic_reporter(&self, reporter: impl Fn(&PanicReport) + Send + Sync + 'static) {
+        *self
+            .inner
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(reporter));
+    }
+
+    /// How many subscriber panics have been caught and isolated so far.
+    pub fn panics_caught(&self) -> u64 {
+        self.inner.panics.load(Ordering::Relaxed)
+    }
+
+    /// How many subscriptions (including scoped ones) are registered.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work`, timing it, and delivers an [`Event`] to the subscribers matching `name`.
+    ///
+    /// Returns what `work` returned, untouched. `payload` is called at most once, and only when some
+    /// subscriber will receive the event. If `work` panics, subscribers see [`Outcome::Panicked`] and the
+    /// panic then continues. Use [`try_instrument`](Self::try_instrument) for work that returns a `Result`
+    /// whose error subscribers should see.
+    #[inline]
+    pub fn instrument<P: Payload, T>(
+        &self,
+        name: &str,
+        payload: impl FnOnce() -> P,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return work();
+        }
+        self.run(name, payload, work, |_| Outcome::Ok)
+    }
+
+    /// Like [`instrument`](Self::instrument) for work that returns a `Result`: an `Err` is shown to the
+    /// subscribers as [`Outcome::Error`] and then returned to the caller untouched.
+    ///
+    /// ```
+    /// use herald_notify::{Notifier, Outcome};
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    ///
+    /// let notifier = Notifier::new();
+    /// let saw_error = Arc::new(AtomicBool::new(false));
+    /// let flag = saw_error.clone();
+    /// let _sub = notifier.subscribe("io.read", move |e| {
+    ///     if let Outcome::Error(err) = e.outcome() {
+    ///         flag.store(err.to_string() == "disk on fire", Ordering::SeqCst);
+    ///     }
+    /// });
+    /// let result: Result<u32, String> =
+    ///     notifier.try_instrument("io.read", || (), || Err("disk on fire".to_owned()));
+    /// assert_eq!(result, Err("disk on fire".to_owned()));
+    /// assert!(saw_error.load(Ordering::SeqCst));
+    /// ```
+    #[inline]
+    pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
+        &self,
+        name: &str,
+        payload: impl FnOnce() -> P,
+        work: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return work();
+        }
+        self.run(name, payload, work, |r| match r {
+            Ok(_) => Outcome::Ok,
+            Err(e) => Outcome::Error(e),
+        })
+    }
+
+    /// Delivers an event without work: start and finish are the same instant.
+    #[inline]
+    pub fn notify<P: Payload>(&self, name: &str, payload: impl FnOnce() -> P) {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.run(name, payload, || (), |_| Outcome::Ok);
+    }
+
+    /// Whether an event named `name` would currently be delivered to anyone (from this thread/task).
+    pub fn is_listening(&self, name: &str) -> bool {
+        self.inner.count.load(Ordering::Relaxed) != 0
+            && self.lookup(name).subs.iter().any(|s| s.deliverable())
+    }
+
+    /// Subscribes `handler` to the finished events whose names match `pattern`.
+    ///
+    /// `pattern` is anything that converts into a [`Pattern`]: `"sql.query"`, `"sql.*"`, a `Regex`,
+    /// [`Pattern::all()`]. Handlers run on the instrumenting thread, in subscription order.
+    pub fn subscribe(
+        &self,
+        pattern: impl Into<Pattern>,
+        handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
+    ) -> Subscription {
+        let id = self.add(pattern.into(), Handler::Timed(Box::new(handler)), None);
+        self.handle(id)
+    }
+
+    /// Subscribes a [`SpanSubscriber`], which sees both the start and the finish of each block.
+    pub fn subscribe_span(
+        &self,
+        pattern: impl Into<Pattern>,
+        subscriber: impl SpanSubscriber,
+    ) -> Subscription {
+        let id = self.add(pattern.into(), Handler::Span(Box::new(subscriber)), None);
+        self.handle(id)
+    }
+
+    /// Removes a subscription; `false` if it was not (or no longer) on this notifier.
+    pub fn unsubscribe(&self, subscription: &Subscription) -> bool {
+        self.inner.unsubscribe_id(subscription.id())
+    }
+
+    /// Runs `f` with `handler` subscribed to `pattern` for the duration of `f`, **on the current thread
+    /// only**: events instrumented by other threads at the same time are not delivered to it.
+    ///
+    /// ```
+    /// use herald_notify::Notifier;
+    /// use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+    ///
+    /// let notifier = Notifier::new();
+    /// let count = Arc::new(AtomicUsize::new(0));
+    /// let c = count.clone();
+    /// notifier.subscribed("cache.*", move |_| { c.fetch_add(1, Ordering::SeqCst); }, || {
+    ///     notifier.notify("cache.read", || "key");
+    ///     notifier.notify("cache.write", || "key");
+    /// });
+    /// notifier.notify("cache.read", || "after"); // not delivered: the scope has ended
+    /// assert_eq!(count.load(Ordering::SeqCst), 2);
+    /// assert_eq!(notifier.subscriber_count(), 0);
+    /// ```
+    pub fn subscribed<R>(
+        &self,
+        pattern: impl Into<Pattern>,
+        handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let scope = scope::next_scope_id();
+        let id = self.add(
+            pattern.into(),
+            Handler::Timed(Box::new(handler)),
+            Some(scope),
+        );
+        let _sub = self.handle(id).guard();
+        let _enter = ThreadScope::enter(scope);
+        f()
+    }
+
+    /// The async form of [`subscribed`](Self::subscribed): `handler` receives the events instrumented by
+    /// `fut` (in this Tokio task, across `.await` points and worker threads), and no others.
+    pub async fn subscribed_async<F: Future>(
+        &self,
+        pattern: impl Into<Pattern>,
+        handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
+        fut: F,
+    ) -> F::Output {
+        let scope = scope::next_scope_id();
+        let id = self.add(
+            pattern.into(),
+            Handler::Timed(Box::new(handler)),
+            Some(scope),
+        );
+        let _sub = self.handle(id).guard();
+        scope::in_task_scope(scope, fut).await
+    }
+
+    fn handle(&self, id: u64) -> Subscription {
+        let owner: Arc<dyn Unsubscribe> = self.inner.clone();
+        Subscription::new(id, Arc::downgrade(&owner))
+    }
+
+    fn add(&self, pattern: Pattern, handler: Handler, scope: Option<ScopeId>) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Sub {
+            id,
+            pattern,
+            handler,
+            scope,
+            live: AtomicBool::new(true),
+        });
+        let mut reg = self.inner.registry();
+        reg.push(sub);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        self.inner.generation.fetch_add(1, Ordering::Release);
+        id
+    }
+
+    fn compute(&self, name: &str) -> Matched {
+        let reg = self.inner.registry();
+        let subs: Box<[Arc<Sub>]> = reg
+            .iter()
+            .filter(|s| s.pattern.matches(name))
+            .cloned()
+            .collect();
+        let any_span = subs.iter().any(|s| matches!(s.handler, Handler::Span(_)));
+        Matched { subs, any_span }
+    }
+
+    /// The subscribers whose pattern matches `name`, from this thread's cache when it is current.
+    #[inline]
+    fn lookup(&self, name: &str) -> Rc<Matched> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        CACHE
+            .try_with(|cache| {
+                cache
+                    .borrow_mut()
+                    .get(self.inner.id, generation, name, || self.compute(name))
+            })
+            // The thread-local is gone only while the thread is being torn down.
+            .unwrap_or_else(|_| Rc::new(self.compute(name)))
+    }
+
+    fn deliver(&self, sub: &Sub, name: &str, f: impl FnOnce()) {
+        match self.panic_policy() {
+            PanicPolicy::Propagate => f(),
+            PanicPolicy::Isolate => {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+                    self.inner.panics.fetch_add(1, Ordering::Relaxed);
+                    let reporter = self
+                        .inner
+                        .reporter
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    report(
+                        reporter.as_ref(),
+                        PanicReport {
+                            event: name.to_owned(),
+                            subscription: sub.id,
+                            message: panic_message(&*panic),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The slow path: someone is subscribed to something.
+    #[inline(never)]
+    fn run<P: Payload, R>(
+        &self,
+        name: &str,
+        payload: impl FnOnce() -> P,
+        work: impl FnOnce() -> R,
+        outcome: fn(&R) -> Outcome<'_>,
+    ) -> R {
+        let matched = self.lookup(name);
+        // Which span subscribers got `start` (so exactly those get `finish`), for the first 64.
+        let mut started: u64 = 0;
+        let mut any = false;
+        for (i, s) in matched.subs.iter().enumerate() {
+            if s.deliverable() {
+                any = true;
+                if i < 64 && matches!(s.handler, Handler::Span(_)) {
+                    started |= 1 << i;
+                }
+            }
+        }
+        if !any {
+            return work();
+        }
+        let payload = payload();
+        let payload: &dyn Payload = &payload;
+        let start = clock::now();
+        if matched.any_span {
+            let event = Started {
+                name,
+                payload,
+                start,
+                wall: event::WallRef::new(),
+            };
+            for (i, s) in matched.subs.iter().enumerate() {
+                if let Handler::Span(span) = &s.handler
+                    && (if i < 64 {
+                        started & (1 << i) != 0
+                    } else {
+                        s.deliverable()
+                    })
+                {
+                    self.deliver(s, name, || span.start(&event));
+                }
+            }
+        }
+        let result = catch_unwind(AssertUnwindSafe(work));
+        let finish = clock::now();
+        {
+            let outcome = match &result {
+                Ok(r) => outcome(r),
+                Err(_) => Outcome::Panicked,
+            };
+            let event = Event {
+                name,
+                payload,
+                start,
+                finish,
+                outcome,
+                wall: event::WallRef::new(),
+            };
+            for (i, s) in matched.subs.iter().enumerate() {
+                match &s.handler {
+                    Handler::Timed(f) => {
+                        if s.deliverable() {
+                            self.deliver(s, name, || f(&event));
+                        }
+                    }
+                    Handler::Span(span) => {
+                        let got_start = if i < 64 {
+                            started & (1 << i) != 0
+                        } else {
+                            s.in_scope()
+                        };
+                        if got_start {
+                            self.deliver(s, name, || span.finish(&event));
+                        }
+                    }
+                }
+            }
+        }
+        match result {
+            Ok(r) => r,
+            Err(panic) => resume_unwind(panic),
+        }
+    }
+}

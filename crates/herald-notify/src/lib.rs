@@ -1,0 +1,99 @@
+//! In-process events for Herald: instrumentation and typed domain-event pub/sub.
+//!
+//! Two tools that Rails applications get from ActiveSupport::Notifications and Wisper:
+//!
+//! * **Instrumentation** ([`Notifier`], [`instrument`], [`subscribe`]): named, timed, in-memory events
+//!   (`sql.query`, `cache.read`) with subscribers by exact name, glob, regex or all. Never stored; costs
+//!   about a nanosecond when nobody listens. See the [`instrument`](mod@instrument) module.
+//! * **Domain events** ([`Bus`], [`DomainEvent`]): typed events with a stable type name and schema
+//!   version, delivered to sync handlers (in the publisher's task) and async listeners (each on its own
+//!   bounded queue), with causation and correlation ids propagated automatically. See the [`bus`] module.
+//!
+//! # Feature flags
+//!
+//! This crate has no cargo features: the `tracing` bridge is always available (`tracing` is a small,
+//! ubiquitous dependency) and Tokio is required for async listeners and task-scoped subscriptions.
+//!
+//! # Quick start
+//!
+//! ```
+//! use herald_notify::{Notifier, Pattern};
+//!
+//! let notifier = Notifier::new();
+//! let _logger = notifier
+//!     .subscribe(Pattern::regex(r"^sql\.").unwrap(), |e| {
+//!         println!("{} took {:?}: {:?}", e.name(), e.duration(), e.payload());
+//!     })
+//!     .guard();
+//! let n = notifier.instrument("sql.query", || "SELECT count(*) FROM users", || 42);
+//! assert_eq!(n, 42);
+//! ```
+
+pub mod bus;
+mod clock;
+mod fxhash;
+pub mod instrument;
+mod panic;
+mod scope;
+mod subscription;
+mod tlcache;
+
+pub use bus::{
+    BoxError, Bus, BusBuilder, Delivery, DomainEvent, Envelope, ErasedEnvelope, ErrorPolicy,
+    EventContext, EventMeta, HandlerError, HandlerFailure, HandlerResult, Handlers, Listener,
+    PublishError, PublishOptions, Publisher, StoredAt,
+};
+pub use instrument::{
+    ErrorInfo, Event, Notifier, NotifierBuilder, Outcome, Pattern, Payload, SpanSubscriber,
+    Started, tracing_bridge,
+};
+pub use panic::{PanicPolicy, PanicReport, PanicReporter};
+pub use subscription::{Subscription, SubscriptionGuard};
+
+/// [`Notifier::instrument`] on the [global notifier](Notifier::global).
+///
+/// ```
+/// let answer = herald_notify::instrument("compute.answer", || 42u32, || 6 * 7);
+/// assert_eq!(answer, 42);
+/// ```
+#[inline]
+pub fn instrument<P: Payload, T>(
+    name: &str,
+    payload: impl FnOnce() -> P,
+    work: impl FnOnce() -> T,
+) -> T {
+    Notifier::global().instrument(name, payload, work)
+}
+
+/// [`Notifier::try_instrument`] on the global notifier.
+#[inline]
+pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
+    name: &str,
+    payload: impl FnOnce() -> P,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    Notifier::global().try_instrument(name, payload, work)
+}
+
+/// [`Notifier::notify`] on the global notifier.
+#[inline]
+pub fn notify<P: Payload>(name: &str, payload: impl FnOnce() -> P) {
+    Notifier::global().notify(name, payload);
+}
+
+/// [`Notifier::subscribe`] on the global notifier.
+pub fn subscribe(
+    pattern: impl Into<Pattern>,
+    handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
+) -> Subscription {
+    Notifier::global().subscribe(pattern, handler)
+}
+
+/// [`Notifier::subscribed`] on the global notifier: scoped to `f` and to the current thread.
+pub fn subscribed<R>(
+    pattern: impl Into<Pattern>,
+    handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
+    f: impl FnOnce() -> R,
+) -> R {
+    Notifier::global().subscribed(pattern, handler, f)
+}
