@@ -1,0 +1,145 @@
+//! Opening connections and the embedded schema migrations.
+//!
+//! Migrations are numbered SQL scripts applied in order on open; `PRAGMA user_version` records how many have
+//! run. They run inside `BEGIN IMMEDIATE`, so two processes opening a fresh file at once serialise on the
+//! write lock and the second one finds the work done.
+
+use std::path::Path;
+
+use herald_core::{Error, Result};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::config::SqliteConfig;
+
+/// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
+pub(crate) const APPLICATION_ID: i32 = 0x4845_5241; // "HERA"
+
+/// The migrations, in order. Never edit a released one: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, stream entries, stream versions.
+    "
+    -- Every event once, in global order. `position` is the rowid: contiguous, assigned by the single writer.
+    -- `stream`/`version` are where it was appended (the origin when read through a link).
+    CREATE TABLE events (
+        position    INTEGER PRIMARY KEY,
+        id          BLOB    NOT NULL UNIQUE,
+        stream      TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        category    TEXT    NOT NULL,
+        type        TEXT    NOT NULL,
+        data        TEXT    NOT NULL,
+        metadata    TEXT    NOT NULL,
+        recorded_at INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_category ON events (category, position);
+
+    -- What a stream read walks: own events and links, by version.
+    CREATE TABLE stream_entries (
+        stream   TEXT    NOT NULL,
+        version  INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        is_link  INTEGER NOT NULL,
+        PRIMARY KEY (stream, version)
+    ) WITHOUT ROWID;
+    -- An event sits at most once in a stream (appended or linked).
+    CREATE UNIQUE INDEX stream_entries_by_event ON stream_entries (stream, position);
+
+    -- Existing streams and their versions: O(log n) version checks and prefix listing.
+    CREATE TABLE streams (
+        name    TEXT    PRIMARY KEY,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// Opens a connection with the pragmas every Herald connection uses.
+pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::backend(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(config.busy_timeout).map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "synchronous", config.durability.pragma_value())
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(backend)?;
+    // Negative: KiB. Keeps hot index pages of a large log in memory.
+    conn.pragma_update(None, "cache_size", -32_768)
+        .map_err(backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+/// Puts the file in WAL mode and applies pending migrations. Safe to run from several processes at once.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    // Switching to WAL needs a brief exclusive lock; the busy timeout covers a concurrent opener.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::backend(format!(
+            "SQLite refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let app_id: i32 = tx
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(backend)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    if app_id != APPLICATION_ID {
+        let tables: i64 = tx
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(backend)?;
+        if app_id != 0 || tables != 0 {
+            return Err(Error::backend(
+                "the file is an SQLite database that Herald did not create; refusing to modify it",
+            ));
+        }
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(backend)?;
+    }
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::backend(format!(
+            "the database schema is version {version}, newer than this Herald knows ({known}); upgrade Herald"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .map_err(|e| Error::backend(format!("migration {} failed: {e}", index + 1)))?;
+        tracing::info!(migration = index + 1, "applied herald-sqlite migration");
+    }
+    if version < known {
+        tx.pragma_update(None, "user_version", known)
+            .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)?;
+    Ok(())
+}
+
+/// The schema version this build writes.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Wraps a driver error.
+pub(crate) fn backend(e: rusqlite::Error) -> Error {
+    Error::backend(e)
+}
+
+/// True when the driver reports a constraint violation (unique index, primary key), by error code.
+pub(crate) fn is_constraint_violation(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}

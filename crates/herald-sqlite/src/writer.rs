@@ -1,0 +1,515 @@
+//! The single writer and its group commit.
+//!
+//! One OS thread owns the write connection. Appends, links and deletes reach it over a channel, each with a
+//! oneshot reply. The writer takes the first request, drains whatever else is already queued (up to
+//! `max_batch`), and runs them all in one `BEGIN IMMEDIATE … COMMIT`: one fsync for the whole batch. Each request
+//! runs inside its own `SAVEPOINT`, so it keeps its own expected-version check and its own result; a failing
+//! request rolls back to its savepoint only. Replies go out after `COMMIT` succeeds (never before the data is
+//! durable); if `COMMIT` fails, every request of the batch gets the error. At low load a batch holds one
+//! request, so latency stays one commit.
+//!
+//! Being the only writer (and holding SQLite's write lock while it writes) is what makes global positions
+//! contiguous and commit-ordered: the writer assigns them.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use herald_core::stream::category_of;
+use herald_core::version::MAX_VERSION;
+use herald_core::{
+    AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result, timefmt,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use crate::schema::{backend, is_constraint_violation};
+
+/// One write request and where its answer goes.
+pub(crate) enum Request {
+    Append {
+        stream: String,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<AppendResult>>,
+    },
+    Link {
+        stream: String,
+        ids: Vec<Uuid>,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<LinkResult>>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A request's result, held until the batch commits.
+enum Outcome {
+    Append(Result<AppendResult>),
+    Link(Result<LinkResult>),
+    Delete(Result<()>),
+}
+
+impl Outcome {
+    fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Append(r) => r.is_ok(),
+            Outcome::Link(r) => r.is_ok(),
+            Outcome::Delete(r) => r.is_ok(),
+        }
+    }
+}
+
+/// Why a request's body stopped early.
+enum Stop {
+    /// A rule said no (version conflict, duplicate, unknown id): roll back this request only.
+    Refused(Error),
+    /// An event id of this append is already stored: roll back, then decide between retry and duplicate.
+    IdTaken,
+    /// The database failed.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Stop {
+    fn from(e: rusqlite::Error) -> Self {
+        Stop::Sql(e)
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Refused(e)
+    }
+}
+
+/// The end of the log as the batch sees it, under the write lock.
+struct Tail {
+    /// Position the next appended event gets.
+    next_position: u64,
+    /// Commit time of this batch: now, but never earlier than the last stored event, so `recorded_at` only
+    /// grows along the log even if the wall clock steps back.
+    recorded_at: i64,
+}
+
+/// The writer thread's body: batches requests until every sender is gone, then returns (after draining).
+pub(crate) fn run(
+    mut conn: Connection,
+    requests: mpsc::Receiver<Request>,
+    head: watch::Sender<Head>,
+    max_batch: usize,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(first) = requests.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch, &head);
+    }
+    tracing::debug!("herald-sqlite writer stopped");
+}
+
+/// Reads the current end of the log (used on open and at the start of every batch).
+pub(crate) fn read_tail(conn: &Connection) -> rusqlite::Result<(u64, i64)> {
+    let tail: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT position, recorded_at FROM events ORDER BY position DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(tail.map_or((0, i64::MIN), |(p, t)| (p as u64, t)))
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>, head: &watch::Sender<Head>) {
+    let size = batch.len();
+    let started = std::time::Instant::now();
+    let mut outcomes = Vec::with_capacity(size);
+    let mut last_position = 0;
+    let result = (|| -> rusqlite::Result<()> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let (last, last_time) = match read_tail(conn) {
+            Ok(tail) => tail,
+            Err(e) => {
+                rollback(conn);
+                return Err(e);
+            }
+        };
+        let mut tail = Tail {
+            next_position: last + 1,
+            recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),
+        };
+        for request in batch.iter() {
+            match apply(conn, &mut tail, request) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(fatal) => {
+                    rollback(conn);
+                    return Err(fatal);
+                }
+            }
+        }
+        if let Err(e) = conn.prepare_cached("COMMIT")?.execute([]) {
+            rollback(conn);
+            return Err(e);
+        }
+        last_position = tail.next_position - 1;
+        Ok(())
+    })();
+
+    match result {
+        Ok(()) => {
+            let changed = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+            if changed > 0 {
+                head.send_if_modified(|h| {
+                    h.position = last_position;
+                    h.commits += changed;
+                    true
+                });
+            }
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                reply(request, outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, requests = size, "herald-sqlite batch failed; nothing written");
+            let shared = Arc::new(e);
+            for request in batch.drain(..) {
+                request.fail(Error::backend(Arc::clone(&shared)));
+            }
+        }
+    }
+    tracing::trace!(requests = size, elapsed = ?started.elapsed(), "herald-sqlite group commit");
+}
+
+impl Request {
+    /// Answers this request with `err`.
+    fn fail(self, err: Error) {
+        match self {
+            Request::Append { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::Link { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::Delete { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+fn reply(request: Request, outcome: Outcome) {
+    // A caller that gave up (dropped its future) no longer listens: ignoring the send error is right.
+    match (request, outcome) {
+        (Request::Append { reply, .. }, Outcome::Append(r)) => {
+            let _ = reply.send(r);
+        }
+        (Request::Link { reply, .. }, Outcome::Link(r)) => {
+            let _ = reply.send(r);
+        }
+        (Request::Delete { reply, .. }, Outcome::Delete(r)) => {
+            let _ = reply.send(r);
+        }
+        (request, _) => request.fail(Error::backend("internal: outcome does not match request")),
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "herald-sqlite rollback failed");
+    }
+}
+
+/// Runs one request in its own savepoint. `Err` means the whole transaction is lost (every request of the
+/// batch fails); a request refused by a rule is an `Ok` outcome holding its error.
+fn apply(conn: &Connection, tail: &mut Tail, request: &Request) -> rusqlite::Result<Outcome> {
+    Ok(match request {
+        Request::Append {
+            stream,
+            events,
+            expected,
+            ..
+        } => Outcome::Append(
+            match in_savepoint(conn, || append(conn, tail, stream, events, *expected))? {
+                Ok(r) => Ok(r),
+                Err(Stop::IdTaken) => retry_or_duplicate(conn, stream, events),
+                Err(Stop::Refused(e)) => Err(e),
+                Err(Stop::Sql(e)) => Err(backend(e)),
+            },
+        ),
+        Request::Link {
+            stream,
+            ids,
+            expected,
+            ..
+        } => Outcome::Link(flatten(in_savepoint(conn, || {
+            link(conn, stream, ids, *expected)
+        })?)),
+        Request::Delete {
+            stream, expected, ..
+        } => Outcome::Delete(flatten(in_savepoint(conn, || {
+            delete(conn, stream, *expected)
+        })?)),
+    })
+}
+
+fn flatten<T>(r: std::result::Result<T, Stop>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(Stop::Refused(e)) => Err(e),
+        Err(Stop::IdTaken) => Err(Error::backend("unexpected id conflict")),
+        Err(Stop::Sql(e)) => Err(backend(e)),
+    }
+}
+
+/// Runs `body` between `SAVEPOINT` and `RELEASE`, rolling back to the savepoint when it fails. The outer
+/// `Err` is a failure of the savepoint machinery itself, or a body failure that took the transaction down.
+fn in_savepoint<T>(
+    conn: &Connection,
+    body: impl FnOnce() -> std::result::Result<T, Stop>,
+) -> rusqlite::Result<std::result::Result<T, Stop>> {
+    conn.prepare_cached("SAVEPOINT request")?.execute([])?;
+    let result = body();
+    if conn.is_autocommit() {
+        // SQLite rolled the whole transaction back (I/O error, disk full): earlier requests are gone too.
+        return Err(match result {
+            Err(Stop::Sql(e)) => e,
+            _ => rusqlite::Error::ExecuteReturnedResults,
+        });
+    }
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE request")?.execute([])?;
+    Ok(result)
+}
+
+fn stream_version(conn: &Connection, stream: &str) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached("SELECT version FROM streams WHERE name = ?1")?
+        .query_row([stream], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+}
+
+fn set_stream_version(conn: &Connection, stream: &str, version: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO streams (name, version) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+    )?
+    .execute(params![stream, version as i64])?;
+    Ok(())
+}
+
+fn check_range(stream: &str, first_version: u64, count: usize) -> std::result::Result<(), Stop> {
+    if first_version.saturating_add(count as u64 - 1) > MAX_VERSION {
+        return Err(Stop::Refused(Error::invalid(format!(
+            "stream `{stream}` would pass the largest version {MAX_VERSION}"
+        ))));
+    }
+    Ok(())
+}
+
+fn append(
+    conn: &Connection,
+    tail: &mut Tail,
+    stream: &str,
+    events: &[NewEvent],
+    expected: ExpectedVersion,
+) -> std::result::Result<AppendResult, Stop> {
+    let current = stream_version(conn, stream)?;
+    if let Err(conflict) = expected.check(stream, current) {
+        // An exact retry is not re-checked: if the ids are already stored, decide retry vs duplicate.
+        return Err(if event_exists(conn, events[0].id)? {
+            Stop::IdTaken
+        } else {
+            Stop::Refused(conflict)
+        });
+    }
+    let first_version = current.map_or(0, |v| v + 1);
+    check_range(stream, first_version, events.len())?;
+    let first_position = tail.next_position;
+    let category = category_of(stream);
+    let mut insert_event = conn.prepare_cached(
+        "INSERT INTO events (position, id, stream, version, category, type, data, metadata, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut insert_entry = conn.prepare_cached(
+        "INSERT INTO stream_entries (stream, version, position, is_link) VALUES (?1, ?2, ?3, 0)",
+    )?;
+    for (i, event) in events.iter().enumerate() {
+        let position = (first_position + i as u64) as i64;
+        let version = (first_version + i as u64) as i64;
+        let inserted = insert_event.execute(params![
+            position,
+            event.id.as_bytes(),
+            stream,
+            version,
+            category,
+            event.event_type,
+            event.data,
+            event.metadata,
+            tail.recorded_at,
+        ]);
+        match inserted {
+            Ok(_) => {}
+            // `id` is the only constraint an insert with a fresh position can break.
+            Err(e) if is_constraint_violation(&e) => return Err(Stop::IdTaken),
+            Err(e) => return Err(Stop::Sql(e)),
+        }
+        insert_entry.execute(params![stream, version, position])?;
+    }
+    let count = events.len() as u64;
+    let last_version = first_version + count - 1;
+    set_stream_version(conn, stream, last_version)?;
+    tail.next_position += count;
+    Ok(AppendResult {
+        stream: stream.to_owned(),
+        first_version,
+        last_version,
+        first_position,
+        last_position: first_position + count - 1,
+        ids: events.iter().map(|e| e.id).collect(),
+    })
+}
+
+fn event_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+        .query_row([id.as_bytes()], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+}
+
+/// Some id of `events` is stored. It is an idempotent retry when every id sits, in order, at consecutive
+/// versions of `stream` as an event appended there; otherwise it is a duplicate naming the first stored id.
+fn retry_or_duplicate(
+    conn: &Connection,
+    stream: &str,
+    events: &[NewEvent],
+) -> Result<AppendResult> {
+    let mut lookup = conn
+        .prepare_cached(
+            "SELECT e.position, e.stream, e.version, se.is_link
+             FROM events e
+             LEFT JOIN stream_entries se
+               ON se.stream = e.stream AND se.version = e.version AND se.position = e.position
+             WHERE e.id = ?1",
+        )
+        .map_err(backend)?;
+    let mut found = Vec::with_capacity(events.len());
+    for event in events {
+        let row: Option<(i64, String, i64, Option<i64>)> = lookup
+            .query_row([event.id.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        found.push(row);
+    }
+    let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
+        id,
+        stream: stream.to_owned(),
+        reason,
+    };
+    let Some(taken) = events.iter().zip(&found).find(|(_, row)| row.is_some()) else {
+        // The conflicting id vanished between the insert and this read: impossible under the write lock.
+        return Err(Error::backend("event id conflict without a stored event"));
+    };
+    let first_taken = taken.0.id;
+    if found.iter().any(Option::is_none) {
+        return Err(duplicate(
+            first_taken,
+            "the id is already used by a stored event (the append mixes new and stored ids)",
+        ));
+    }
+    let rows: Vec<_> = found.into_iter().flatten().collect();
+    let (first_position, _, first_version, _) = rows[0].clone();
+    for (i, (event, (_, origin, version, entry))) in events.iter().zip(&rows).enumerate() {
+        if origin != stream {
+            return Err(duplicate(
+                event.id,
+                "the id is already used by an event of another stream",
+            ));
+        }
+        if *entry != Some(0) {
+            return Err(duplicate(
+                event.id,
+                "the id belongs to an event of this stream that was deleted",
+            ));
+        }
+        if *version != first_version + i as i64 {
+            return Err(duplicate(
+                event.id,
+                "the id is already stored, but not as an exact repeat of a committed append",
+            ));
+        }
+    }
+    let (last_position, _, last_version, _) = rows[rows.len() - 1].clone();
+    Ok(AppendResult {
+        stream: stream.to_owned(),
+        first_version: first_version as u64,
+        last_version: last_version as u64,
+        first_position: first_position as u64,
+        last_position: last_position as u64,
+        ids: events.iter().map(|e| e.id).collect(),
+    })
+}
+
+fn link(
+    conn: &Connection,
+    stream: &str,
+    ids: &[Uuid],
+    expected: ExpectedVersion,
+) -> std::result::Result<LinkResult, Stop> {
+    let current = stream_version(conn, stream)?;
+    expected.check(stream, current)?;
+    let first_version = current.map_or(0, |v| v + 1);
+    check_range(stream, first_version, ids.len())?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO stream_entries (stream, version, position, is_link)
+         SELECT ?1, ?2, position, 1 FROM events WHERE id = ?3",
+    )?;
+    for (i, id) in ids.iter().enumerate() {
+        let version = (first_version + i as u64) as i64;
+        match insert.execute(params![stream, version, id.as_bytes()]) {
+            Ok(0) => return Err(Stop::Refused(Error::EventNotFound { id: *id })),
+            Ok(_) => {}
+            // (stream, version) is fresh, so the broken constraint is "this event is already in the stream".
+            Err(e) if is_constraint_violation(&e) => {
+                return Err(Stop::Refused(Error::DuplicateEvent {
+                    id: *id,
+                    stream: stream.to_owned(),
+                    reason: "the event is already in this stream",
+                }));
+            }
+            Err(e) => return Err(Stop::Sql(e)),
+        }
+    }
+    let last_version = first_version + ids.len() as u64 - 1;
+    set_stream_version(conn, stream, last_version)?;
+    Ok(LinkResult {
+        stream: stream.to_owned(),
+        first_version,
+        last_version,
+    })
+}
+
+fn delete(
+    conn: &Connection,
+    stream: &str,
+    expected: ExpectedVersion,
+) -> std::result::Result<(), Stop> {
+    let current = stream_version(conn, stream)?;
+    expected.check(stream, current)?;
+    if current.is_some() {
+        conn.prepare_cached("DELETE FROM stream_entries WHERE stream = ?1")?
+            .execute([stream])?;
+        conn.prepare_cached("DELETE FROM streams WHERE name = ?1")?
+            .execute([stream])?;
+    }
+    Ok(())
+}
