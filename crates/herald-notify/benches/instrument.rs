@@ -28,7 +28,7 @@ fn handler(e: &herald_notify::Event<'_>) {
 
 fn bench_instrument(c: &mut Criterion) {
     let mut g = c.benchmark_group("instrument");
-    let name = black_box("user.created");
+    let name: &'static str = black_box("user.created");
 
     let n = Notifier::new();
     g.bench_function("0_subscribers", |b| {
@@ -50,6 +50,10 @@ fn bench_instrument(c: &mut Criterion) {
         b.iter(|| n.instrument(name, payload, || black_box(1)))
     });
     g.bench_function("1_exact_notify", |b| b.iter(|| n.notify(name, payload)));
+    let dyn_name = String::from("user.created");
+    g.bench_function("1_exact_dyn_name", |b| {
+        b.iter(|| n.instrument_dyn(black_box(&dyn_name), payload, || black_box(1)))
+    });
 
     let n = Notifier::new();
     let _s = n.subscribe("user.*", handler);
@@ -79,6 +83,7 @@ fn bench_clocks(c: &mut Criterion) {
     g.bench_function("std_SystemTime_now", |b| b.iter(SystemTime::now));
     let clock = quanta::Clock::new();
     g.bench_function("quanta_Clock_now", |b| b.iter(|| clock.now()));
+    g.bench_function("quanta_Clock_raw", |b| b.iter(|| clock.raw()));
     g.finish();
 }
 

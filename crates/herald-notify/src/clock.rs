@@ -25,6 +25,25 @@ pub(crate) fn now() -> MonoInstant {
     CLOCK.now()
 }
 
+/// Reads the raw counter (TSC ticks where available); scale with [`scaled`] or [`delta`]. Skipping the
+/// scaling on the hot path saves a multiplication per read; it is done only when a subscriber asks.
+#[inline]
+pub(crate) fn raw() -> u64 {
+    CLOCK.raw()
+}
+
+/// A raw reading as a monotonic instant.
+#[inline]
+pub(crate) fn scaled(raw: u64) -> MonoInstant {
+    CLOCK.scaled(raw)
+}
+
+/// The time between two raw readings.
+#[inline]
+pub(crate) fn delta(start: u64, end: u64) -> Duration {
+    CLOCK.delta(start, end)
+}
+
 thread_local! {
     static ANCHOR: Cell<Option<(SystemTime, MonoInstant)>> = const { Cell::new(None) };
 }

@@ -58,7 +58,7 @@ pub use subscription::{Subscription, SubscriptionGuard};
 /// ```
 #[inline]
 pub fn instrument<P: Payload, T>(
-    name: &str,
+    name: &'static str,
     payload: impl FnOnce() -> P,
     work: impl FnOnce() -> T,
 ) -> T {
@@ -68,7 +68,7 @@ pub fn instrument<P: Payload, T>(
 /// [`Notifier::try_instrument`] on the global notifier.
 #[inline]
 pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
-    name: &str,
+    name: &'static str,
     payload: impl FnOnce() -> P,
     work: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, E> {
@@ -77,7 +77,7 @@ pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
 
 /// [`Notifier::notify`] on the global notifier.
 #[inline]
-pub fn notify<P: Payload>(name: &str, payload: impl FnOnce() -> P) {
+pub fn notify<P: Payload>(name: &'static str, payload: impl FnOnce() -> P) {
     Notifier::global().notify(name, payload);
 }
 

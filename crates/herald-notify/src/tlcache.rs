@@ -22,6 +22,8 @@ struct OwnerCache<K, V> {
     owner: u64,
     generation: u64,
     map: HashMap<K, Rc<V>, FxBuildHasher>,
+    /// The last key looked up and its value: most call sites repeat one name in a loop.
+    last: Option<(K, Rc<V>)>,
 }
 
 /// The per-thread cache for one kind of owner.
@@ -36,6 +38,69 @@ impl<K, V> LocalCache<K, V> {
 }
 
 impl<K: Hash + Eq, V> LocalCache<K, V> {
+    /// The entry for `owner`, moved to the front, cleared when its generation is stale.
+    #[inline]
+    fn owner(&mut self, owner: u64, generation: u64) -> &mut OwnerCache<K, V> {
+        let idx = match self.owners.iter().position(|c| c.owner == owner) {
+            Some(i) => i,
+            None => {
+                if self.owners.len() >= MAX_OWNERS {
+                    self.owners.pop();
+                }
+                self.owners.push(OwnerCache {
+                    owner,
+                    generation,
+                    map: HashMap::default(),
+                    last: None,
+                });
+                self.owners.len() - 1
+            }
+        };
+        if idx != 0 {
+            self.owners.swap(0, idx);
+        }
+        let entry = &mut self.owners[0];
+        if entry.generation != generation {
+            entry.map.clear();
+            entry.last = None;
+            entry.generation = generation;
+        }
+        entry
+    }
+
+    /// Like [`get`](Self::get) for small `Copy` keys, with a one-entry memo in front of the map.
+    #[inline]
+    pub(crate) fn get_copy(
+        &mut self,
+        owner: u64,
+        generation: u64,
+        key: K,
+        compute: impl FnOnce() -> V,
+    ) -> Rc<V>
+    where
+        K: Copy,
+    {
+        let entry = self.owner(owner, generation);
+        if let Some((k, v)) = &entry.last
+            && *k == key
+        {
+            return v.clone();
+        }
+        let v = match entry.map.get(&key) {
+            Some(v) => v.clone(),
+            None => {
+                let v = Rc::new(compute());
+                if entry.map.len() >= MAX_KEYS {
+                    entry.map.clear();
+                }
+                entry.map.insert(key, v.clone());
+                v
+            }
+        };
+        entry.last = Some((key, v.clone()));
+        v
+    }
+
     /// The cached value for `key`, or `compute()` cached under the current `generation`.
     ///
     /// `compute` must read the owner's state at a generation no older than `generation` (reading it
@@ -53,31 +118,7 @@ impl<K: Hash + Eq, V> LocalCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + ToOwnedKey<K>,
     {
-        let entry = match self.owners.iter().position(|c| c.owner == owner) {
-            Some(0) => &mut self.owners[0],
-            Some(i) => {
-                self.owners.swap(0, i);
-                &mut self.owners[0]
-            }
-            None => {
-                if self.owners.len() >= MAX_OWNERS {
-                    self.owners.pop();
-                }
-                self.owners.insert(
-                    0,
-                    OwnerCache {
-                        owner,
-                        generation,
-                        map: HashMap::default(),
-                    },
-                );
-                &mut self.owners[0]
-            }
-        };
-        if entry.generation != generation {
-            entry.map.clear();
-            entry.generation = generation;
-        }
+        let entry = self.owner(owner, generation);
         if let Some(v) = entry.map.get(key) {
             return v.clone();
         }
@@ -98,11 +139,5 @@ pub(crate) trait ToOwnedKey<K> {
 impl ToOwnedKey<Box<str>> for str {
     fn to_owned_key(&self) -> Box<str> {
         self.into()
-    }
-}
-
-impl ToOwnedKey<std::any::TypeId> for std::any::TypeId {
-    fn to_owned_key(&self) -> std::any::TypeId {
-        *self
     }
 }

@@ -645,7 +645,7 @@ impl Bus {
             .try_with(|cache| {
                 cache
                     .borrow_mut()
-                    .get(self.inner.id, generation, &key, || self.compute(key))
+                    .get_copy(self.inner.id, generation, key, || self.compute(key))
             })
             .unwrap_or_else(|_| Rc::new(self.compute(key)))
     }

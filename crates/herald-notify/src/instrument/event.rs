@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::{self, MonoInstant};
+use crate::clock;
 
 /// A value that can travel as an instrumentation payload: anything `'static` with a `Debug` form.
 ///
@@ -54,8 +54,8 @@ impl WallRef {
         WallRef(OnceCell::new())
     }
 
-    fn wall(&self, at: MonoInstant) -> SystemTime {
-        *self.0.get_or_init(|| clock::to_wall(at))
+    fn wall(&self, raw: u64) -> SystemTime {
+        *self.0.get_or_init(|| clock::to_wall(clock::scaled(raw)))
     }
 }
 
@@ -63,7 +63,7 @@ impl WallRef {
 pub struct Started<'a> {
     pub(crate) name: &'a str,
     pub(crate) payload: &'a dyn Payload,
-    pub(crate) start: MonoInstant,
+    pub(crate) start: u64,
     pub(crate) wall: WallRef,
 }
 
@@ -106,8 +106,8 @@ impl fmt::Debug for Started<'_> {
 pub struct Event<'a> {
     pub(crate) name: &'a str,
     pub(crate) payload: &'a dyn Payload,
-    pub(crate) start: MonoInstant,
-    pub(crate) finish: MonoInstant,
+    pub(crate) start: u64,
+    pub(crate) finish: u64,
     pub(crate) outcome: Outcome<'a>,
     pub(crate) wall: WallRef,
 }
@@ -130,7 +130,7 @@ impl<'a> Event<'a> {
 
     /// How long the work took (monotonic).
     pub fn duration(&self) -> Duration {
-        self.finish.saturating_duration_since(self.start)
+        clock::delta(self.start, self.finish)
     }
 
     /// Wall-clock time at which the work started.

@@ -35,6 +35,13 @@ use crate::scope::{self, ScopeId, ThreadScope};
 use crate::subscription::{Subscription, Unsubscribe};
 use crate::tlcache::LocalCache;
 
+fn result_outcome<T, E: ErrorInfo>(r: &Result<T, E>) -> Outcome<'_> {
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::Error(e),
+    }
+}
+
 /// A subscriber that sees both ends of every instrumented block, for spans.
 ///
 /// `start` is called before the work runs and `finish` after it (also when it returned an error or
@@ -116,6 +123,8 @@ static GLOBAL: LazyLock<Notifier> = LazyLock::new(Notifier::new);
 
 thread_local! {
     static CACHE: RefCell<LocalCache<Box<str>, Matched>> = const { RefCell::new(LocalCache::new()) };
+    static STATIC_CACHE: RefCell<LocalCache<(usize, usize), Matched>> =
+        const { RefCell::new(LocalCache::new()) };
 }
 
 /// An instrumentation hub: subscribers register with it, `instrument`/`notify` deliver through it.
@@ -265,8 +274,33 @@ impl Notifier {
     /// subscriber will receive the event. If `work` panics, subscribers see [`Outcome::Panicked`] and the
     /// panic then continues. Use [`try_instrument`](Self::try_instrument) for work that returns a `Result`
     /// whose error subscribers should see.
+    ///
+    /// `name` is a `&'static str` (a literal, usually): the per-thread subscriber cache is then keyed by
+    /// the string's address, which needs no hashing of its contents. For names built at run time use
+    /// [`instrument_dyn`](Self::instrument_dyn).
     #[inline]
     pub fn instrument<P: Payload, T>(
+        &self,
+        name: &'static str,
+        payload: impl FnOnce() -> P,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return work();
+        }
+        self.run::<false, _, _>(
+            name,
+            || self.lookup_static(name),
+            payload,
+            work,
+            |_| Outcome::Ok,
+        )
+    }
+
+    /// [`instrument`](Self::instrument) for a name built at run time (a few nanoseconds more: the
+    /// name's contents are hashed for the cache lookup).
+    #[inline]
+    pub fn instrument_dyn<P: Payload, T>(
         &self,
         name: &str,
         payload: impl FnOnce() -> P,
@@ -275,7 +309,7 @@ impl Notifier {
         if self.inner.count.load(Ordering::Relaxed) == 0 {
             return work();
         }
-        self.run(name, payload, work, |_| Outcome::Ok)
+        self.run::<false, _, _>(name, || self.lookup(name), payload, work, |_| Outcome::Ok)
     }
 
     /// Like [`instrument`](Self::instrument) for work that returns a `Result`: an `Err` is shown to the
@@ -301,6 +335,26 @@ impl Notifier {
     #[inline]
     pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
         &self,
+        name: &'static str,
+        payload: impl FnOnce() -> P,
+        work: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return work();
+        }
+        self.run::<false, _, _>(
+            name,
+            || self.lookup_static(name),
+            payload,
+            work,
+            result_outcome,
+        )
+    }
+
+    /// [`try_instrument`](Self::try_instrument) for a name built at run time.
+    #[inline]
+    pub fn try_instrument_dyn<P: Payload, T, E: ErrorInfo>(
+        &self,
         name: &str,
         payload: impl FnOnce() -> P,
         work: impl FnOnce() -> Result<T, E>,
@@ -308,19 +362,31 @@ impl Notifier {
         if self.inner.count.load(Ordering::Relaxed) == 0 {
             return work();
         }
-        self.run(name, payload, work, |r| match r {
-            Ok(_) => Outcome::Ok,
-            Err(e) => Outcome::Error(e),
-        })
+        self.run::<false, _, _>(name, || self.lookup(name), payload, work, result_outcome)
     }
 
-    /// Delivers an event without work: start and finish are the same instant.
+    /// Delivers an event without work: start and finish are the same instant (one clock read).
     #[inline]
-    pub fn notify<P: Payload>(&self, name: &str, payload: impl FnOnce() -> P) {
+    pub fn notify<P: Payload>(&self, name: &'static str, payload: impl FnOnce() -> P) {
         if self.inner.count.load(Ordering::Relaxed) == 0 {
             return;
         }
-        self.run(name, payload, || (), |_| Outcome::Ok);
+        self.run::<true, _, _>(
+            name,
+            || self.lookup_static(name),
+            payload,
+            || (),
+            |_| Outcome::Ok,
+        );
+    }
+
+    /// [`notify`](Self::notify) for a name built at run time.
+    #[inline]
+    pub fn notify_dyn<P: Payload>(&self, name: &str, payload: impl FnOnce() -> P) {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.run::<true, _, _>(name, || self.lookup(name), payload, || (), |_| Outcome::Ok);
     }
 
     /// Whether an event named `name` would currently be delivered to anyone (from this thread/task).
@@ -442,6 +508,22 @@ impl Notifier {
         Matched { subs, any_span }
     }
 
+    /// Like [`lookup`](Self::lookup) for a `'static` name, keyed by the string's address and length:
+    /// static strings never move or change, so equal keys mean equal names (equal names at different
+    /// addresses just get separate entries).
+    #[inline]
+    fn lookup_static(&self, name: &'static str) -> Rc<Matched> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let key = (name.as_ptr() as usize, name.len());
+        STATIC_CACHE
+            .try_with(|cache| {
+                cache
+                    .borrow_mut()
+                    .get_copy(self.inner.id, generation, key, || self.compute(name))
+            })
+            .unwrap_or_else(|_| Rc::new(self.compute(name)))
+    }
+
     /// The subscribers whose pattern matches `name`, from this thread's cache when it is current.
     #[inline]
     fn lookup(&self, name: &str) -> Rc<Matched> {
@@ -483,14 +565,15 @@ impl Notifier {
 
     /// The slow path: someone is subscribed to something.
     #[inline(never)]
-    fn run<P: Payload, R>(
+    fn run<const NOTIFY: bool, P: Payload, R>(
         &self,
         name: &str,
+        lookup: impl FnOnce() -> Rc<Matched>,
         payload: impl FnOnce() -> P,
         work: impl FnOnce() -> R,
         outcome: fn(&R) -> Outcome<'_>,
     ) -> R {
-        let matched = self.lookup(name);
+        let matched = lookup();
         // Which span subscribers got `start` (so exactly those get `finish`), for the first 64.
         let mut started: u64 = 0;
         let mut any = false;
@@ -507,7 +590,7 @@ impl Notifier {
         }
         let payload = payload();
         let payload: &dyn Payload = &payload;
-        let start = clock::now();
+        let start = clock::raw();
         if matched.any_span {
             let event = Started {
                 name,
@@ -528,7 +611,7 @@ impl Notifier {
             }
         }
         let result = catch_unwind(AssertUnwindSafe(work));
-        let finish = clock::now();
+        let finish = if NOTIFY { start } else { clock::raw() };
         {
             let outcome = match &result {
                 Ok(r) => outcome(r),
