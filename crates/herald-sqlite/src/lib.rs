@@ -50,6 +50,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
@@ -69,6 +70,15 @@ pub use config::{
 use read::ReadPool;
 use writer::Request;
 
+/// Group-commit counters of a store handle (see [`SqliteStore::write_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Write requests (appends, links, deletes) taken by the writer.
+    pub requests: u64,
+    /// Transactions the writer ran for them (one per batch).
+    pub transactions: u64,
+}
+
 /// The SQLite event store. Share it as `Arc<SqliteStore>` or `Arc<dyn EventStore>`; dropping the last handle
 /// lets the writer finish the requests already queued, then stops it and closes the file.
 pub struct SqliteStore {
@@ -78,6 +88,7 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     reads: Arc<ReadPool>,
     head: watch::Receiver<Head>,
+    counters: Arc<writer::Counters>,
     /// Keeps the directory of a temporary store alive; removed after the writer stops.
     _temp: Option<tempfile::TempDir>,
 }
@@ -150,9 +161,11 @@ impl SqliteStore {
         });
         let (tx, rx) = mpsc::channel();
         let max_batch = config.max_batch;
+        let counters = Arc::new(writer::Counters::default());
+        let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("herald-sqlite-writer".to_owned())
-            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch))
+            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters))
             .map_err(|e| Error::backend(format!("cannot start the writer thread: {e}")))?;
         tracing::debug!(path = %path.display(), schema = schema::latest_version(), "opened herald-sqlite store");
         Ok(SqliteStore {
@@ -162,6 +175,7 @@ impl SqliteStore {
             writer: Some(writer),
             reads: Arc::new(ReadPool::new(read_conns)),
             head: head_rx,
+            counters,
             _temp: temp,
         })
     }
@@ -174,6 +188,15 @@ impl SqliteStore {
     /// The settings in force.
     pub fn config(&self) -> &SqliteConfig {
         &self.config
+    }
+
+    /// How many write requests the writer has taken and in how many transactions (batches) it ran them; the
+    /// ratio is the average group-commit batch size.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it to stop without

@@ -11,8 +11,8 @@
 //! Being the only writer (and holding SQLite's write lock while it writes) is what makes global positions
 //! contiguous and commit-ordered: the writer assigns them.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
@@ -94,12 +94,20 @@ struct Tail {
     recorded_at: i64,
 }
 
+/// Counters of the writer, shared with the store handle.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) transactions: AtomicU64,
+    pub(crate) requests: AtomicU64,
+}
+
 /// The writer thread's body: batches requests until every sender is gone, then returns (after draining).
 pub(crate) fn run(
     mut conn: Connection,
     requests: mpsc::Receiver<Request>,
     head: watch::Sender<Head>,
     max_batch: usize,
+    counters: Arc<Counters>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = requests.recv() {
@@ -110,6 +118,10 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
+        counters
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
         commit_batch(&mut conn, &mut batch, &head);
     }
     tracing::debug!("herald-sqlite writer stopped");
