@@ -47,7 +47,7 @@
 //! | capability | default | cases that depend on it |
 //! | --- | --- | --- |
 //! | [`Capabilities::limits`] | [`Limits::default`] (8 MiB events) | `limits_and_bad_input` size checks use these limits |
-//! | [`Capabilities::large_payloads`] | `true` | payloads of 1 MB and of the full event-size limit |
+//! | [`Capabilities::large_payloads`] | `true` | payloads over 1 MB (the 1 MB round trip; limit-sized events when the limit is over 1 MB) |
 //!
 //! # Writing cases
 //!
@@ -75,7 +75,8 @@ pub use support::Store;
 pub struct Capabilities {
     /// The limits the store under test enforces (the factory built it with them).
     pub limits: Limits,
-    /// Whether the backend stores events of 1 MB and of the full [`Limits::max_event_bytes`].
+    /// Whether the backend stores payloads over 1 MB (and events of the full [`Limits::max_event_bytes`] when
+    /// that is over 1 MB). Smaller limits are always tested at the limit.
     pub large_payloads: bool,
 }
 
