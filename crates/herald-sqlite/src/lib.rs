@@ -277,9 +277,6 @@ impl EventStore for SqliteStore {
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<RecordedEvent>> {
-        if id.is_nil() {
-            return Err(Error::invalid("the nil UUID is not an event id"));
-        }
         self.reads.run(move |conn| read::event(conn, id)).await
     }
 
@@ -296,10 +293,8 @@ impl EventStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if prefix.chars().any(char::is_control) {
-            return Err(Error::invalid(format!(
-                "stream prefix {prefix:?} contains a control character"
-            )));
+        if limit == 0 {
+            return Err(Error::invalid("streams limit must be at least 1"));
         }
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
