@@ -49,6 +49,31 @@
 //! | [`Capabilities::limits`] | [`Limits::default`] (8 MiB events) | `limits_and_bad_input` size checks use these limits |
 //! | [`Capabilities::large_payloads`] | `true` | payloads over 1 MB (the 1 MB round trip; limit-sized events when the limit is over 1 MB) |
 //!
+//! # Decisions the suite pins
+//!
+//! Where the semantics in [`herald_core`] leave room, the suite settles it (change both together):
+//!
+//! - One append is one commit: its events share one `recorded_at`, and `recorded_at` never decreases along
+//!   the global log. A link entry carries the linked event's own `recorded_at`; time filters on a stream read
+//!   apply to it.
+//! - `event(unknown id)` is `Ok(None)`; `event(nil)` is invalid input, like a nil id in append and link.
+//! - `streams(prefix, after, 0)` is invalid input, like a read limit of 0. Listing order is byte order
+//!   (SQL backends need a binary collation), and prefixes match literally (`%`, `_` are not wildcards).
+//! - An idempotent retry is recognised by ids alone (same ids, same order, at consecutive versions of the
+//!   same stream, appended there), whatever the expected version. A superset, a reordering, another stream,
+//!   or an append after the stream was deleted is a duplicate. Retrying only a part of an earlier append is
+//!   not tested (unspecified).
+//! - When several ids clash, which one a `DuplicateEvent` names is the backend's choice among them; when an
+//!   append is both a duplicate and a version conflict, which error wins is not tested.
+//! - Deleting a missing stream is a no-op with `Any`/`NoStream` and a conflict (actual: no stream) with
+//!   `StreamExists`/`Exact`. After a delete, the stream's old events can be linked back into it (it no
+//!   longer holds them), with their origin still naming it.
+//! - Global and category reads: forward from position 0 starts at 1; backward from 0 is empty.
+//! - Data and metadata are kept byte for byte, including whitespace around the JSON value and duplicate
+//!   keys.
+//! - The head's position is the last committed global position; appends, links and deletes each grow its
+//!   commit count; rejected writes and idempotent retries leave the position alone.
+//!
 //! # Writing cases
 //!
 //! Cases assert behaviour, never timing: to order two commits in time they wait until the clock passes the
@@ -374,6 +399,7 @@ macro_rules! __conformance_cases {
         $crate::__conformance_module!($fixture, lookup: [
             event_by_id_returns_the_event,
             unknown_id_is_none,
+            nil_id_lookup_is_invalid,
             event_by_id_after_its_stream_is_deleted,
             stream_version_counts_links,
             near_miss_ids_are_not_found,

@@ -29,13 +29,18 @@ pub async fn event_by_id_returns_the_event(store: Store, _caps: Capabilities) {
     assert_eq!(got, read_stream(&store, "s").await[1]);
 }
 
-/// `event(id)` of an unknown id, or of the nil id, is `None`, not an error.
+/// `event(id)` of an unknown id is `None`, not an error.
 pub async fn unknown_id_is_none(store: Store, _caps: Capabilities) {
     assert!(store.event(Uuid::now_v7()).await.unwrap().is_none());
     append_n(&store, "s", 1).await;
     assert!(store.event(Uuid::now_v7()).await.unwrap().is_none());
-    assert!(store.event(Uuid::nil()).await.unwrap().is_none());
     assert!(store.event(Uuid::max()).await.unwrap().is_none());
+}
+
+/// `event(nil)` is invalid input: the nil UUID is never an event id (as for append and link).
+pub async fn nil_id_lookup_is_invalid(store: Store, _caps: Capabilities) {
+    append_n(&store, "s", 1).await;
+    assert_invalid(store.event(Uuid::nil()).await, &["nil"]);
 }
 
 /// `event(id)` of an event only reachable through a link (its stream deleted) still returns it as
