@@ -56,7 +56,8 @@
 //! - One append is one commit: its events share one `recorded_at`, and `recorded_at` never decreases along
 //!   the global log. A link entry carries the linked event's own `recorded_at`; time filters on a stream read
 //!   apply to it.
-//! - `event(unknown id)` is `Ok(None)`; `event(nil)` is invalid input, like a nil id in append and link.
+//! - `event(unknown id)` is `Ok(None)`, and so is `event(nil)` (no event can have it: append and link reject
+//!   it as invalid input).
 //! - `streams(prefix, after, 0)` is invalid input, like a read limit of 0. Listing order is byte order
 //!   (SQL backends need a binary collation), and prefixes match literally (`%`, `_` are not wildcards).
 //! - An idempotent retry is recognised by ids alone (same ids, same order, at consecutive versions of the
@@ -399,7 +400,7 @@ macro_rules! __conformance_cases {
         $crate::__conformance_module!($fixture, lookup: [
             event_by_id_returns_the_event,
             unknown_id_is_none,
-            nil_id_lookup_is_invalid,
+            nil_id_lookup_is_none,
             event_by_id_after_its_stream_is_deleted,
             stream_version_counts_links,
             near_miss_ids_are_not_found,
