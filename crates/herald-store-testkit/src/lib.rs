@@ -25,7 +25,8 @@
 //!
 //! async fn fresh_store() -> Fixture {
 //!     let dir = tempfile::tempdir().unwrap();
-//!     let store = herald_sqlite::SqliteStore::open(dir.path().join("test.db")).await.unwrap();
+//!     let path = dir.path().join("test.db");
+//!     let store = herald_sqlite::SqliteStore::open(path, Default::default()).await.unwrap();
 //!     Fixture::new(store)
 //!         .with_guard(dir) // dropped after the store, when the case ends
 //!         .with_capabilities(Capabilities::default())
