@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
 
@@ -46,6 +46,8 @@ pub(crate) fn delta(start: u64, end: u64) -> Duration {
 
 thread_local! {
     static ANCHOR: Cell<Option<(SystemTime, MonoInstant)>> = const { Cell::new(None) };
+    /// (nanoseconds since the Unix epoch, raw counter) read together; see [`wall_nanos`].
+    static RAW_ANCHOR: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
 fn anchor(at: MonoInstant) -> (SystemTime, MonoInstant) {
@@ -69,10 +71,41 @@ pub(crate) fn to_wall(at: MonoInstant) -> SystemTime {
     }
 }
 
-/// The current wall-clock time, without a system call on most calls.
+fn epoch_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The current wall-clock time as nanoseconds since the Unix epoch: one counter read and a
+/// multiply-shift, with the OS clock read once a second per thread.
 #[inline]
-pub(crate) fn wall_now() -> SystemTime {
-    to_wall(now())
+pub(crate) fn wall_nanos() -> u64 {
+    let raw_now = raw();
+    let anchor = RAW_ANCHOR.try_with(Cell::get).ok().flatten();
+    if let Some((wall, at)) = anchor {
+        let elapsed = CLOCK.delta_as_nanos(at, raw_now);
+        if raw_now >= at && elapsed < ANCHOR_TTL_NANOS {
+            return wall + elapsed;
+        }
+    }
+    let wall = epoch_nanos(SystemTime::now());
+    // Ignore failure: the thread-local is gone only during thread teardown.
+    let _ = RAW_ANCHOR.try_with(|c| c.set(Some((wall, raw()))));
+    wall
+}
+
+const ANCHOR_TTL_NANOS: u64 = 1_000_000_000;
+
+/// Nanoseconds since the Unix epoch as a `SystemTime`.
+#[inline]
+pub(crate) fn from_epoch_nanos(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// A `SystemTime` as nanoseconds since the Unix epoch (0 before it).
+#[inline]
+pub(crate) fn to_epoch_nanos(t: SystemTime) -> u64 {
+    epoch_nanos(t)
 }
 
 #[cfg(test)]
@@ -81,13 +114,22 @@ mod tests {
 
     #[test]
     fn wall_clock_tracks_system_time() {
-        let ours = wall_now();
+        let ours = to_wall(now());
         let os = SystemTime::now();
         let diff = match os.duration_since(ours) {
             Ok(d) => d,
             Err(e) => e.duration(),
         };
         assert!(diff < Duration::from_millis(50), "drift {diff:?}");
+    }
+
+    #[test]
+    fn wall_nanos_tracks_system_time() {
+        let ours = wall_nanos();
+        let os = epoch_nanos(SystemTime::now());
+        assert!(ours.abs_diff(os) < 50_000_000, "{ours} vs {os}");
+        let again = wall_nanos();
+        assert!(again.abs_diff(os) < 50_000_000);
     }
 
     #[test]

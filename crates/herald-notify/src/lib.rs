@@ -39,9 +39,9 @@ mod subscription;
 mod tlcache;
 
 pub use bus::{
-    BoxError, Bus, BusBuilder, Delivery, DomainEvent, Envelope, ErasedEnvelope, ErrorPolicy,
+    Batch, BoxError, Bus, BusBuilder, Delivery, DomainEvent, Envelope, ErasedEnvelope, ErrorPolicy,
     EventContext, EventMeta, HandlerError, HandlerFailure, HandlerResult, Handlers, Listener,
-    PublishError, PublishOptions, Publisher, StoredAt,
+    PublishError, PublishOptions, Published, Publisher, StorePublisher, StoredAt,
 };
 pub use instrument::{
     ErrorInfo, Event, Notifier, NotifierBuilder, Outcome, Pattern, Payload, SpanSubscriber,

@@ -62,9 +62,10 @@ pub enum PublishError {
     /// The bus has been shut down.
     #[error("the bus has been shut down")]
     Closed,
-    /// Appending to the store failed; nothing was dispatched.
+    /// Appending to the store failed; nothing was stored or dispatched. Branch on the store's error (e.g.
+    /// `WrongExpectedVersion`: reload and decide again).
     #[error("appending to the event store failed: {0}")]
-    Store(#[source] BoxError),
+    Store(#[source] herald_core::Error),
     /// An event could not be serialized for the store; nothing was appended or dispatched.
     #[error("serializing event {event_type} failed: {source}")]
     Serialize {

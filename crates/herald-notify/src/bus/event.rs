@@ -80,7 +80,7 @@ pub struct EventMeta {
     /// The id of the event whose handling published this one, if any.
     pub causation_id: Option<Uuid>,
     /// Where the event was stored, when it was published through a store.
-    pub stored: Option<StoredAt>,
+    pub stored: Option<Arc<StoredAt>>,
 }
 
 /// A published event with its metadata; dereferences to the event.

@@ -9,7 +9,6 @@
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
@@ -36,12 +35,9 @@ fn next_u64() -> u64 {
     })
 }
 
-/// A new UUIDv7 for an event that occurred at `at`.
+/// A new UUIDv7 for an event that occurred `millis` milliseconds after the Unix epoch.
 #[inline]
-pub(crate) fn new_v7(at: SystemTime) -> Uuid {
-    let millis = at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+pub(crate) fn new_v7(millis: u64) -> Uuid {
     let a = next_u64().to_le_bytes();
     let b = next_u64().to_le_bytes();
     let bytes = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1]];
@@ -52,14 +48,16 @@ pub(crate) fn new_v7(at: SystemTime) -> Uuid {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     #[test]
     fn ids_are_v7_unique_and_time_ordered_by_millisecond() {
         let t = SystemTime::now();
-        let ids: Vec<Uuid> = (0..10_000).map(|_| new_v7(t)).collect();
+        let ms = u64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+        let ids: Vec<Uuid> = (0..10_000).map(|_| new_v7(ms)).collect();
         assert!(ids.iter().all(|u| u.get_version_num() == 7));
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
-        let later = new_v7(t + std::time::Duration::from_millis(2));
+        let later = new_v7(ms + 2);
         assert!(ids.iter().all(|u| *u < later));
         let (secs, _) = later.get_timestamp().unwrap().to_unix();
         let now_secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();

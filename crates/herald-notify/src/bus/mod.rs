@@ -5,7 +5,8 @@
 //!
 //! A publish delivers one [`Envelope`] (the event plus [`EventMeta`]) to every matching subscription that
 //! exists when the publish starts. Delivery is in-memory and at most once: nothing survives a crash. (For
-//! durable delivery, append to the event store and give durable work to a job queue.)
+//! durable history, publish through the store with [`StorePublisher`], which appends first and dispatches
+//! after the commit; give durable work to a job queue.)
 //!
 //! * **Sync handlers** ([`Bus::subscribe`], [`Bus::subscribe_all`], [`Bus::subscribe_listener`],
 //!   [`Bus::scoped`], [`Publisher::subscribe`]) run inside the publish call, in the publisher's thread or
@@ -91,6 +92,7 @@ mod error;
 mod event;
 mod ids;
 mod listener;
+mod store;
 
 use std::any::{TypeId, type_name};
 use std::cell::RefCell;
@@ -111,6 +113,7 @@ pub use context::EventContext;
 pub use error::{BoxError, HandlerError, HandlerFailure, PublishError};
 pub use event::{DomainEvent, Envelope, ErasedEnvelope, EventMeta, PublishOptions, StoredAt};
 pub use listener::{Handlers, Listener};
+pub use store::{Batch, Published, StorePublisher};
 
 use crate::clock;
 use crate::panic::{PanicPolicy, PanicReport, PanicReporter, panic_message, report};
@@ -531,6 +534,11 @@ impl Bus {
         self.publish_from(None, event, options).await
     }
 
+    /// Whether [`shutdown`](Self::shutdown) has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
     /// Closes every async listener, waits until each has handled what was queued, and makes later
     /// publishes fail with [`PublishError::Closed`].
     pub async fn shutdown(&self) {
@@ -661,9 +669,15 @@ impl Bus {
         Matched { entries, any_async }
     }
 
-    fn meta_for<E: DomainEvent>(options: PublishOptions) -> EventMeta {
-        let occurred_at = options.occurred_at.unwrap_or_else(clock::wall_now);
-        let id = options.id.unwrap_or_else(|| ids::new_v7(occurred_at));
+    pub(crate) fn meta_for<E: DomainEvent>(options: PublishOptions) -> EventMeta {
+        let (occurred_at, nanos) = match options.occurred_at {
+            Some(at) => (at, clock::to_epoch_nanos(at)),
+            None => {
+                let nanos = clock::wall_nanos();
+                (clock::from_epoch_nanos(nanos), nanos)
+            }
+        };
+        let id = options.id.unwrap_or_else(|| ids::new_v7(nanos / 1_000_000));
         let ctx = EventContext::current();
         EventMeta {
             id,
@@ -731,6 +745,7 @@ impl Bus {
         true
     }
 
+    #[inline]
     fn finish(
         meta: EventMeta,
         handled: usize,
@@ -779,23 +794,29 @@ impl Bus {
         event: E,
         options: PublishOptions,
     ) -> Result<Delivery, PublishError> {
-        let meta = Self::meta_for::<E>(options);
-        self.try_dispatch(from, Envelope { meta, event })
-    }
-
-    pub(crate) fn try_dispatch<E: DomainEvent>(
-        &self,
-        from: Option<u64>,
-        envelope: Envelope<E>,
-    ) -> Result<Delivery, PublishError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
         let matched = self.lookup::<E>();
+        let envelope = Envelope {
+            meta: Self::meta_for::<E>(options),
+            event,
+        };
         if !matched.any_async {
             let (handled, failures) = self.dispatch_sync_only(&matched.entries, &envelope, from);
             return Self::finish(envelope.meta, handled, 0, failures);
         }
+        self.try_dispatch_queued(from, &matched, envelope)
+    }
+
+    /// `try_dispatch` when some async listener matches.
+    #[inline(never)]
+    fn try_dispatch_queued<E: DomainEvent>(
+        &self,
+        from: Option<u64>,
+        matched: &Matched,
+        envelope: Envelope<E>,
+    ) -> Result<Delivery, PublishError> {
         // Reserve a slot in every queue first, so that a full queue means nobody gets the event.
         let mut permits = Vec::new();
         for (i, entry) in matched.entries.iter().enumerate() {
