@@ -75,6 +75,9 @@ pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> 
         .map_err(backend)?;
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(backend)?;
+    // After a checkpoint, shrink a WAL that a burst grew, instead of keeping it at its largest size.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(backend)?;
     Ok(conn)
 }
 

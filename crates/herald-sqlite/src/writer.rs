@@ -291,7 +291,10 @@ fn in_savepoint<T>(
         // SQLite rolled the whole transaction back (I/O error, disk full): earlier requests are gone too.
         return Err(match result {
             Err(Stop::Sql(e)) => e,
-            _ => rusqlite::Error::ExecuteReturnedResults,
+            _ => rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("SQLite rolled the batch transaction back".to_owned()),
+            ),
         });
     }
     if result.is_err() {
