@@ -158,6 +158,15 @@ async fn check(store: &SqliteStore, batches: &[Batch]) {
             missing_acked += 1;
         }
     }
+    let in_flight = batches.iter().filter(|b| !b.acked).count();
+    let in_flight_committed = batches
+        .iter()
+        .filter(|b| !b.acked && stored.contains(&b.ids[0]))
+        .count();
+    eprintln!(
+        "{} batches tried, {in_flight} unacknowledged at a kill, {in_flight_committed} of those committed",
+        batches.len()
+    );
     assert_eq!(partial, 0, "partial appends found");
     assert_eq!(missing_acked, 0, "acknowledged appends lost");
     let tried: HashSet<Uuid> = batches.iter().flat_map(|b| b.ids.clone()).collect();
