@@ -96,7 +96,11 @@ struct AppendArgs {
     #[arg(long, default_value = "any")]
     expected: String,
     /// The event type.
-    #[arg(long = "type", required_unless_present = "stdin", conflicts_with = "stdin")]
+    #[arg(
+        long = "type",
+        required_unless_present = "stdin",
+        conflicts_with = "stdin"
+    )]
     event_type: Option<String>,
     /// Event data, JSON (default {}).
     #[arg(long, conflicts_with = "stdin")]
@@ -205,7 +209,10 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
             expected,
         } => {
             let stream = StreamName::new(stream)?;
-            let ids = ids.iter().map(|id| parse_id(id)).collect::<Result<Vec<_>, _>>()?;
+            let ids = ids
+                .iter()
+                .map(|id| parse_id(id))
+                .collect::<Result<Vec<_>, _>>()?;
             let result = store.link(&stream, &ids, expected.parse()?).await?;
             out.line(&json_line(&result))?;
         }
@@ -443,4 +450,3 @@ impl Output {
         }
     }
 }
-

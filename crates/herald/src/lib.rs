@@ -27,13 +27,13 @@
 mod connect;
 
 pub use connect::{DEFAULT_DATABASE_URL, connect};
-pub use herald_core::{
-    AppendResult, Direction, Error, EventStore, EventStoreExt, ExpectedVersion, Head, Limits, LinkResult,
-    NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo, StreamName, time, timefmt,
-    uuid,
-};
 /// The core crate: event model, the [`EventStore`] port and its errors.
 pub use herald_core as core;
+pub use herald_core::{
+    AppendResult, Direction, Error, EventStore, EventStoreExt, ExpectedVersion, Head, Limits,
+    LinkResult, NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo,
+    StreamName, time, timefmt, uuid,
+};
 /// The in-memory backend.
 pub use herald_memory as memory;
 /// The embedded SQLite backend.

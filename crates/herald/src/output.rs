@@ -66,7 +66,10 @@ mod tests {
 
     #[test]
     fn line_breaks_between_tokens_become_spaces() {
-        assert_eq!(one_line("{\n \"a\": \"x\\ny\"\r\n}"), "{  \"a\": \"x\\ny\"  }");
+        assert_eq!(
+            one_line("{\n \"a\": \"x\\ny\"\r\n}"),
+            "{  \"a\": \"x\\ny\"  }"
+        );
         assert!(matches!(one_line("{}"), Cow::Borrowed(_)));
     }
 }

@@ -91,7 +91,10 @@ fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     for needle in needles {
-        assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
     }
     assert!(out.stdout.is_empty(), "nothing on stdout when failing");
 }
@@ -106,7 +109,14 @@ fn append_prints_versions_positions_and_ids() {
         serde_json::json!({"stream":"order-1","first_version":0,"last_version":0,
             "first_position":1,"last_position":1,"ids":[id]})
     );
-    let second = db.ok(&["append", "order-2", "--type", "OrderPlaced", "--expected", "no-stream"]);
+    let second = db.ok(&[
+        "append",
+        "order-2",
+        "--type",
+        "OrderPlaced",
+        "--expected",
+        "no-stream",
+    ]);
     assert_eq!(second[0]["first_position"], 2);
     assert_eq!(second[0]["first_version"], 0);
     let third = db.ok(&["append", "order-1", "--type", "Paid", "--expected", "0"]);
@@ -119,19 +129,50 @@ fn read_prints_events_exactly_as_written() {
     let db = Db::new();
     let data = r#"{"b":1,"a":123456789012345678901234567890,"z":"\u0000","u":"héllo ✓ 🎉"}"#;
     let metadata = r#"{"correlation_id":"0190c8a4-5c56-7d3e-8f00-0000000000aa","k":[1,2]}"#;
-    db.ok(&["append", "s-1", "--type", "T", "--data", data, "--metadata", metadata]);
+    db.ok(&[
+        "append",
+        "s-1",
+        "--type",
+        "T",
+        "--data",
+        data,
+        "--metadata",
+        metadata,
+    ]);
     let lines = db.read_raw(&["read", "s-1"]);
     assert_eq!(lines.len(), 1);
-    assert!(lines[0].contains(&format!(r#""data":{data}"#)), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!(r#""data":{data}"#)),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains(&format!(r#""metadata":{metadata}"#)));
     let event: Value = serde_json::from_str(&lines[0]).unwrap();
-    let keys: Vec<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
-    for key in ["id", "type", "stream", "version", "position", "data", "metadata", "recorded_at"] {
+    let keys: Vec<&str> = event
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "id",
+        "type",
+        "stream",
+        "version",
+        "position",
+        "data",
+        "metadata",
+        "recorded_at",
+    ] {
         assert!(keys.contains(&key), "missing {key}");
     }
     assert!(!keys.contains(&"origin_stream"));
     let recorded_at = event["recorded_at"].as_str().unwrap();
-    assert_eq!(recorded_at.len(), "2026-11-26T17:37:18.123456Z".len(), "{recorded_at}");
+    assert_eq!(
+        recorded_at.len(),
+        "2026-11-26T17:37:18.123456Z".len(),
+        "{recorded_at}"
+    );
     assert!(recorded_at.ends_with('Z'));
 }
 
@@ -154,7 +195,10 @@ fn stdin_append_is_one_atomic_append() {
         r#"{"type":"B","metadata":{"m":true},"id":"0190c8a4-5c56-7d3e-8f00-000000000002"}"#,
         "\n"
     );
-    let out = db.run_stdin(&["append", "s", "--stdin", "--expected", "no-stream"], input);
+    let out = db.run_stdin(
+        &["append", "s", "--stdin", "--expected", "no-stream"],
+        input,
+    );
     assert_success(&out, &["append --stdin"]);
     let result = &json_lines(&out)[0];
     assert_eq!(result["first_version"], 0);
@@ -165,7 +209,13 @@ fn stdin_append_is_one_atomic_append() {
     assert_eq!(events[1]["metadata"], serde_json::json!({"m":true}));
 
     // A bad third line rejects the whole input: nothing of it is stored.
-    let bad = concat!(r#"{"type":"C"}"#, "\n", r#"{"type":"D"}"#, "\n", "{not json}\n");
+    let bad = concat!(
+        r#"{"type":"C"}"#,
+        "\n",
+        r#"{"type":"D"}"#,
+        "\n",
+        "{not json}\n"
+    );
     let out = db.run_stdin(&["append", "s", "--stdin"], bad);
     assert_fails(&out, 5, &["line 3"]);
     assert_eq!(db.ok(&["read", "s"]).len(), 2);
@@ -195,16 +245,35 @@ fn invalid_input_exits_5_and_stores_nothing() {
     let db = Db::new();
     db.ok(&["append", "s", "--type", "T"]);
     let cases: &[(&[&str], &str)] = &[
-        (&["append", "s", "--type", "T", "--data", "{nope"], "data is not valid JSON"),
-        (&["append", "s", "--type", "T", "--metadata", "[1]"], "metadata must be a JSON object"),
-        (&["append", "s", "--type", "T", "--id", "not-a-uuid"], "not a UUID"),
         (
-            &["append", "s", "--type", "T", "--id", "00000000-0000-0000-0000-000000000000"],
+            &["append", "s", "--type", "T", "--data", "{nope"],
+            "data is not valid JSON",
+        ),
+        (
+            &["append", "s", "--type", "T", "--metadata", "[1]"],
+            "metadata must be a JSON object",
+        ),
+        (
+            &["append", "s", "--type", "T", "--id", "not-a-uuid"],
+            "not a UUID",
+        ),
+        (
+            &[
+                "append",
+                "s",
+                "--type",
+                "T",
+                "--id",
+                "00000000-0000-0000-0000-000000000000",
+            ],
             "nil UUID",
         ),
         (&["append", "$system", "--type", "T"], "reserved"),
         (&["append", "s", "--type", ""], "event type is empty"),
-        (&["append", "s", "--type", "T", "--expected", "soon"], "soon"),
+        (
+            &["append", "s", "--type", "T", "--expected", "soon"],
+            "soon",
+        ),
         (&["read", "s", "--after", "yesterday"], "RFC 3339"),
         (&["read", "--category", "a-b"], "a-b"),
         (&["read", "--all", "--limit", "0"], "limit"),
@@ -272,19 +341,36 @@ fn links_read_with_origin_and_unknown_events_exit_4() {
 #[test]
 fn read_options_select_and_order() {
     let db = Db::new();
-    for (stream, t) in [("order-1", "A"), ("order-2", "B"), ("user-1", "A"), ("order-1", "B")] {
+    for (stream, t) in [
+        ("order-1", "A"),
+        ("order-2", "B"),
+        ("user-1", "A"),
+        ("order-1", "B"),
+    ] {
         db.ok(&["append", stream, "--type", t]);
     }
     let positions = |args: &[&str]| -> Vec<u64> {
-        db.ok(args).iter().map(|e| e["position"].as_u64().unwrap()).collect()
+        db.ok(args)
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect()
     };
     assert_eq!(positions(&["read", "--all"]), [1, 2, 3, 4]);
     assert_eq!(positions(&["read", "--all", "--backward"]), [4, 3, 2, 1]);
-    assert_eq!(positions(&["read", "--all", "--from", "2", "--limit", "2"]), [2, 3]);
-    assert_eq!(positions(&["read", "--all", "--backward", "--from", "3"]), [3, 2, 1]);
+    assert_eq!(
+        positions(&["read", "--all", "--from", "2", "--limit", "2"]),
+        [2, 3]
+    );
+    assert_eq!(
+        positions(&["read", "--all", "--backward", "--from", "3"]),
+        [3, 2, 1]
+    );
     assert_eq!(positions(&["read", "--category", "order"]), [1, 2, 4]);
     assert_eq!(positions(&["read", "--all", "--type", "A"]), [1, 3]);
-    assert_eq!(positions(&["read", "--all", "--type", "A", "--type", "B"]), [1, 2, 3, 4]);
+    assert_eq!(
+        positions(&["read", "--all", "--type", "A", "--type", "B"]),
+        [1, 2, 3, 4]
+    );
     assert_eq!(positions(&["read", "order-1", "--from", "1"]), [4]);
     assert!(positions(&["read", "nothing-here"]).is_empty());
 
@@ -294,7 +380,14 @@ fn read_options_select_and_order() {
     assert_eq!(positions(&["read", "--all", "--after", third_at]), [3, 4]);
     assert_eq!(positions(&["read", "--all", "--before", third_at]), [1, 2]);
     assert_eq!(
-        positions(&["read", "--category", "order", "--after", third_at, "--backward"]),
+        positions(&[
+            "read",
+            "--category",
+            "order",
+            "--after",
+            third_at,
+            "--backward"
+        ]),
         [4]
     );
 
@@ -319,13 +412,23 @@ fn version_streams_and_delete() {
         serde_json::json!({"stream":"user-2","version":1})
     );
     let names = |args: &[&str]| -> Vec<String> {
-        db.ok(args).iter().map(|s| s["stream"].as_str().unwrap().to_owned()).collect()
+        db.ok(args)
+            .iter()
+            .map(|s| s["stream"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(names(&["streams"]), ["order-1", "user-1", "user-2"]);
-    assert_eq!(names(&["streams", "--prefix", "user"]), ["user-1", "user-2"]);
+    assert_eq!(
+        names(&["streams", "--prefix", "user"]),
+        ["user-1", "user-2"]
+    );
     assert_eq!(names(&["streams", "--limit", "1"]), ["order-1"]);
 
-    assert_fails(&db.run(&["delete", "user-2", "--expected", "0"]), 3, &["user-2"]);
+    assert_fails(
+        &db.run(&["delete", "user-2", "--expected", "0"]),
+        3,
+        &["user-2"],
+    );
     db.ok(&["delete", "user-2", "--expected", "1"]);
     assert_eq!(names(&["streams", "--prefix", "user"]), ["user-1"]);
     assert!(db.ok(&["read", "user-2"]).is_empty());
