@@ -24,6 +24,8 @@ struct Options {
     secs: Duration,
     skip_1m: bool,
     durability: Durability,
+    /// Only the 16-task append loop, for profiling.
+    only_concurrent: bool,
 }
 
 fn options() -> Options {
@@ -32,6 +34,7 @@ fn options() -> Options {
         secs: Duration::from_secs(1),
         skip_1m: false,
         durability: Durability::Full,
+        only_concurrent: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,6 +47,7 @@ fn options() -> Options {
             }
             "--skip-1m" => o.skip_1m = true,
             "--normal" => o.durability = Durability::Normal,
+            "--only-concurrent" => o.only_concurrent = true,
             "--bench" => {} // passed by cargo bench
             other => panic!("unknown argument {other}"),
         }
@@ -392,6 +396,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if o.only_concurrent {
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(open(&dir.path().join("c.db"), &o).await);
+            let mut m = Meter::default();
+            herald_concurrent(&store, 16, o.secs, 0, &mut m).await;
+            let stats = store.write_stats();
+            println!(
+                "16 tasks: {:.0} appends/s, {:.1} requests per commit",
+                m.rate(),
+                stats.requests as f64 / stats.transactions as f64
+            );
+        });
+        return;
+    }
     let mut f = Figures::default();
     let read_events = 100_000;
     let started = Instant::now();

@@ -165,9 +165,9 @@ async fn a_refused_request_does_not_sink_its_batch() {
                     .append(&a, vec![NewEvent::new("X")], ExpectedVersion::Exact(99))
                     .await
                     .map(|_| ()),
-                // Link of an unknown id: refused.
+                // Link of a known then an unknown id: refused after the first entry was written.
                 2 => store
-                    .link(&s, &[uuid::Uuid::now_v7()], ExpectedVersion::Any)
+                    .link(&s, &[taken.id, uuid::Uuid::now_v7()], ExpectedVersion::Any)
                     .await
                     .map(|_| ()),
                 _ => store
@@ -202,4 +202,18 @@ async fn a_refused_request_does_not_sink_its_batch() {
             .all(|(i, e)| e.position == i as u64 + 1)
     );
     assert!(log.iter().all(|e| e.event_type != "X"));
+    // Refused requests left no stream behind (their partial entries were undone).
+    let streams = store.streams("batch-", None, 100).await.unwrap();
+    let names: Vec<_> = streams.iter().map(|s| s.stream.as_str()).collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    for i in (0..20).filter(|i| i % 4 != 3) {
+        let s = StreamName::new(format!("batch-{i}")).unwrap();
+        assert!(
+            store
+                .read_to_vec(ReadQuery::stream(s))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
