@@ -63,7 +63,6 @@ fn bench_sync(c: &mut Criterion) {
         g.bench_function(format!("publish_{n}_local_listeners"), |b| {
             b.iter(|| publisher.try_publish(event()).is_ok())
         });
-        assert!(counters[0].0.load(Ordering::Relaxed) > 0);
     }
 
     let bus = Bus::new();

@@ -62,6 +62,9 @@ pub fn instrument<P: Payload, T>(
     payload: impl FnOnce() -> P,
     work: impl FnOnce() -> T,
 ) -> T {
+    if !instrument::global_has_subscribers() {
+        return work();
+    }
     Notifier::global().instrument(name, payload, work)
 }
 
@@ -72,12 +75,18 @@ pub fn try_instrument<P: Payload, T, E: ErrorInfo>(
     payload: impl FnOnce() -> P,
     work: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, E> {
+    if !instrument::global_has_subscribers() {
+        return work();
+    }
     Notifier::global().try_instrument(name, payload, work)
 }
 
 /// [`Notifier::notify`] on the global notifier.
 #[inline]
 pub fn notify<P: Payload>(name: &'static str, payload: impl FnOnce() -> P) {
+    if !instrument::global_has_subscribers() {
+        return;
+    }
     Notifier::global().notify(name, payload);
 }
 

@@ -605,3 +605,21 @@ fn publish_future_is_send() {
     assert_send(bus.publish(UserRegistered { user_id: 1 }));
     assert_send(bus.publisher().publish(UserRegistered { user_id: 1 }));
 }
+
+#[tokio::test]
+async fn an_application_cancellation_token_drains_and_stops_async_listeners() {
+    let token = tokio_util::sync::CancellationToken::new();
+    let bus = Bus::builder().cancellation_token(token.clone()).build();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let _sub = bus.subscribe_async(16, move |_: Arc<Envelope<UserRegistered>>| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async {}
+    });
+    for i in 0..5 {
+        bus.publish(UserRegistered { user_id: i }).await.unwrap();
+    }
+    token.cancel();
+    bus.shutdown().await; // waits for the drained listener task
+    assert_eq!(handled.load(Ordering::SeqCst), 5);
+}

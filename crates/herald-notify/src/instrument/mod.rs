@@ -99,6 +99,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn is_global(&self) -> bool {
+        LazyLock::get(&GLOBAL).is_some_and(|g| std::ptr::eq(&*g.inner, self))
+    }
+
     fn registry(&self) -> MutexGuard<'_, Vec<Arc<Sub>>> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -113,6 +117,9 @@ impl Unsubscribe for Inner {
         let sub = reg.remove(pos);
         sub.live.store(false, Ordering::Release);
         self.count.fetch_sub(1, Ordering::Relaxed);
+        if self.is_global() {
+            GLOBAL_SUBSCRIBERS.fetch_sub(1, Ordering::Relaxed);
+        }
         self.generation.fetch_add(1, Ordering::Release);
         true
     }
@@ -120,6 +127,16 @@ impl Unsubscribe for Inner {
 
 static NEXT_NOTIFIER: AtomicU64 = AtomicU64::new(1);
 static GLOBAL: LazyLock<Notifier> = LazyLock::new(Notifier::new);
+
+/// The global notifier's subscriber count, mirrored in a plain static so that the crate-level functions
+/// can skip the global's lazy initialisation check on the no-subscriber path.
+static GLOBAL_SUBSCRIBERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the global notifier has any subscriber (the crate-level functions' fast path).
+#[inline]
+pub(crate) fn global_has_subscribers() -> bool {
+    GLOBAL_SUBSCRIBERS.load(Ordering::Relaxed) != 0
+}
 
 thread_local! {
     static CACHE: RefCell<LocalCache<Box<str>, Matched>> = const { RefCell::new(LocalCache::new()) };
@@ -493,6 +510,9 @@ impl Notifier {
         let mut reg = self.inner.registry();
         reg.push(sub);
         self.inner.count.fetch_add(1, Ordering::Relaxed);
+        if self.inner.is_global() {
+            GLOBAL_SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
+        }
         self.inner.generation.fetch_add(1, Ordering::Release);
         id
     }
