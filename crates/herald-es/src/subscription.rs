@@ -1,0 +1,429 @@
+//! Durable catch-up subscriptions and consumer groups.
+//!
+//! A [`Subscription`] reads a stream, a category or the global log from its stored checkpoint, in batches,
+//! then keeps following live commits ([`EventStoreExt::follow`]: the switch from history to live re-reads from
+//! the cursor after the last event yielded, so nothing is skipped or repeated at the seam). After each batch
+//! is handled it stores the cursor of the last event in a [`CheckpointStore`]; a restart resumes after it.
+//! [`Subscription::run`] stops cleanly when its [`CancellationToken`] is cancelled (after the event being
+//! handled, with the checkpoint saved).
+//!
+//! # Delivery guarantee
+//!
+//! **At least once, in order.** A crash between handling events and saving the checkpoint redelivers at most
+//! the last unsaved batch (`batch_size` events; set it to 1 to redeliver at most one event). Handlers should be
+//! idempotent by event id, or keep their effect and the checkpoint in one transaction (see
+//! [`crate::sqlite::SqliteProjection`], which is exactly-once for a read model in the same SQLite file).
+//! A handler error stops the subscription with [`EsError::Handler`]; the checkpoint stays before the failed
+//! event, so the next run delivers it again.
+//!
+//! # Consumer groups
+//!
+//! `count` members share a category (or the global log). Each reads the whole scope and handles only the
+//! streams it owns: member `index` owns stream `s` when `stable_hash(s) % count == index` ([`stable_hash`]
+//! is FNV-1a 64 of the stream name: the same on every machine and Rust version). One stream always has one
+//! owner, so per-stream order holds. Each member keeps its own checkpoint, named `{name}#{index}of{count}`.
+//!
+//! **Membership changes (join, leave) are done by restart:** stop every member, start the new set with the new
+//! `count`. A member whose checkpoint does not exist yet starts from the *safe point* of the previous
+//! generation: for each earlier `count` whose members all have checkpoints, the lowest of them (every event at
+//! or below it was handled by its owner at the time); the highest such point across generations. Events after
+//! it may be handled again by a new owner (at least once, as always), none are lost. Running two generations at
+//! once is not detected and breaks per-stream order: do not.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::CheckpointStore;
+use crate::error::{EsError, Result};
+
+/// A boxed error from user handlers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Handles the events of a subscription, one at a time, in order.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    /// Handles one event. An error stops the subscription before the event's checkpoint.
+    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError>;
+}
+
+#[async_trait]
+impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
+    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
+        (**self).handle(event).await
+    }
+}
+
+/// An [`EventHandler`] from an async closure taking the event by value.
+pub struct FnHandler<F>(F);
+
+impl<F> std::fmt::Debug for FnHandler<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnHandler")
+    }
+}
+
+/// Wraps an async closure as an [`EventHandler`].
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(RecordedEvent) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
+{
+    FnHandler(f)
+}
+
+#[async_trait]
+impl<F, Fut> EventHandler for FnHandler<F>
+where
+    F: Fn(RecordedEvent) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
+{
+    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
+        (self.0)(event.clone()).await
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes across machines, processes or Rust versions.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in s.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// One member of a consumer group: `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupMember {
+    index: u32,
+    count: u32,
+}
+
+impl GroupMember {
+    /// Member `index` (0-based) of `count`.
+    pub fn new(index: u32, count: u32) -> Result<Self> {
+        if count == 0 || index >= count {
+            return Err(EsError::InvalidInput(format!(
+                "group member index {index} is out of range for {count} members"
+            )));
+        }
+        Ok(GroupMember { index, count })
+    }
+
+    /// This member's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The group's size.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether this member handles `stream`.
+    pub fn owns(&self, stream: &str) -> bool {
+        stable_hash(stream) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{name}#{}of{}", self.index, self.count)
+    }
+}
+
+/// Counts of one [`Subscription::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionStats {
+    /// Events given to the handler.
+    pub handled: u64,
+    /// Events read but owned by another group member.
+    pub skipped: u64,
+    /// Cursor of the last event done (checkpointed), if any.
+    pub cursor: Option<u64>,
+}
+
+/// A durable catch-up subscription. See the [module docs](self).
+pub struct Subscription {
+    name: String,
+    query: ReadQuery,
+    group: Option<GroupMember>,
+    store: Arc<dyn EventStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    progress: watch::Sender<Option<u64>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("scope", &self.query.scope)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 200
+        || name.contains('#')
+        || name.chars().any(char::is_control)
+    {
+        return Err(EsError::InvalidInput(format!(
+            "subscription name {name:?} must be 1 to 200 bytes without `#` or control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Subscription {
+    /// A subscription named `name` (its checkpoint key) over `scope`.
+    pub fn new(
+        name: impl Into<String>,
+        scope: ReadScope,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Result<Self> {
+        let name = name.into();
+        validate_name(&name)?;
+        let query = ReadQuery {
+            scope,
+            ..ReadQuery::all()
+        }
+        .batch_size(256);
+        query.validate()?;
+        Ok(Subscription {
+            name,
+            query,
+            group: None,
+            store,
+            checkpoints,
+            progress: watch::channel(None).0,
+        })
+    }
+
+    /// A subscription to one stream (cursor: stream version).
+    pub fn stream(
+        name: impl Into<String>,
+        stream: StreamName,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Result<Self> {
+        Self::new(name, ReadScope::Stream(stream), store, checkpoints)
+    }
+
+    /// A subscription to a category (cursor: global position).
+    pub fn category(
+        name: impl Into<String>,
+        category: impl Into<String>,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Result<Self> {
+        Self::new(
+            name,
+            ReadScope::Category(category.into()),
+            store,
+            checkpoints,
+        )
+    }
+
+    /// A subscription to the global log (cursor: global position).
+    pub fn all(
+        name: impl Into<String>,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Result<Self> {
+        Self::new(name, ReadScope::All, store, checkpoints)
+    }
+
+    /// Only events of these types reach the handler (the cursor still moves past the others).
+    pub fn types<I, S>(mut self, types: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.query = self.query.types(types);
+        self.query.validate()?;
+        Ok(self)
+    }
+
+    /// Events read and handled per batch; the checkpoint is saved after each batch (1 to 10,000; default 256).
+    pub fn batch_size(mut self, n: usize) -> Result<Self> {
+        self.query = self.query.batch_size(n);
+        self.query.validate()?;
+        Ok(self)
+    }
+
+    /// Makes this subscription one member of a consumer group (category or global scope only).
+    pub fn member(mut self, member: GroupMember) -> Result<Self> {
+        if matches!(self.query.scope, ReadScope::Stream(_)) {
+            return Err(EsError::InvalidInput(
+                "consumer groups share a category or the global log, not one stream".into(),
+            ));
+        }
+        self.group = Some(member);
+        Ok(self)
+    }
+
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key its checkpoint is stored under (`name`, or `name#IofN` for a group member).
+    pub fn checkpoint_key(&self) -> String {
+        match &self.group {
+            Some(member) => member.key(&self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// A receiver of the last checkpointed cursor: wait on it to know an event has been handled.
+    pub fn progress(&self) -> watch::Receiver<Option<u64>> {
+        self.progress.subscribe()
+    }
+
+    /// Deletes this subscription's checkpoint: the next run starts from the beginning.
+    pub async fn reset(&self) -> Result<()> {
+        self.checkpoints.delete(&self.checkpoint_key()).await?;
+        self.progress.send_replace(None);
+        Ok(())
+    }
+
+    /// The cursor the next run resumes after (`None`: from the beginning), with the group rule of the module
+    /// docs for a member without a checkpoint.
+    pub async fn start_cursor(&self) -> Result<Option<u64>> {
+        let key = self.checkpoint_key();
+        if let Some(cursor) = self.checkpoints.load(&key).await? {
+            return Ok(Some(cursor));
+        }
+        let Some(member) = self.group else {
+            return Ok(None);
+        };
+        let prefix = format!("{}#", self.name);
+        let mut generations: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+        for (k, cursor) in self.checkpoints.list(&prefix).await? {
+            let Some((_, count)) = k[prefix.len()..].split_once("of") else {
+                continue;
+            };
+            if let Ok(count) = count.parse::<u32>()
+                && count != member.count
+            {
+                generations.entry(count).or_default().push(cursor);
+            }
+        }
+        let safe = generations
+            .iter()
+            .filter(|(count, cursors)| cursors.len() == **count as usize)
+            .filter_map(|(_, cursors)| cursors.iter().min().copied())
+            .max();
+        if safe.is_some() {
+            tracing::info!(subscription = %key, safe_point = ?safe, "new group member starts from the previous generation's safe point");
+        }
+        Ok(safe)
+    }
+
+    fn cursor_of(&self, event: &RecordedEvent) -> u64 {
+        match self.query.scope {
+            ReadScope::Stream(_) => event.version,
+            ReadScope::All | ReadScope::Category(_) => event.position,
+        }
+    }
+
+    /// Runs until `cancel` is cancelled (`Ok`) or the handler or the store fails (`Err`, checkpoint saved up to
+    /// the last event handled).
+    pub async fn run<H: EventHandler + ?Sized>(
+        &self,
+        handler: &H,
+        cancel: &CancellationToken,
+    ) -> Result<SubscriptionStats> {
+        let key = self.checkpoint_key();
+        let start = self.start_cursor().await?;
+        let mut query = self.query.clone();
+        query.from = start.map(|c| c + 1);
+        let mut stats = SubscriptionStats {
+            cursor: start,
+            ..Default::default()
+        };
+        let batch_size = query.batch_size;
+        let mut feed = Feed::new(self.store.follow(query));
+        tracing::debug!(subscription = %key, from = ?start, "subscription started");
+        while let Some(batch) = feed.next_batch(batch_size, cancel).await? {
+            let mut done = None;
+            let mut failure = None;
+            for event in &batch {
+                let owned = self.group.is_none_or(|m| m.owns(&event.stream));
+                if owned {
+                    if let Err(e) = handler.handle(event).await {
+                        failure = Some(EsError::Handler {
+                            handler: key.clone(),
+                            event_id: event.id,
+                            message: e.to_string(),
+                        });
+                        break;
+                    }
+                    stats.handled += 1;
+                } else {
+                    stats.skipped += 1;
+                }
+                done = Some(self.cursor_of(event));
+                if cancel.is_cancelled() {
+                    break;
+                }
+            }
+            if let Some(cursor) = done {
+                self.checkpoints.save(&key, cursor).await?;
+                stats.cursor = Some(cursor);
+                self.progress.send_replace(Some(cursor));
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        tracing::debug!(subscription = %key, ?stats, "subscription stopped");
+        Ok(stats)
+    }
+}
+
+/// Turns a follow stream into batches: waits for one event (or cancellation), then takes what is already
+/// available without waiting, up to `max`.
+pub(crate) struct Feed<'a> {
+    events: BoxStream<'a, herald_core::Result<RecordedEvent>>,
+}
+
+impl<'a> Feed<'a> {
+    pub(crate) fn new(events: BoxStream<'a, herald_core::Result<RecordedEvent>>) -> Self {
+        Feed { events }
+    }
+
+    pub(crate) async fn next_batch(
+        &mut self,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<RecordedEvent>>> {
+        let first = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(None),
+            next = self.events.next() => next,
+        };
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let mut batch = vec![first?];
+        while batch.len() < max {
+            // `Next` is cancel-safe: a pending read stays inside the stream and resumes on the next call.
+            match self.events.next().now_or_never() {
+                Some(Some(event)) => batch.push(event?),
+                Some(None) | None => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+}

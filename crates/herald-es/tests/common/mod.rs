@@ -1,0 +1,217 @@
+//! Shared test domain (an order aggregate) and fixtures for both backends.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herald_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
+use herald_es::sqlite::{SqliteCheckpointStore, SqliteSnapshotStore};
+use herald_es::{
+    Aggregate, CheckpointStore, EventSet, InMemoryCheckpointStore, InMemorySnapshotStore, Snapshot,
+    SnapshotStore,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum OrderEvent {
+    OrderPlaced { customer: String },
+    ItemAdded { sku: String, qty: u32 },
+    OrderPaid { cents: u64 },
+    OrderCancelled,
+}
+
+impl EventSet for OrderEvent {
+    fn schema_version(event_type: &str) -> u32 {
+        match event_type {
+            // v1 {"product"}, v2 {"sku"}, v3 {"sku","qty"}
+            "ItemAdded" => 3,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderCommand {
+    Place { customer: String },
+    AddItem { sku: String, qty: u32 },
+    Pay { cents: u64 },
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OrderError {
+    #[error("order already placed")]
+    AlreadyPlaced,
+    #[error("order not placed")]
+    NotPlaced,
+    #[error("order is closed")]
+    Closed,
+    #[error("quantity must be positive")]
+    ZeroQuantity,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub placed: bool,
+    pub closed: bool,
+    pub customer: String,
+    pub items: u64,
+    pub paid: u64,
+}
+
+impl Aggregate for Order {
+    const CATEGORY: &'static str = "order";
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OrderError;
+
+    fn decide(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        match command {
+            OrderCommand::Place { customer } => {
+                if self.placed {
+                    return Err(OrderError::AlreadyPlaced);
+                }
+                Ok(vec![OrderEvent::OrderPlaced {
+                    customer: customer.clone(),
+                }])
+            }
+            OrderCommand::AddItem { sku, qty } => {
+                if !self.placed {
+                    return Err(OrderError::NotPlaced);
+                }
+                if self.closed {
+                    return Err(OrderError::Closed);
+                }
+                if *qty == 0 {
+                    return Err(OrderError::ZeroQuantity);
+                }
+                Ok(vec![OrderEvent::ItemAdded {
+                    sku: sku.clone(),
+                    qty: *qty,
+                }])
+            }
+            OrderCommand::Pay { cents } => {
+                if !self.placed {
+                    return Err(OrderError::NotPlaced);
+                }
+                if self.closed {
+                    return Err(OrderError::Closed);
+                }
+                Ok(vec![OrderEvent::OrderPaid { cents: *cents }])
+            }
+            OrderCommand::Cancel => {
+                if self.closed {
+                    return Err(OrderError::Closed);
+                }
+                Ok(vec![OrderEvent::OrderCancelled])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &OrderEvent) {
+        match event {
+            OrderEvent::OrderPlaced { customer } => {
+                self.placed = true;
+                self.customer = customer.clone();
+            }
+            OrderEvent::ItemAdded { qty, .. } => self.items += u64::from(*qty),
+            OrderEvent::OrderPaid { cents } => {
+                self.paid += cents;
+                self.closed = true;
+            }
+            OrderEvent::OrderCancelled => self.closed = true,
+        }
+    }
+}
+
+/// A store plus the checkpoint and snapshot stores that go with its backend.
+pub struct Fixture {
+    pub store: Arc<dyn EventStore>,
+    pub path: Option<PathBuf>,
+    pub backend: &'static str,
+    memory_snapshots: Option<Arc<InMemorySnapshotStore>>,
+    sqlite_snapshots: Option<SqliteSnapshotStore>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+}
+
+impl Fixture {
+    pub async fn memory() -> Self {
+        Fixture {
+            store: Arc::new(herald_memory::InMemoryStore::new()),
+            path: None,
+            backend: "memory",
+            memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
+            sqlite_snapshots: None,
+            checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+        }
+    }
+
+    pub async fn sqlite() -> Self {
+        let store = herald_sqlite::SqliteStore::open_temporary().await.unwrap();
+        let path = store.path().to_path_buf();
+        Fixture {
+            store: Arc::new(store),
+            sqlite_snapshots: Some(SqliteSnapshotStore::open(&path).await.unwrap()),
+            checkpoints: Arc::new(SqliteCheckpointStore::open(&path).await.unwrap()),
+            path: Some(path),
+            backend: "sqlite",
+            memory_snapshots: None,
+        }
+    }
+
+    pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
+        match (&self.memory_snapshots, &self.sqlite_snapshots) {
+            (Some(m), _) => m.clone(),
+            (_, Some(s)) => Arc::new(s.clone()),
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn plant_snapshot(&self, snapshot: Snapshot) {
+        match (&self.memory_snapshots, &self.sqlite_snapshots) {
+            (Some(m), _) => m.put(snapshot),
+            (_, Some(s)) => s.put(snapshot).await.unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Appends `n` raw events to `stream`, returns the last position.
+    pub async fn append_raw(&self, stream: &str, n: usize, event_type: &str) -> u64 {
+        let events = (0..n)
+            .map(|i| NewEvent::new(event_type).with_data(format!(r#"{{"i":{i}}}"#)))
+            .collect();
+        self.store
+            .append(
+                &StreamName::new(stream).unwrap(),
+                events,
+                ExpectedVersion::Any,
+            )
+            .await
+            .unwrap()
+            .last_position
+    }
+}
+
+/// Expands test functions `async fn name(f: Fixture)` into one `#[tokio::test]` per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Fixture::memory().await).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Fixture::sqlite().await).await
+                }
+            )*
+        }
+    };
+}
