@@ -22,6 +22,8 @@
 //! - **Writes** go to one writer thread that owns the write connection and commits concurrent requests
 //!   together: one `BEGIN IMMEDIATE … COMMIT` (one fsync) per batch, each request in its own savepoint with its
 //!   own expected-version check and result (see `writer.rs`). Replies are sent only after `COMMIT` returns.
+//! - **Checkpoints** of the WAL run on their own thread and connection, woken by a WAL hook, so they do
+//!   not stall group commits (see `checkpoint.rs`).
 //! - **Reads** use a pool of connections on tokio's blocking pool; WAL readers never wait for the writer.
 //! - **Schema** migrations are embedded and applied on open (`PRAGMA user_version`), under `BEGIN IMMEDIATE`,
 //!   so several processes may open the same file at once. Several stores (or processes) may share one file:
@@ -44,6 +46,7 @@
 //! | live head ([`EventStore::watch_head`]) | commits through this handle; other processes' commits are seen by polling followers |
 //! | several processes on one file | yes (one machine; not on network file systems) |
 
+mod checkpoint;
 mod config;
 mod read;
 mod schema;
@@ -86,6 +89,7 @@ pub struct SqliteStore {
     config: SqliteConfig,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
     reads: Arc<ReadPool>,
     head: watch::Receiver<Head>,
     counters: Arc<writer::Counters>,
@@ -138,22 +142,24 @@ impl SqliteStore {
     ) -> Result<Self> {
         config.validate()?;
         let (path2, config2) = (path.clone(), config.clone());
-        let (write_conn, read_conns, position) = tokio::task::spawn_blocking(move || {
-            let mut write_conn = schema::connect(&path2, &config2)?;
-            schema::migrate(&mut write_conn)?;
-            let (position, _) = writer::read_tail(&write_conn).map_err(schema::backend)?;
-            let read_conns = (0..config2.read_connections)
-                .map(|_| {
-                    let conn = schema::connect(&path2, &config2)?;
-                    conn.pragma_update(None, "query_only", true)
-                        .map_err(schema::backend)?;
-                    Ok(conn)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok::<_, Error>((write_conn, read_conns, position))
-        })
-        .await
-        .map_err(|e| Error::backend(format!("open task failed: {e}")))??;
+        let (write_conn, read_conns, position, checkpointer) =
+            tokio::task::spawn_blocking(move || {
+                let mut write_conn = schema::connect(&path2, &config2)?;
+                schema::migrate(&mut write_conn)?;
+                let checkpointer = checkpoint::start(&mut write_conn, &path2, &config2)?;
+                let (position, _) = writer::read_tail(&write_conn).map_err(schema::backend)?;
+                let read_conns = (0..config2.read_connections)
+                    .map(|_| {
+                        let conn = schema::connect(&path2, &config2)?;
+                        conn.pragma_update(None, "query_only", true)
+                            .map_err(schema::backend)?;
+                        Ok(conn)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok::<_, Error>((write_conn, read_conns, position, checkpointer))
+            })
+            .await
+            .map_err(|e| Error::backend(format!("open task failed: {e}")))??;
 
         let (head_tx, head_rx) = watch::channel(Head {
             position,
@@ -173,6 +179,7 @@ impl SqliteStore {
             config,
             requests: Some(tx),
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
             reads: Arc::new(ReadPool::new(read_conns)),
             head: head_rx,
             counters,
@@ -203,9 +210,14 @@ impl SqliteStore {
     /// blocking the async runtime. Dropping the store does the same, blocking the dropping thread briefly.
     pub async fn close(mut self) {
         self.requests.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        }
+        let threads = [self.writer.take(), self.checkpointer.take()];
+        let _ = tokio::task::spawn_blocking(move || {
+            // The writer first: its connection's end is what stops the checkpointer.
+            for thread in threads.into_iter().flatten() {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 
     async fn submit<T>(
@@ -228,6 +240,10 @@ impl Drop for SqliteStore {
             && writer.join().is_err()
         {
             tracing::error!("herald-sqlite writer thread panicked");
+        }
+        // The writer's connection is closed, so the checkpointer has been told to stop.
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
         }
     }
 }
