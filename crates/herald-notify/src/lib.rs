@@ -2,19 +2,23 @@
 //!
 //! Two tools that Rails applications get from ActiveSupport::Notifications and Wisper:
 //!
-//! * **Instrumentation** ([`Notifier`], [`instrument`], [`subscribe`]): named, timed, in-memory events
-//!   (`sql.query`, `cache.read`) with subscribers by exact name, glob, regex or all. Never stored; costs
-//!   about a nanosecond when nobody listens. See the [`instrument`](mod@instrument) module.
-//! * **Domain events** ([`Bus`], [`DomainEvent`]): typed events with a stable type name and schema
-//!   version, delivered to sync handlers (in the publisher's task) and async listeners (each on its own
-//!   bounded queue), with causation and correlation ids propagated automatically. See the [`bus`] module.
+//! * **Instrumentation** ([`Notifier`], [`instrument()`], [`subscribe`]): named, timed, in-memory events
+//!   (`sql.query`, `cache.read`) with subscribers by exact name, glob, regex or all, span (start/finish)
+//!   subscribers, scoped subscriptions and a [`tracing` bridge](tracing_bridge). Never stored; about a
+//!   nanosecond when nobody listens. See the [`instrument`](mod@instrument) module for the cost model.
+//! * **Domain events** ([`Bus`], [`DomainEvent`]): typed events with a stable type name and schema version,
+//!   delivered to sync handlers (in the publisher's task) and async listeners (each on its own bounded
+//!   queue), with causation and correlation ids propagated automatically; [`StorePublisher`] appends them to
+//!   the event store first and dispatches after the commit. See the [`bus`] module for the delivery,
+//!   ordering, capacity, closing and panic guarantees.
 //!
 //! # Feature flags
 //!
-//! This crate has no cargo features: the `tracing` bridge is always available (`tracing` is a small,
-//! ubiquitous dependency) and Tokio is required for async listeners and task-scoped subscriptions.
+//! | feature | default | what |
+//! | --- | --- | --- |
+//! | (none) | | everything is always built: the `tracing` bridge is small, Tokio is needed for async listeners and task-scoped subscriptions, `herald-core` for [`StorePublisher`] |
 //!
-//! # Quick start
+//! # Instrumentation
 //!
 //! ```
 //! use herald_notify::{Notifier, Pattern};
@@ -24,9 +28,34 @@
 //!     .subscribe(Pattern::regex(r"^sql\.").unwrap(), |e| {
 //!         println!("{} took {:?}: {:?}", e.name(), e.duration(), e.payload());
 //!     })
-//!     .guard();
+//!     .guard(); // unsubscribes when dropped
 //! let n = notifier.instrument("sql.query", || "SELECT count(*) FROM users", || 42);
 //! assert_eq!(n, 42);
+//! ```
+//!
+//! # Domain events
+//!
+//! ```
+//! use herald_notify::{Bus, Envelope};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! struct UserRegistered { user_id: u64 }
+//! herald_notify::domain_event!(UserRegistered, "user.registered");
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let bus = Bus::new();
+//! let _mailer = bus.subscribe(|e: &Envelope<UserRegistered>| {
+//!     println!("welcome mail for {} (event {})", e.user_id, e.id());
+//! });
+//! let _audit = bus.subscribe_async(128, |e: std::sync::Arc<Envelope<UserRegistered>>| async move {
+//!     println!("audited {}", e.user_id);
+//! });
+//! let delivery = bus.publish(UserRegistered { user_id: 7 }).await.unwrap();
+//! assert_eq!((delivery.handled, delivery.queued), (1, 1));
+//! bus.shutdown().await; // drains the async listener
+//! # }
 //! ```
 
 pub mod bus;

@@ -147,7 +147,7 @@ thread_local! {
 /// An instrumentation hub: subscribers register with it, `instrument`/`notify` deliver through it.
 ///
 /// There is one process-global notifier ([`Notifier::global`], used by the crate-level functions such as
-/// [`instrument`](crate::instrument)), and any number of independent ones from [`Notifier::new`], which is
+/// [`instrument()`](crate::instrument())), and any number of independent ones from [`Notifier::new`], which is
 /// what tests should use so that they do not see each other's subscribers. Cloning a `Notifier` gives
 /// another handle to the same hub.
 ///

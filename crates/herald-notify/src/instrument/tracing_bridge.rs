@@ -1,6 +1,6 @@
 //! A bridge from instrumentation events to `tracing`.
 //!
-//! [`install`] subscribes a [`SpanSubscriber`](crate::SpanSubscriber) that opens a `tracing` span named
+//! [`install`] subscribes a [`SpanSubscriber`] that opens a `tracing` span named
 //! `herald.instrument` (target `herald_notify`, level DEBUG) around each matching instrumented block, with
 //! the fields `event` (the name) and `payload` (its `Debug` form), and records `duration_ns` and `outcome`
 //! on it when the block finishes, followed by a DEBUG event inside the span. Spans nest the way the
