@@ -26,3 +26,12 @@ start() {
 if command -v pg_ctlcluster >/dev/null 2>&1; then
   start postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
 fi
+
+# The PostgreSQL backend's tests use database `test` (each test in a fresh schema inside it).
+if command -v psql >/dev/null 2>&1 && port_open 5432; then
+  if ! psql -h 127.0.0.1 -U root -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'test'" 2>/dev/null | grep -q 1; then
+    echo "services: creating PostgreSQL database test"
+    psql -h 127.0.0.1 -U root -d postgres -c "CREATE DATABASE test" >/dev/null 2>&1 \
+      || echo "services: creating PostgreSQL database test failed" >&2
+  fi
+fi

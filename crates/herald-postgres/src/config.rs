@@ -1,0 +1,205 @@
+//! How a store is opened: typed configuration with a builder, and the `postgres://` URL form the CLI and
+//! server take. The library never reads environment variables; the binary does and hands the result here.
+
+use std::str::FromStr;
+
+use herald_core::{Error, Limits, Result};
+
+/// Default schema holding Herald's tables.
+pub const DEFAULT_SCHEMA: &str = "herald";
+/// Default largest number of read connections in the pool (opened on demand).
+pub const DEFAULT_POOL_SIZE: usize = 8;
+/// Default largest number of write requests the writer commits in one transaction.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Longest schema name accepted (the LISTEN channel name, `herald_` + schema, must fit in 63 bytes).
+pub const MAX_SCHEMA_LEN: usize = 48;
+
+/// Settings of a [`crate::PostgresStore`].
+///
+/// ```
+/// use herald_postgres::PostgresConfig;
+/// let config = PostgresConfig::default().schema("orders").pool_size(4).max_batch(128);
+/// assert_eq!(config.schema, "orders");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Schema holding the tables (created on open): lowercase ASCII letters, digits and `_`, not starting
+    /// with a digit, at most [`MAX_SCHEMA_LEN`] bytes.
+    pub schema: String,
+    /// Most read connections (opened on demand). Writes use one more connection, live notifications another.
+    pub pool_size: usize,
+    /// Most write requests committed in one transaction.
+    pub max_batch: usize,
+    /// Size limits enforced before anything is written.
+    pub limits: Limits,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+            max_batch: DEFAULT_MAX_BATCH,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Uses this schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Most read connections.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Most write requests per transaction.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let s = &self.schema;
+        let valid_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let starts_ok = s
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+        if !valid_chars || !starts_ok || s.len() > MAX_SCHEMA_LEN || s.starts_with("pg_") {
+            return Err(Error::invalid(format!(
+                "schema name `{s}` is not valid: use 1 to {MAX_SCHEMA_LEN} lowercase ASCII letters, digits \
+                 and `_`, not starting with a digit or `pg_`"
+            )));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::invalid("pool_size must be at least 1"));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::invalid("max_batch must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A parsed `postgres://` (or `postgresql://`) URL: the connection part for the driver and Herald's own
+/// parameters (`schema`, `pool_size`, `max_batch`), which are taken out of the query string.
+///
+/// ```
+/// use herald_postgres::PostgresUrl;
+/// let url: PostgresUrl = "postgres://root@127.0.0.1:5432/test?schema=app&pool_size=4".parse()?;
+/// assert_eq!(url.connection, "postgres://root@127.0.0.1:5432/test");
+/// assert_eq!(url.config.schema, "app");
+/// assert_eq!(url.config.pool_size, 4);
+/// # Ok::<(), herald_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresUrl {
+    /// The URL without Herald's parameters, as the driver takes it (other parameters such as
+    /// `connect_timeout` or `application_name` stay).
+    pub connection: String,
+    /// Settings from the URL's Herald parameters, defaults otherwise.
+    pub config: PostgresConfig,
+}
+
+impl PostgresUrl {
+    /// Parses `url`, starting from `base` for the settings the URL does not give.
+    pub fn parse_with(url: &str, base: PostgresConfig) -> Result<Self> {
+        let (scheme, _) = url.split_once("://").unwrap_or(("", ""));
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err(Error::invalid(format!(
+                "`{url}` is not a postgres:// or postgresql:// URL"
+            )));
+        }
+        let (base_url, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut config = base;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| {
+                value.parse::<usize>().map_err(|_| {
+                    Error::invalid(format!("URL parameter {what}=`{value}` is not a number"))
+                })
+            };
+            match key {
+                "schema" => config.schema = value.to_owned(),
+                "pool_size" => config.pool_size = number("pool_size")?,
+                "max_batch" => config.max_batch = number("max_batch")?,
+                _ => kept.push(pair),
+            }
+        }
+        config.validate()?;
+        let connection = if kept.is_empty() {
+            base_url.to_owned()
+        } else {
+            format!("{base_url}?{}", kept.join("&"))
+        };
+        // Let the driver reject what it cannot use now, with its own message.
+        connection
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| Error::invalid(format!("PostgreSQL URL `{url}` is not valid: {e}")))?;
+        Ok(PostgresUrl { connection, config })
+    }
+}
+
+impl FromStr for PostgresUrl {
+    type Err = Error;
+    fn from_str(url: &str) -> Result<Self> {
+        Self::parse_with(url, PostgresConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_herald_parameters_and_keeps_the_rest() {
+        let url: PostgresUrl =
+            "postgresql://u@h/db?connect_timeout=3&schema=s_1&max_batch=9&application_name=x"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            url.connection,
+            "postgresql://u@h/db?connect_timeout=3&application_name=x"
+        );
+        assert_eq!(url.config.schema, "s_1");
+        assert_eq!(url.config.max_batch, 9);
+        assert_eq!(url.config.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn rejects_bad_urls_and_settings() {
+        for bad in [
+            "sqlite://x",
+            "postgres://h/db?schema=Bad",
+            "postgres://h/db?schema=1x",
+            "postgres://h/db?schema=",
+            "postgres://h/db?schema=pg_x",
+            "postgres://h/db?pool_size=0",
+            "postgres://h/db?max_batch=many",
+            "postgres://h/db?nonsense=1",
+        ] {
+            let err = bad.parse::<PostgresUrl>().unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");
+        }
+        let long = format!("postgres://h/db?schema={}", "a".repeat(MAX_SCHEMA_LEN + 1));
+        assert!(long.parse::<PostgresUrl>().is_err());
+    }
+}

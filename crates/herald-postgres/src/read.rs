@@ -1,0 +1,236 @@
+//! Reads: a pool of connections (opened on demand), each statement prepared once per connection.
+//!
+//! A page read is one SQL statement that applies scope, direction, start, page size, type filter and time
+//! range. Each statement runs on its own snapshot; because positions become visible in order (see the crate
+//! docs), a snapshot always holds a gap-free prefix of the global log.
+
+use deadpool_postgres::{Object, Pool};
+use herald_core::query::{Direction, ReadQuery, ReadScope};
+use herald_core::{Error, Origin, RecordedEvent, Result, StreamInfo, timefmt};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::schema::backend;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+pub(crate) async fn client(pool: &Pool) -> Result<Object> {
+    pool.get().await.map_err(|e| {
+        Error::backend(format!(
+            "cannot get a PostgreSQL read connection from the pool: {e}"
+        ))
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.event_type, e.data, e.metadata, e.recorded_at, e.position, e.stream, e.version";
+
+/// Builds the page query: SQL text (prepared once per shape and connection) and its parameters.
+fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
+    let forward = query.direction == Direction::Forward;
+    let (cmp, order) = if forward {
+        (">=", "ASC")
+    } else {
+        ("<=", "DESC")
+    };
+    let from = query
+        .from
+        .map_or(if forward { 0 } else { i64::MAX }, |f| f as i64);
+    let mut params: Vec<Param> = Vec::with_capacity(6);
+    let mut sql = String::with_capacity(300);
+    let key = match &query.scope {
+        ReadScope::Stream(stream) => {
+            params.push(Box::new(stream.as_str().to_owned()));
+            params.push(Box::new(from));
+            sql.push_str(&format!(
+                "SELECT {EVENT_COLUMNS}, se.version, se.is_link \
+                 FROM stream_entries se JOIN events e ON e.position = se.position \
+                 WHERE se.stream = $1 AND se.version {cmp} $2"
+            ));
+            "se.version"
+        }
+        ReadScope::All => {
+            params.push(Box::new(from));
+            sql.push_str(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.position {cmp} $1"
+            ));
+            "e.position"
+        }
+        ReadScope::Category(category) => {
+            params.push(Box::new(category.clone()));
+            params.push(Box::new(from));
+            sql.push_str(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.category = $1 AND e.position {cmp} $2"
+            ));
+            "e.position"
+        }
+    };
+    if !query.types.is_empty() {
+        params.push(Box::new(query.types.clone()));
+        sql.push_str(&format!(
+            " AND e.event_type = ANY(${}::text[])",
+            params.len()
+        ));
+    }
+    if let Some(after) = query.recorded_after {
+        params.push(Box::new(timefmt::to_unix_micros(after)));
+        sql.push_str(&format!(" AND e.recorded_at >= ${}", params.len()));
+    }
+    if let Some(before) = query.recorded_before {
+        params.push(Box::new(timefmt::to_unix_micros(before)));
+        sql.push_str(&format!(" AND e.recorded_at < ${}", params.len()));
+    }
+    params.push(Box::new(query.page_size() as i64));
+    sql.push_str(&format!(" ORDER BY {key} {order} LIMIT ${}", params.len()));
+    (sql, params)
+}
+
+/// One page of `query` (already validated).
+pub(crate) async fn read_page(pool: &Pool, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
+    let (sql, params) = page_statement(query);
+    let client = client(pool).await?;
+    let statement = client.prepare_cached(&sql).await.map_err(backend)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(&statement, &refs).await.map_err(backend)?;
+    let through_stream = match &query.scope {
+        ReadScope::Stream(s) => Some(s.as_str()),
+        _ => None,
+    };
+    let mut page = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut event = recorded(row)?;
+        if let Some(stream) = through_stream {
+            let version: i64 = row.try_get(8).map_err(backend)?;
+            let is_link: bool = row.try_get(9).map_err(backend)?;
+            if is_link {
+                event.origin = Some(Origin {
+                    stream: std::mem::replace(&mut event.stream, stream.to_owned()),
+                    version: event.version,
+                });
+            }
+            event.version = version as u64;
+        }
+        page.push(event);
+    }
+    Ok(page)
+}
+
+/// Maps the [`EVENT_COLUMNS`] of a row to an event as appended.
+fn recorded(row: &Row) -> Result<RecordedEvent> {
+    let recorded_at: i64 = row.try_get(4).map_err(backend)?;
+    let position: i64 = row.try_get(5).map_err(backend)?;
+    let version: i64 = row.try_get(7).map_err(backend)?;
+    Ok(RecordedEvent {
+        id: row.try_get(0).map_err(backend)?,
+        event_type: row.try_get(1).map_err(backend)?,
+        data: row.try_get(2).map_err(backend)?,
+        metadata: row.try_get(3).map_err(backend)?,
+        recorded_at: timefmt::from_unix_micros(recorded_at)?,
+        position: position as u64,
+        stream: row.try_get(6).map_err(backend)?,
+        version: version as u64,
+        origin: None,
+    })
+}
+
+pub(crate) async fn event(pool: &Pool, id: Uuid) -> Result<Option<RecordedEvent>> {
+    let client = client(pool).await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1"
+        ))
+        .await
+        .map_err(backend)?;
+    let row = client
+        .query_opt(&statement, &[&id])
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(recorded).transpose()
+}
+
+pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<Option<u64>> {
+    let client = client(pool).await?;
+    let statement = client
+        .prepare_cached("SELECT version FROM streams WHERE name = $1")
+        .await
+        .map_err(backend)?;
+    let row = client
+        .query_opt(&statement, &[&stream])
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+}
+
+/// The smallest string greater than every string starting with `prefix`, when one exists: the prefix with
+/// its last character incremented (UTF-8 byte order is code point order, which the "C" collation uses).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+pub(crate) async fn streams(
+    pool: &Pool,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StreamInfo>> {
+    let lower = match after {
+        Some(after) if after >= prefix => after,
+        _ => prefix,
+    };
+    let mut params: Vec<Param> = vec![Box::new(lower.to_owned())];
+    let mut sql = String::from("SELECT name, version FROM streams WHERE name >= $1");
+    if let Some(after) = after {
+        params.push(Box::new(after.to_owned()));
+        sql.push_str(&format!(" AND name > ${}", params.len()));
+    }
+    if let Some(upper) = prefix_upper_bound(prefix) {
+        params.push(Box::new(upper));
+        sql.push_str(&format!(" AND name < ${}", params.len()));
+    }
+    params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+    sql.push_str(&format!(" ORDER BY name LIMIT ${}", params.len()));
+    let client = client(pool).await?;
+    let statement = client.prepare_cached(&sql).await.map_err(backend)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(&statement, &refs).await.map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| StreamInfo {
+            stream: r.get(0),
+            version: r.get::<_, i64>(1) as u64,
+        })
+        .filter(|info| info.stream.starts_with(prefix))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}").as_deref(),
+            Some("a\u{E000}")
+        );
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+    }
+}

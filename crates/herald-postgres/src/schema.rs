@@ -1,0 +1,174 @@
+//! Connecting, and the embedded schema migrations.
+//!
+//! Every connection Herald opens has `search_path` set to the store's schema, so the SQL names tables
+//! unqualified. Migrations are numbered SQL scripts applied in order on open; `herald_migrations` records which
+//! have run. They run in one transaction that first takes a transaction-scoped advisory lock derived from the
+//! schema name, so several processes opening a fresh database at once serialise there and the later ones find
+//! the work done.
+
+use herald_core::{Error, Result};
+use tokio_postgres::{Client, Config, NoTls};
+
+/// The migrations, in order. Never edit a released one: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, stream entries, stream versions, and the head row that serialises position assignment.
+    r#"
+    -- Every event once, in global order. `position` is assigned by the writer holding the `head` row lock,
+    -- so positions are contiguous and commit-ordered. `stream`/`version` are where it was appended (the
+    -- origin when read through a link). Data and metadata are text: kept byte for byte (not jsonb).
+    CREATE TABLE events (
+        position    bigint PRIMARY KEY,
+        id          uuid   NOT NULL UNIQUE,
+        stream      text   COLLATE "C" NOT NULL,
+        version     bigint NOT NULL,
+        category    text   COLLATE "C" NOT NULL,
+        event_type  text   COLLATE "C" NOT NULL,
+        data        text   NOT NULL,
+        metadata    text   NOT NULL,
+        recorded_at bigint NOT NULL -- microseconds since the Unix epoch, UTC
+    );
+    CREATE INDEX events_by_category ON events (category, position);
+
+    -- What a stream read walks: own events and links, by version.
+    CREATE TABLE stream_entries (
+        stream   text    COLLATE "C" NOT NULL,
+        version  bigint  NOT NULL,
+        position bigint  NOT NULL,
+        is_link  boolean NOT NULL,
+        PRIMARY KEY (stream, version)
+    );
+    -- An event sits at most once in a stream (appended or linked).
+    CREATE UNIQUE INDEX stream_entries_by_event ON stream_entries (stream, position);
+
+    -- Existing streams and their versions; "C" collation: listing in byte order, prefix ranges.
+    CREATE TABLE streams (
+        name    text   COLLATE "C" PRIMARY KEY,
+        version bigint NOT NULL
+    );
+
+    -- The end of the global log. Every write transaction locks this row first (SELECT ... FOR UPDATE) and
+    -- holds it until COMMIT: this is what makes positions gap-free in commit order across processes.
+    CREATE TABLE head (
+        singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        position    bigint  NOT NULL,
+        recorded_at bigint  NOT NULL
+    );
+    INSERT INTO head (position, recorded_at) VALUES (0, 0);
+    "#,
+];
+
+/// Number of migrations this build knows.
+pub(crate) fn latest_version() -> usize {
+    MIGRATIONS.len()
+}
+
+/// Wraps a driver error.
+pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
+    Error::backend(e)
+}
+
+/// The driver configuration for `url`, with `search_path` pinned to `schema`.
+pub(crate) fn pg_config(url: &str, schema: &str) -> Result<Config> {
+    let mut config: Config = url
+        .parse()
+        .map_err(|e| Error::invalid(format!("PostgreSQL URL is not valid: {e}")))?;
+    // The schema name is validated to [a-z0-9_], so it needs no quoting or escaping here.
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} -c search_path={schema}"),
+        _ => format!("-c search_path={schema}"),
+    };
+    config.options(options);
+    if config.get_application_name().is_none() {
+        config.application_name("herald");
+    }
+    Ok(config)
+}
+
+/// Opens one connection and drives it on a Tokio task.
+pub(crate) async fn connect(config: &Config) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        Error::backend(format!(
+            "cannot connect to PostgreSQL ({}): {e}",
+            describe(config)
+        ))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "herald-postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Host and database, for messages (never the password).
+pub(crate) fn describe(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    format!(
+        "host {host}, database {}",
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+/// A stable 64-bit key for the advisory lock guarding `schema`'s migrations (FNV-1a).
+fn lock_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "herald-migrate:".bytes().chain(schema.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Creates the schema when missing and applies pending migrations, under the advisory lock.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
+        .await
+        .map_err(backend)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.herald_migrations (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(backend)?;
+    let applied: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.herald_migrations"),
+            &[],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    let applied = applied as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(Error::backend(format!(
+            "schema `{schema}` is at migration {applied}, newer than this build knows ({}); upgrade Herald",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(sql).await.map_err(backend)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.herald_migrations (version) VALUES ($1)"),
+            &[&((index + 1) as i32)],
+        )
+        .await
+        .map_err(backend)?;
+        tracing::info!(
+            schema,
+            migration = index + 1,
+            "herald-postgres applied migration"
+        );
+    }
+    tx.commit().await.map_err(backend)
+}

@@ -1,0 +1,671 @@
+//! The single writer of a store handle and its group commit.
+//!
+//! One Tokio task owns the write connection. Appends, links and deletes reach it over a channel, each with a
+//! oneshot reply. The writer takes the first request, drains whatever else is already queued, and runs them
+//! all in one transaction; requests arriving while the transaction runs join it too (up to `max_batch`), and it
+//! commits once the queue is empty: one commit (one WAL flush) for the whole batch.
+//!
+//! A batch starts by locking the single `head` row (`SELECT … FOR UPDATE`), which every Herald writer of
+//! every process does, and ends by writing the new end of the log to it just before `COMMIT`. So write
+//! transactions are serialised: positions are assigned by whoever holds the lock, contiguously, and a
+//! transaction can only take positions after the previous holder has committed and become visible. A reader
+//! therefore never sees position `n + 1` committed while `n` is still in flight (see the crate docs).
+//!
+//! Each request keeps its own checks and result. Its checks (stream version, whether its ids are stored) are
+//! read first, pipelined in one round trip; a request refused by a rule writes nothing. Its writes are then
+//! sent as `SAVEPOINT`, one multi-row statement (arrays through `unnest`), `RELEASE`, pipelined in one more
+//! round trip; if the statement fails, the writer rolls back to the savepoint and only that request fails.
+//! Replies go out after `COMMIT` succeeds; if the transaction fails, every request of the batch gets the
+//! error (nothing of the batch was written).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herald_core::stream::category_of;
+use herald_core::version::MAX_VERSION;
+use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, Statement};
+use uuid::Uuid;
+
+use crate::schema::{self, backend};
+
+/// One write request and where its answer goes.
+pub(crate) enum Request {
+    Append {
+        stream: String,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<AppendResult>>,
+    },
+    Link {
+        stream: String,
+        ids: Vec<Uuid>,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<LinkResult>>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A request's result, held until the batch commits.
+enum Outcome {
+    Append(Result<AppendResult>),
+    Link(Result<LinkResult>),
+    Delete(Result<()>),
+}
+
+impl Outcome {
+    /// Whether the request succeeded: a commit for the head's count (idempotent retries included, as on
+    /// every backend; the position only moves when events were written).
+    fn changed(&self) -> bool {
+        match self {
+            Outcome::Append(r) => r.is_ok(),
+            Outcome::Link(r) => r.is_ok(),
+            Outcome::Delete(r) => r.is_ok(),
+        }
+    }
+}
+
+/// Group-commit counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) transactions: AtomicU64,
+}
+
+/// Prepared statements of the write connection.
+struct Statements {
+    version: Statement,
+    ids: Statement,
+    insert: Statement,
+    link_ids: Statement,
+    link: Statement,
+    delete: Statement,
+    set_head: Statement,
+    notify: Statement,
+}
+
+const LOCK_HEAD: &str = "BEGIN; SELECT position, \
+    greatest(recorded_at, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
+    FROM head FOR UPDATE";
+
+impl Statements {
+    async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
+        Ok(Statements {
+            version: client
+                .prepare("SELECT version FROM streams WHERE name = $1")
+                .await?,
+            ids: client
+                .prepare(
+                    "SELECT e.id, e.position, e.stream, e.version, se.is_link
+                     FROM events e
+                     LEFT JOIN stream_entries se
+                       ON se.stream = e.stream AND se.version = e.version AND se.position = e.position
+                     WHERE e.id = ANY($1::uuid[])",
+                )
+                .await?,
+            insert: client
+                .prepare(
+                    "WITH ev AS (
+                        INSERT INTO events
+                            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+                        SELECT $1::bigint + t.i - 1, t.id, $3::text, $4::bigint + t.i - 1, $5::text,
+                               t.event_type, t.data, t.metadata, $9::bigint
+                        FROM unnest($2::uuid[], $6::text[], $7::text[], $8::text[])
+                             WITH ORDINALITY AS t(id, event_type, data, metadata, i)
+                        RETURNING position, version
+                     ), entries AS (
+                        INSERT INTO stream_entries (stream, version, position, is_link)
+                        SELECT $3::text, version, position, false FROM ev
+                     )
+                     INSERT INTO streams (name, version) VALUES ($3::text, $10::bigint)
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                )
+                .await?,
+            link_ids: client
+                .prepare(
+                    "SELECT e.id, e.position,
+                            EXISTS (SELECT 1 FROM stream_entries se
+                                    WHERE se.stream = $2::text AND se.position = e.position)
+                     FROM events e WHERE e.id = ANY($1::uuid[])",
+                )
+                .await?,
+            link: client
+                .prepare(
+                    "WITH entries AS (
+                        INSERT INTO stream_entries (stream, version, position, is_link)
+                        SELECT $1::text, $2::bigint + t.i - 1, t.position, true
+                        FROM unnest($3::bigint[]) WITH ORDINALITY AS t(position, i)
+                     )
+                     INSERT INTO streams (name, version) VALUES ($1::text, $4::bigint)
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                )
+                .await?,
+            delete: client
+                .prepare(
+                    "WITH entries AS (DELETE FROM stream_entries WHERE stream = $1::text)
+                     DELETE FROM streams WHERE name = $1::text",
+                )
+                .await?,
+            set_head: client
+                .prepare("UPDATE head SET position = $1::bigint, recorded_at = $2::bigint")
+                .await?,
+            notify: client
+                .prepare("SELECT pg_notify($1::text, $2::text)")
+                .await?,
+        })
+    }
+}
+
+/// Where the batch's next event goes.
+struct Tail {
+    next_position: u64,
+    recorded_at: i64,
+}
+
+/// The writer's connection, reopened when it breaks.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+pub(crate) struct Writer {
+    pub(crate) pg: Config,
+    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
+    pub(crate) head: Arc<watch::Sender<Head>>,
+    pub(crate) max_batch: usize,
+    pub(crate) counters: Arc<Counters>,
+    /// LISTEN/NOTIFY channel and this handle's id (the listener skips its own notifications).
+    pub(crate) channel: String,
+    pub(crate) instance: String,
+}
+
+impl Writer {
+    pub(crate) async fn run(mut self, client: Client) {
+        let mut conn = match Statements::prepare(&client).await {
+            Ok(statements) => Some(Connection { client, statements }),
+            Err(e) => {
+                tracing::warn!(error = %e, "herald-postgres writer could not prepare statements");
+                None
+            }
+        };
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.requests.recv().await {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                conn = match self.reconnect().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let shared: Arc<dyn std::error::Error + Send + Sync> =
+                            Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(e));
+                        for request in batch.drain(..) {
+                            request.fail(Error::backend(Arc::clone(&shared)));
+                        }
+                        continue;
+                    }
+                };
+            }
+            let Some(c) = conn.as_ref() else { continue };
+            self.commit_batch(c, &mut batch).await;
+        }
+        tracing::debug!("herald-postgres writer stopped");
+    }
+
+    async fn reconnect(&self) -> std::result::Result<Connection, String> {
+        let client = schema::connect(&self.pg).await.map_err(|e| e.to_string())?;
+        let statements = Statements::prepare(&client)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Connection { client, statements })
+    }
+
+    /// Runs `batch` in one transaction. Requests that arrive while it runs join it (up to `max_batch`), so
+    /// the batch grows with the load: callers woken by the previous commit are not left for the next one.
+    async fn commit_batch(&mut self, conn: &Connection, batch: &mut Vec<Request>) {
+        let started = std::time::Instant::now();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let requests = &mut self.requests;
+        let (max_batch, instance, channel) = (self.max_batch, &self.instance, &self.channel);
+        let result = async {
+            let tail = lock_head(&conn.client).await?;
+            let start_position = tail.next_position;
+            let mut tail = tail;
+            let mut next = 0;
+            loop {
+                while next < batch.len() {
+                    outcomes.push(apply(conn, &mut tail, &batch[next]).await?);
+                    next += 1;
+                }
+                while batch.len() < max_batch {
+                    match requests.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                if next == batch.len() {
+                    break;
+                }
+            }
+            let changed = outcomes.iter().filter(|o| o.changed()).count() as u64;
+            let last_position = tail.next_position - 1;
+            if changed == 0 {
+                conn.client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(backend)?;
+                return Ok((last_position, 0));
+            }
+            let payload = format!("{instance} {last_position}");
+            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [channel, &payload];
+            let set_head = async {
+                if tail.next_position != start_position {
+                    conn.client
+                        .execute(
+                            &conn.statements.set_head,
+                            &[&(last_position as i64), &tail.recorded_at],
+                        )
+                        .await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            // Pipelined: one round trip. NOTIFY is delivered to listeners only if and when COMMIT succeeds.
+            let (set, notified, committed) = tokio::join!(
+                set_head,
+                conn.client.execute(&conn.statements.notify, &notify_params),
+                conn.client.batch_execute("COMMIT"),
+            );
+            set.map_err(backend)?;
+            notified.map_err(backend)?;
+            committed.map_err(backend)?;
+            Ok::<_, Error>((last_position, changed))
+        }
+        .await;
+        let size = batch.len();
+        self.counters
+            .requests
+            .fetch_add(size as u64, Ordering::Relaxed);
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+
+        match result {
+            Ok((last_position, changed)) => {
+                if changed > 0 {
+                    self.head.send_modify(|h| {
+                        h.position = h.position.max(last_position);
+                        h.commits += changed;
+                    });
+                }
+                for (request, outcome) in batch.drain(..).zip(outcomes) {
+                    reply(request, outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = size, "herald-postgres batch failed; nothing written");
+                // Leave the connection usable for the next batch (a broken one is reopened instead).
+                if !conn.client.is_closed() {
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                }
+                let shared = Arc::new(e);
+                for request in batch.drain(..) {
+                    request.fail(Error::backend(Arc::clone(&shared)));
+                }
+            }
+        }
+        tracing::trace!(requests = size, elapsed = ?started.elapsed(), "herald-postgres group commit");
+    }
+}
+
+/// Begins the batch transaction and locks the head row: the serialisation point of every Herald writer.
+async fn lock_head(client: &Client) -> Result<Tail> {
+    let messages = client.simple_query(LOCK_HEAD).await.map_err(backend)?;
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .ok_or_else(|| Error::backend("the head row is missing; was the schema altered?"))?;
+    let parse = |i: usize| -> Result<i64> {
+        row.get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::backend("unreadable head row"))
+    };
+    Ok(Tail {
+        next_position: parse(0)? as u64 + 1,
+        recorded_at: parse(1)?,
+    })
+}
+
+impl Request {
+    /// Answers this request with `err`.
+    fn fail(self, err: Error) {
+        match self {
+            Request::Append { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::Link { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::Delete { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+fn reply(request: Request, outcome: Outcome) {
+    // A caller that gave up (dropped its future) no longer listens: ignoring the send error is right.
+    match (request, outcome) {
+        (Request::Append { reply, .. }, Outcome::Append(r)) => {
+            let _ = reply.send(r);
+        }
+        (Request::Link { reply, .. }, Outcome::Link(r)) => {
+            let _ = reply.send(r);
+        }
+        (Request::Delete { reply, .. }, Outcome::Delete(r)) => {
+            let _ = reply.send(r);
+        }
+        (request, _) => request.fail(Error::backend("internal: outcome does not match request")),
+    }
+}
+
+/// Runs one request. `Err` means the whole transaction is lost (every request of the batch fails); a request
+/// refused by a rule, or whose own statement failed, is an `Ok` outcome holding its error.
+async fn apply(conn: &Connection, tail: &mut Tail, request: &Request) -> Result<Outcome> {
+    Ok(match request {
+        Request::Append {
+            stream,
+            events,
+            expected,
+            ..
+        } => Outcome::Append(append(conn, tail, stream, events, *expected).await?),
+        Request::Link {
+            stream,
+            ids,
+            expected,
+            ..
+        } => Outcome::Link(link(conn, stream, ids, *expected).await?),
+        Request::Delete {
+            stream, expected, ..
+        } => Outcome::Delete(delete(conn, stream, *expected).await?),
+    })
+}
+
+/// Runs one write statement inside its own savepoint (pipelined: one round trip). `Ok(Err(_))`: the statement
+/// failed and was rolled back alone; `Err`: the transaction itself is broken.
+async fn in_savepoint(
+    conn: &Connection,
+    statement: &Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<std::result::Result<(), tokio_postgres::Error>> {
+    let client = &conn.client;
+    let (saved, written, released) = tokio::join!(
+        client.batch_execute("SAVEPOINT request"),
+        client.execute(statement, params),
+        client.batch_execute("RELEASE SAVEPOINT request"),
+    );
+    saved.map_err(backend)?;
+    match written {
+        Ok(_) => {
+            released.map_err(backend)?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
+                .await
+                .map_err(backend)?;
+            Ok(Err(e))
+        }
+    }
+}
+
+async fn current_version(conn: &Connection, stream: &str) -> Result<Option<u64>> {
+    let row = conn
+        .client
+        .query_opt(&conn.statements.version, &[&stream])
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+}
+
+fn check_range(stream: &str, first_version: u64, count: usize) -> Result<()> {
+    if first_version.saturating_add(count as u64 - 1) > MAX_VERSION {
+        return Err(Error::invalid(format!(
+            "stream `{stream}` would pass the largest version {MAX_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+/// A stored event met by an append's id check.
+struct Stored {
+    id: Uuid,
+    position: i64,
+    stream: String,
+    version: i64,
+    /// `Some(false)`: its own entry is still in its stream; `None`: that stream was deleted since.
+    entry_is_link: Option<bool>,
+}
+
+async fn append(
+    conn: &Connection,
+    tail: &mut Tail,
+    stream: &str,
+    events: &[NewEvent],
+    expected: ExpectedVersion,
+) -> Result<Result<AppendResult>> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let (version, stored) = tokio::join!(
+        current_version(conn, stream),
+        conn.client.query(&conn.statements.ids, &id_params),
+    );
+    let current = version?;
+    let stored = stored.map_err(backend)?;
+    if !stored.is_empty() {
+        let stored = stored
+            .iter()
+            .map(|r| Stored {
+                id: r.get(0),
+                position: r.get(1),
+                stream: r.get(2),
+                version: r.get(3),
+                entry_is_link: r.get(4),
+            })
+            .collect();
+        return Ok(retry_or_duplicate(stream, events, stored));
+    }
+    if let Err(conflict) = expected.check(stream, current) {
+        return Ok(Err(conflict));
+    }
+    let first_version = current.map_or(0, |v| v + 1);
+    if let Err(e) = check_range(stream, first_version, events.len()) {
+        return Ok(Err(e));
+    }
+    let count = events.len() as u64;
+    let first_position = tail.next_position;
+    let last_version = first_version + count - 1;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+    let written = in_savepoint(
+        conn,
+        &conn.statements.insert,
+        &[
+            &(first_position as i64),
+            &ids,
+            &stream,
+            &(first_version as i64),
+            &category_of(stream),
+            &types,
+            &data,
+            &metadata,
+            &tail.recorded_at,
+            &(last_version as i64),
+        ],
+    )
+    .await?;
+    if let Err(e) = written {
+        // Every Herald writer holds the head lock while it checks and writes, so an id the check did not
+        // find cannot appear now; a unique violation means something outside Herald wrote to the tables.
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            return Ok(Err(Error::DuplicateEvent {
+                id: ids[0],
+                stream: stream.to_owned(),
+                reason: "an id of this append was stored concurrently by a writer outside Herald",
+            }));
+        }
+        return Ok(Err(backend(e)));
+    }
+    tail.next_position += count;
+    Ok(Ok(AppendResult {
+        stream: stream.to_owned(),
+        first_version,
+        last_version,
+        first_position,
+        last_position: first_position + count - 1,
+        ids,
+    }))
+}
+
+/// Some id of `events` is stored. It is an idempotent retry when every id sits, in order, at consecutive
+/// versions of `stream` as an event appended there; otherwise it is a duplicate naming a stored id.
+fn retry_or_duplicate(
+    stream: &str,
+    events: &[NewEvent],
+    stored: Vec<Stored>,
+) -> Result<AppendResult> {
+    let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
+        id,
+        stream: stream.to_owned(),
+        reason,
+    };
+    let mut by_id: std::collections::HashMap<Uuid, Stored> =
+        stored.into_iter().map(|s| (s.id, s)).collect();
+    let first_taken = events
+        .iter()
+        .find(|e| by_id.contains_key(&e.id))
+        .map_or(Uuid::nil(), |e| e.id);
+    if by_id.len() < events.len() {
+        return Err(duplicate(
+            first_taken,
+            "the id is already used by a stored event (the append mixes new and stored ids)",
+        ));
+    }
+    let rows: Vec<Stored> = events.iter().filter_map(|e| by_id.remove(&e.id)).collect();
+    let (first_position, first_version) = (rows[0].position, rows[0].version);
+    for (i, (event, row)) in events.iter().zip(&rows).enumerate() {
+        if row.stream != stream {
+            return Err(duplicate(
+                event.id,
+                "the id is already used by an event of another stream",
+            ));
+        }
+        if row.entry_is_link != Some(false) {
+            return Err(duplicate(
+                event.id,
+                "the id belongs to an event of this stream that was deleted",
+            ));
+        }
+        if row.version != first_version + i as i64 || row.position != first_position + i as i64 {
+            return Err(duplicate(
+                event.id,
+                "the id is already stored, but not as an exact repeat of a committed append",
+            ));
+        }
+    }
+    let last = &rows[rows.len() - 1];
+    Ok(AppendResult {
+        stream: stream.to_owned(),
+        first_version: first_version as u64,
+        last_version: last.version as u64,
+        first_position: first_position as u64,
+        last_position: last.position as u64,
+        ids: events.iter().map(|e| e.id).collect(),
+    })
+}
+
+async fn link(
+    conn: &Connection,
+    stream: &str,
+    ids: &[Uuid],
+    expected: ExpectedVersion,
+) -> Result<Result<LinkResult>> {
+    let id_vec = ids.to_vec();
+    let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id_vec, &stream];
+    let (version, found) = tokio::join!(
+        current_version(conn, stream),
+        conn.client.query(&conn.statements.link_ids, &id_params),
+    );
+    let current = version?;
+    let found = found.map_err(backend)?;
+    if let Err(conflict) = expected.check(stream, current) {
+        return Ok(Err(conflict));
+    }
+    let first_version = current.map_or(0, |v| v + 1);
+    if let Err(e) = check_range(stream, first_version, ids.len()) {
+        return Ok(Err(e));
+    }
+    let found: std::collections::HashMap<Uuid, (i64, bool)> = found
+        .iter()
+        .map(|r| (r.get::<_, Uuid>(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut positions = Vec::with_capacity(ids.len());
+    for id in ids {
+        match found.get(id) {
+            None => return Ok(Err(Error::EventNotFound { id: *id })),
+            Some((_, true)) => {
+                return Ok(Err(Error::DuplicateEvent {
+                    id: *id,
+                    stream: stream.to_owned(),
+                    reason: "the event is already in this stream",
+                }));
+            }
+            Some((position, false)) => positions.push(*position),
+        }
+    }
+    let last_version = first_version + ids.len() as u64 - 1;
+    let written = in_savepoint(
+        conn,
+        &conn.statements.link,
+        &[
+            &stream,
+            &(first_version as i64),
+            &positions,
+            &(last_version as i64),
+        ],
+    )
+    .await?;
+    if let Err(e) = written {
+        return Ok(Err(backend(e)));
+    }
+    Ok(Ok(LinkResult {
+        stream: stream.to_owned(),
+        first_version,
+        last_version,
+    }))
+}
+
+async fn delete(conn: &Connection, stream: &str, expected: ExpectedVersion) -> Result<Result<()>> {
+    let current = current_version(conn, stream).await?;
+    if let Err(conflict) = expected.check(stream, current) {
+        return Ok(Err(conflict));
+    }
+    if current.is_none() {
+        return Ok(Ok(()));
+    }
+    let written = in_savepoint(conn, &conn.statements.delete, &[&stream]).await?;
+    Ok(written.map_err(backend))
+}
