@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use herald_core::{Error, Limits, Result};
+
+use crate::hook::{AppendHook, AppendHooks};
 
 /// What an acknowledged append survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +75,8 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// How long to wait for a lock held by another process (another store on the same file).
     pub busy_timeout: Duration,
+    /// Hooks run inside every append's savepoint (see [`crate::hook`]); none by default.
+    pub append_hooks: AppendHooks,
 }
 
 impl Default for SqliteConfig {
@@ -81,6 +87,7 @@ impl Default for SqliteConfig {
             read_connections: DEFAULT_READ_CONNECTIONS,
             max_batch: DEFAULT_MAX_BATCH,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            append_hooks: AppendHooks::default(),
         }
     }
 }
@@ -113,6 +120,13 @@ impl SqliteConfig {
     /// Sets the lock wait for contention with other processes.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+
+    /// Adds a hook that the writer calls inside every append's savepoint, so the rows it writes commit or roll
+    /// back with the events (see [`crate::hook`]). Hooks run in the order they were added.
+    pub fn with_append_hook(mut self, hook: Arc<dyn AppendHook>) -> Self {
+        self.append_hooks.0.push(hook);
         self
     }
 

@@ -48,6 +48,7 @@
 
 mod checkpoint;
 mod config;
+pub mod hook;
 mod read;
 mod schema;
 mod writer;
@@ -69,6 +70,11 @@ pub use config::{
     DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, SqliteConfig,
     SqliteUrl,
 };
+
+pub use hook::{AppendExtra, AppendHook, AppendedEvent};
+/// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
+pub use rusqlite;
+pub use schema::APPLICATION_ID;
 
 use read::ReadPool;
 use writer::Request;
@@ -167,11 +173,12 @@ impl SqliteStore {
         });
         let (tx, rx) = mpsc::channel();
         let max_batch = config.max_batch;
+        let hooks = config.append_hooks.clone();
         let counters = Arc::new(writer::Counters::default());
         let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("herald-sqlite-writer".to_owned())
-            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters))
+            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters, hooks))
             .map_err(|e| Error::backend(format!("cannot start the writer thread: {e}")))?;
         tracing::debug!(path = %path.display(), schema = schema::latest_version(), "opened herald-sqlite store");
         Ok(SqliteStore {
@@ -220,6 +227,30 @@ impl SqliteStore {
         .await;
     }
 
+    /// Like [`EventStore::append`], and runs `extra` inside the append's savepoint, after the events and the
+    /// [append hooks](crate::hook): what it writes commits with the events or not at all, and an error from it
+    /// fails this append (nothing stored). `extra` is not run when the append is refused (version conflict,
+    /// duplicate) or is an idempotent retry of an already committed append (which writes nothing).
+    pub async fn append_with(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        extra: AppendExtra,
+    ) -> Result<AppendResult> {
+        self.config
+            .limits
+            .validate_append(stream, &events, expected)?;
+        self.submit(|reply| Request::Append {
+            stream: stream.as_str().to_owned(),
+            events,
+            expected,
+            extra: Some(extra),
+            reply,
+        })
+        .await
+    }
+
     async fn submit<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
@@ -263,6 +294,7 @@ impl EventStore for SqliteStore {
             stream: stream.as_str().to_owned(),
             events,
             expected,
+            extra: None,
             reply,
         })
         .await

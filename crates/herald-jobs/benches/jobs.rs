@@ -1,0 +1,166 @@
+//! Job-queue throughput and latency on SQLite, every job durably committed (`synchronous = FULL`).
+//!
+//! `cargo bench -p herald-jobs --bench jobs` (env: `JOBS_N` drain size, default 100000; `JOBS_SINGLE`
+//! one-by-one enqueues, default 5000; `JOBS_SAMPLES` latency samples, default 500; `JOBS_DIR` where the
+//! database goes, default a temporary directory). Prints `RESULT {"metric":…,"value":…}` lines like the
+//! Sidekiq scripts in `shared/bench/ruby`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_jobs::{JobResult, JobStore, JobsConfig, ListFilter, NewJob, WorkerPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn result(metric: &str, value: f64, unit: &str) {
+    println!(r#"RESULT {{"metric":"{metric}","value":{value:.3},"unit":"{unit}"}}"#);
+}
+
+async fn open(dir: &std::path::Path, name: &str) -> JobStore {
+    JobStore::open(dir.join(name), JobsConfig::default().full_sync(true))
+        .await
+        .expect("open")
+}
+
+fn noop(i: usize) -> NewJob {
+    NewJob::raw("noop", format!("[{i}]"))
+}
+
+async fn drain(dir: &std::path::Path, n: usize, concurrency: usize) -> f64 {
+    let jobs = open(dir, &format!("drain-{concurrency}.db")).await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        jobs.enqueue_bulk(chunk.iter().map(|i| noop(*i)).collect())
+            .await
+            .expect("bulk");
+    }
+    let ran = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(Notify::new());
+    let (r, a) = (ran.clone(), all.clone());
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let pool = WorkerPool::builder(jobs.clone())
+        .queue("default", concurrency)
+        .handle_raw("noop", move |_, _| {
+            if r.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                a.notify_one();
+            }
+            async { JobResult::Success }
+        })
+        .start(stop.clone());
+    all.notified().await;
+    // Count the drain as done when the last completion is committed, not when the handler ran.
+    while !jobs
+        .list(ListFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    pool.join().await;
+    n as f64 / elapsed
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n = env("JOBS_N", 100_000);
+    let single = env("JOBS_SINGLE", 5_000);
+    let samples = env("JOBS_SAMPLES", 500);
+    let temp = tempfile::tempdir_in(std::env::var("JOBS_DIR").unwrap_or_else(|_| ".".into()))
+        .expect("temp dir");
+    let dir = temp.path();
+
+    // Enqueue one by one from one task: one commit (fsync) each.
+    let jobs = open(dir, "enqueue.db").await;
+    let t = Instant::now();
+    for i in 0..single {
+        jobs.enqueue(noop(i)).await.expect("enqueue");
+    }
+    result(
+        "enqueue_one_by_one_1_task",
+        single as f64 / t.elapsed().as_secs_f64(),
+        "jobs/s",
+    );
+
+    // One by one from 64 concurrent tasks: group commit batches them.
+    let t = Instant::now();
+    let per = single * 4 / 64;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    jobs.enqueue(noop(i)).await.expect("enqueue");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    result(
+        "enqueue_one_by_one_64_tasks",
+        (per * 64) as f64 / t.elapsed().as_secs_f64(),
+        "jobs/s",
+    );
+
+    // Bulk: 1000 jobs per call.
+    let bulk = open(dir, "bulk.db").await;
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        bulk.enqueue_bulk(chunk.iter().map(|i| noop(*i)).collect())
+            .await
+            .expect("bulk");
+    }
+    result(
+        "enqueue_bulk_1000",
+        n as f64 / t.elapsed().as_secs_f64(),
+        "jobs/s",
+    );
+    drop((jobs, bulk));
+
+    for concurrency in [10, 25] {
+        let rate = drain(dir, n, concurrency).await;
+        result(&format!("drain_c{concurrency}"), rate, "jobs/s");
+    }
+
+    // Enqueue → start latency with idle workers.
+    let jobs = open(dir, "latency.db").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let stop = CancellationToken::new();
+    let pool = WorkerPool::builder(jobs.clone())
+        .queue("default", 10)
+        .handle_raw("noop", move |_, _| {
+            let _ = tx.send(Instant::now());
+            async { JobResult::Success }
+        })
+        .start(stop.clone());
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        // Let the workers go idle between samples.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let before = Instant::now();
+        jobs.enqueue(noop(i)).await.expect("enqueue");
+        let started = rx.recv().await.expect("ran");
+        lat.push(started.duration_since(before));
+    }
+    stop.cancel();
+    pool.join().await;
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    result("latency_p50_ms", pct(0.50).as_secs_f64() * 1000.0, "ms");
+    result("latency_p99_ms", pct(0.99).as_secs_f64() * 1000.0, "ms");
+}

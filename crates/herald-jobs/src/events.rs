@@ -1,0 +1,161 @@
+//! Async event handlers: one durable job per (event, handler), written by an append hook in the same
+//! transaction as the event.
+//!
+//! [`AsyncHandlers`] holds the routes (handler name → event types, queue, options). Install it in the event
+//! store with [`herald_sqlite::SqliteConfig::with_append_hook`]; every append then inserts, inside its own
+//! savepoint, one job per matching (event, route). The job's kind is the handler name, its arguments name the
+//! event, and its metadata carries the event's correlation id (the event id when it has none) and the event
+//! id as causation id. A worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`].
+
+use std::sync::{Arc, RwLock};
+
+use herald_sqlite::rusqlite::Connection;
+use herald_sqlite::{AppendHook, AppendedEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, NewJob};
+use crate::store::{JobStore, insert_job};
+
+/// The arguments of an async-handler job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventJobArgs {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// The stream it was appended to.
+    pub stream: String,
+    /// Its type.
+    pub event_type: String,
+    /// Its global position.
+    pub position: u64,
+}
+
+/// Where the jobs of one async handler go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The handler's name: the kind of its jobs.
+    pub name: String,
+    /// The event types it handles (empty: every event).
+    pub types: Vec<String>,
+    /// Queue of its jobs.
+    pub queue: String,
+    /// Priority of its jobs.
+    pub priority: i32,
+    /// Attempts before the dead set.
+    pub max_attempts: u32,
+    /// When set, jobs for events of one stream run one at a time in append order.
+    pub ordered_by_stream: bool,
+}
+
+impl Route {
+    /// A route for handler `name` on these event types (empty: all), to the default queue.
+    pub fn new(name: impl Into<String>, types: &[&str]) -> Self {
+        Route {
+            name: name.into(),
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            ordered_by_stream: false,
+        }
+    }
+    /// Sets the queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+    /// Sets the attempts.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    /// Runs this handler's jobs for one stream in append order.
+    pub fn ordered_by_stream(mut self) -> Self {
+        self.ordered_by_stream = true;
+        self
+    }
+}
+
+/// The async-handler routes, shared with the append hook. Register routes before appending.
+#[derive(Debug, Clone)]
+pub struct AsyncHandlers {
+    routes: Arc<RwLock<Vec<Route>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AsyncHandlers {
+    /// Routes for jobs in `jobs` (its clock stamps them).
+    pub fn new(jobs: &JobStore) -> Self {
+        AsyncHandlers {
+            routes: Arc::new(RwLock::new(Vec::new())),
+            clock: Arc::clone(&jobs.config().clock),
+        }
+    }
+
+    /// Adds a route: every later append of a matching event writes one job for it.
+    pub fn route(&self, route: Route) -> &Self {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(route);
+        self
+    }
+
+    /// The append hook to give to [`herald_sqlite::SqliteConfig::with_append_hook`].
+    pub fn hook(&self) -> Arc<dyn AppendHook> {
+        Arc::new(self.clone())
+    }
+}
+
+impl AppendHook for AsyncHandlers {
+    fn on_append(
+        &self,
+        tx: &Connection,
+        stream: &str,
+        events: &[AppendedEvent<'_>],
+    ) -> herald_sqlite::rusqlite::Result<()> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        if routes.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_micros();
+        for event in events {
+            for route in routes
+                .iter()
+                .filter(|r| r.types.is_empty() || r.types.iter().any(|t| t == event.event_type))
+            {
+                let args = EventJobArgs {
+                    event_id: event.id,
+                    stream: stream.to_owned(),
+                    event_type: event.event_type.to_owned(),
+                    position: event.position,
+                };
+                let correlation = herald_core::event::metadata_uuid(
+                    event.metadata,
+                    herald_core::event::CORRELATION_ID,
+                )
+                .unwrap_or(event.id);
+                let metadata = serde_json::json!({
+                    "correlation_id": correlation.to_string(),
+                    "causation_id": event.id.to_string(),
+                    "event_type": event.event_type,
+                    "stream": stream,
+                });
+                let mut job = NewJob::raw(
+                    route.name.clone(),
+                    serde_json::to_string(&args).unwrap_or_default(),
+                )
+                .queue(route.queue.clone())
+                .priority(route.priority)
+                .max_attempts(route.max_attempts)
+                .metadata(metadata.to_string());
+                if route.ordered_by_stream {
+                    job = job.order_key(format!("{}:{stream}", route.name));
+                }
+                insert_job(tx, &job, now)?;
+            }
+        }
+        Ok(())
+    }
+}

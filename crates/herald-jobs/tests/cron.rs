@@ -1,0 +1,169 @@
+//! Periodic jobs: time zones, and exactly one enqueue per tick across store handles and processes.
+
+mod common;
+
+use herald_jobs::{JobStore, JobsConfig, ListFilter, NewJob, Periodic, Scheduler};
+
+// 2026-01-15T00:00:00Z and 2026-07-15T00:00:00Z.
+const JAN_15: i64 = 1_768_435_200_000_000;
+const JUL_15: i64 = 1_784_073_600_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+#[test]
+fn ticks_follow_the_time_zone() {
+    let daily = Periodic::new(
+        "report",
+        "0 9 * * *",
+        "Europe/Paris",
+        NewJob::raw("report", "{}"),
+    )
+    .unwrap();
+    // 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
+    assert_eq!(daily.ticks(JAN_15, JAN_15 + 24 * HOUR), [JAN_15 + 8 * HOUR]);
+    assert_eq!(daily.ticks(JUL_15, JUL_15 + 24 * HOUR), [JUL_15 + 7 * HOUR]);
+    assert!(Periodic::new("x", "not cron", "UTC", NewJob::raw("x", "{}")).is_err());
+    assert!(Periodic::new("x", "* * * * *", "Mars/Olympus", NewJob::raw("x", "{}")).is_err());
+}
+
+fn schedules() -> Vec<Periodic> {
+    vec![
+        Periodic::new(
+            "every-minute",
+            "* * * * *",
+            "UTC",
+            NewJob::raw("tick", "{}"),
+        )
+        .unwrap(),
+        Periodic::new(
+            "hourly",
+            "0 * * * *",
+            "America/New_York",
+            NewJob::raw("hourly", "{}"),
+        )
+        .unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn two_store_handles_racing_enqueue_each_tick_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let a = JobStore::open(&path, JobsConfig::default().full_sync(false))
+        .await
+        .unwrap();
+    let b = JobStore::open(&path, JobsConfig::default().full_sync(false))
+        .await
+        .unwrap();
+    let (sa, sb) = (
+        Scheduler::new(a.clone(), schedules()),
+        Scheduler::new(b.clone(), schedules()),
+    );
+    let mut total = 0;
+    // Overlapping windows, concurrently: [0, 3h] in 10-minute steps vs [0, 3h] in 7-minute steps.
+    let ta = tokio::spawn(async move {
+        let mut n = 0;
+        for i in 0..18 {
+            n += sa
+                .enqueue_due(JAN_15 + i * HOUR / 6, JAN_15 + (i + 1) * HOUR / 6)
+                .await
+                .unwrap();
+        }
+        n
+    });
+    let tb = tokio::spawn(async move {
+        let step = 7 * 60_000_000;
+        let mut n = 0;
+        let mut t = JAN_15;
+        while t < JAN_15 + 3 * HOUR {
+            n += sb
+                .enqueue_due(t, (t + step).min(JAN_15 + 3 * HOUR))
+                .await
+                .unwrap();
+            t += step;
+        }
+        n
+    });
+    total += ta.await.unwrap() + tb.await.unwrap();
+    let jobs = a
+        .list(ListFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 180 + 3);
+    assert_eq!(jobs.iter().filter(|j| j.kind == "tick").count(), 180);
+    assert_eq!(jobs.iter().filter(|j| j.kind == "hourly").count(), 3);
+}
+
+/// Run by `cron_exactly_once_across_processes` in a child process.
+#[tokio::test]
+#[ignore = "child process of cron_exactly_once_across_processes"]
+async fn cron_child() {
+    let Ok(path) = std::env::var("HERALD_JOBS_CRON_DB") else {
+        return;
+    };
+    let jobs = JobStore::open(&path, JobsConfig::default().full_sync(false))
+        .await
+        .unwrap();
+    let s = Scheduler::new(jobs, schedules());
+    let mut n = 0;
+    for i in 0..36 {
+        n += s
+            .enqueue_due(JAN_15 + i * HOUR / 12, JAN_15 + (i + 1) * HOUR / 12)
+            .await
+            .unwrap();
+    }
+    println!("\nENQUEUED {n}");
+}
+
+#[tokio::test]
+async fn cron_exactly_once_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let jobs = JobStore::open(&path, JobsConfig::default().full_sync(false))
+        .await
+        .unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "cron_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("HERALD_JOBS_CRON_DB", &path)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut total = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: usize = text
+            .split("ENQUEUED ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("child reports")
+            .parse()
+            .unwrap();
+        total += n;
+    }
+    let all = jobs
+        .list(ListFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 183);
+    assert_eq!(
+        total, 183,
+        "the two processes together enqueued each tick once"
+    );
+}

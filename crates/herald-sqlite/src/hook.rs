@@ -1,0 +1,77 @@
+//! Extension points that write inside an append's transaction (the outbox pattern).
+//!
+//! Other Herald crates (durable jobs, broker relays) must write their rows atomically with the events that
+//! cause them: no event without its side-effect rows, no row for an event that was rolled back. The writer runs
+//! every append inside its own `SAVEPOINT` of the batch transaction; hooks and per-append extras run inside
+//! that same savepoint, after the events are inserted, on the writer's connection. What they write commits or
+//! rolls back with the append. An error from a hook or extra fails that append only (the other requests of the
+//! batch are unaffected): the caller gets [`herald_core::Error::Backend`] and nothing of the append is stored.
+//!
+//! Hooks run on the single writer thread, so they must be quick: a few indexed inserts, no network, no locks
+//! that the writer could wait on. An idempotent retry of an already committed append writes nothing and runs
+//! no hook (its rows were written with the original append).
+
+use std::fmt;
+use std::sync::Arc;
+
+use herald_core::AppendResult;
+use uuid::Uuid;
+
+/// One event of an append, as hooks see it (already inserted, inside the append's savepoint).
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedEvent<'a> {
+    /// The event id.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: &'a str,
+    /// Its version in the stream appended to.
+    pub version: u64,
+    /// Its global position.
+    pub position: u64,
+    /// Data, JSON text as written.
+    pub data: &'a str,
+    /// Metadata, JSON object text as written.
+    pub metadata: &'a str,
+}
+
+/// Called by the writer inside every append's savepoint (see the module docs). Register with
+/// [`crate::SqliteConfig::with_append_hook`].
+pub trait AppendHook: Send + Sync + 'static {
+    /// Writes this hook's rows for `events`, just appended to `stream`, on `tx` (the writer's connection,
+    /// inside the append's savepoint). An error fails this append only.
+    fn on_append(
+        &self,
+        tx: &rusqlite::Connection,
+        stream: &str,
+        events: &[AppendedEvent<'_>],
+    ) -> rusqlite::Result<()>;
+}
+
+/// Work for one append only, run inside its savepoint after the hooks: see [`crate::SqliteStore::append_with`].
+pub type AppendExtra =
+    Box<dyn FnOnce(&rusqlite::Connection, &AppendResult) -> rusqlite::Result<()> + Send>;
+
+/// The hooks of a store, in registration order. Compared by identity.
+#[derive(Clone, Default)]
+pub struct AppendHooks(pub(crate) Vec<Arc<dyn AppendHook>>);
+
+impl AppendHooks {
+    /// True when no hook is registered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for AppendHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppendHooks({})", self.0.len())
+    }
+}
+
+impl PartialEq for AppendHooks {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for AppendHooks {}
