@@ -280,3 +280,78 @@ async fn dropping_the_store_stops_the_writer_and_releases_the_file() {
         .unwrap();
     assert_eq!(count, 32);
 }
+
+/// A file written by the first schema version is upgraded on open, keeping its data and its rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_file_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let s = name("old-1");
+    let appended = {
+        let store = SqliteStore::open(&path, SqliteConfig::default())
+            .await
+            .unwrap();
+        let r = store
+            .append(&s, vec![NewEvent::new("E")], ExpectedVersion::NoStream)
+            .await
+            .unwrap();
+        store.close().await;
+        r
+    };
+    // Turn the file back into what schema version 1 created.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX stream_entries_links;
+             CREATE UNIQUE INDEX stream_entries_by_event ON stream_entries (stream, position);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path, SqliteConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(schema_version(&path).0, 2);
+    let indexes: Vec<String> = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'stream_entries' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(
+        indexes.contains(&"stream_entries_links".to_owned()),
+        "{indexes:?}"
+    );
+    assert!(
+        !indexes.contains(&"stream_entries_by_event".to_owned()),
+        "{indexes:?}"
+    );
+    assert_eq!(
+        store
+            .read_to_vec(ReadQuery::stream(s.clone()))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Link rules hold on the migrated file: own stream and repeated links are duplicates.
+    let err = store
+        .link(&s, &appended.ids, ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateEvent { .. }), "{err}");
+    let other = name("other");
+    store
+        .link(&other, &appended.ids, ExpectedVersion::Any)
+        .await
+        .unwrap();
+    let err = store
+        .link(&other, &appended.ids, ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateEvent { .. }), "{err}");
+}
