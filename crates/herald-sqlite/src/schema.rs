@@ -12,7 +12,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::config::SqliteConfig;
 
 /// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
-pub(crate) const APPLICATION_ID: i32 = 0x4845_5241; // "HERA"
+/// Public so that crates keeping their own tables in the same file (herald-jobs) can stamp a fresh file.
+pub const APPLICATION_ID: i32 = 0x4845_5241; // "HERA"
 
 /// The migrations, in order. Never edit a released one: append a new one.
 const MIGRATIONS: &[&str] = &[

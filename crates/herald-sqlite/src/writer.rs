@@ -13,6 +13,10 @@
 //! before the data is durable); if `COMMIT` fails, every request of the batch gets the error. At low load a
 //! batch holds one request, so latency stays one commit.
 //!
+//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or an extra) runs
+//! inside `SAVEPOINT append_hooks`, because the rows a hook writes are not the writer's to undo; a hook error
+//! rolls back to it and fails that append only. A store without hooks pays nothing for them.
+//!
 //! Being the only writer (and holding SQLite's write lock while it writes) is what makes global positions
 //! contiguous and commit-ordered: the writer assigns them.
 
@@ -28,6 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use crate::hook::{AppendExtra, AppendHook, AppendedEvent};
 use crate::schema::{backend, is_constraint_violation};
 
 /// One write request and where its answer goes.
@@ -36,6 +41,8 @@ pub(crate) enum Request {
         stream: String,
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
+        /// Runs inside this append's hook savepoint, after the hooks (`SqliteStore::append_with`).
+        extra: Option<AppendExtra>,
         reply: oneshot::Sender<Result<AppendResult>>,
     },
     Link {
@@ -113,6 +120,7 @@ pub(crate) fn run(
     head: watch::Sender<Head>,
     max_batch: usize,
     counters: Arc<Counters>,
+    hooks: crate::hook::AppendHooks,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = requests.recv() {
@@ -127,7 +135,7 @@ pub(crate) fn run(
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.transactions.fetch_add(1, Ordering::Relaxed);
-        commit_batch(&mut conn, &mut batch, &head);
+        commit_batch(&mut conn, &mut batch, &head, &hooks.0);
     }
     tracing::debug!("herald-sqlite writer stopped");
 }
@@ -141,7 +149,12 @@ pub(crate) fn read_tail(conn: &Connection) -> rusqlite::Result<(u64, i64)> {
     Ok(tail.map_or((0, i64::MIN), |(p, t)| (p as u64, t)))
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>, head: &watch::Sender<Head>) {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Request>,
+    head: &watch::Sender<Head>,
+    hooks: &[Arc<dyn AppendHook>],
+) {
     let size = batch.len();
     let started = std::time::Instant::now();
     let mut outcomes = Vec::with_capacity(size);
@@ -159,8 +172,8 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>, head: &watch::S
             next_position: last + 1,
             recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),
         };
-        for request in batch.iter() {
-            match apply(conn, &mut tail, request) {
+        for request in batch.iter_mut() {
+            match apply(conn, &mut tail, request, hooks) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(fatal) => {
                     rollback(conn);
@@ -251,19 +264,55 @@ fn rollback(conn: &Connection) {
 
 /// Runs one request. `Err` means the batch's transaction is lost (every request of the batch fails); a
 /// request refused by a rule is an `Ok` outcome holding its error, with its own writes already undone.
-fn apply(conn: &Connection, tail: &mut Tail, request: &Request) -> rusqlite::Result<Outcome> {
+fn apply(
+    conn: &Connection,
+    tail: &mut Tail,
+    request: &mut Request,
+    hooks: &[Arc<dyn AppendHook>],
+) -> rusqlite::Result<Outcome> {
     Ok(match request {
         Request::Append {
             stream,
             events,
             expected,
+            extra,
             ..
-        } => Outcome::Append(match append(conn, tail, stream, events, *expected) {
-            Ok(r) => Ok(r),
-            Err(Stop::IdTaken) => retry_or_duplicate(conn, stream, events),
-            Err(Stop::Refused(e)) => Err(e),
-            Err(Stop::Sql(e)) => return Err(e),
-        }),
+        } => {
+            // Only an append with hooks (or an extra) pays for a savepoint: arbitrary hook writes cannot be
+            // undone row by row the way the writer undoes its own.
+            let hooked = !hooks.is_empty() || extra.is_some();
+            if hooked {
+                conn.prepare_cached("SAVEPOINT append_hooks")?.execute([])?;
+            }
+            let outcome = match append(conn, tail, stream, events, *expected) {
+                Ok(r) if hooked => {
+                    match run_hooks(conn, stream, events, &r, hooks, extra.take()) {
+                        Ok(()) => Ok(r),
+                        Err(e) => {
+                            if conn.is_autocommit() {
+                                // SQLite rolled the whole transaction back (I/O error, disk full).
+                                return Err(e);
+                            }
+                            conn.prepare_cached("ROLLBACK TO append_hooks")?
+                                .execute([])?;
+                            // The events are gone again: their positions are free for the next request.
+                            tail.next_position = r.first_position;
+                            Err(Error::backend(format!(
+                                "an append hook refused the append to `{stream}`: {e}"
+                            )))
+                        }
+                    }
+                }
+                Ok(r) => Ok(r),
+                Err(Stop::IdTaken) => retry_or_duplicate(conn, stream, events),
+                Err(Stop::Refused(e)) => Err(e),
+                Err(Stop::Sql(e)) => return Err(e),
+            };
+            if hooked {
+                conn.prepare_cached("RELEASE append_hooks")?.execute([])?;
+            }
+            Outcome::Append(outcome)
+        }
         Request::Link {
             stream,
             ids,
@@ -388,6 +437,38 @@ fn undo_entries(conn: &Connection, stream: &str, first_version: u64) -> rusqlite
     Ok(())
 }
 
+/// Runs the store's append hooks, then this append's extra, inside the append's savepoint.
+fn run_hooks(
+    conn: &Connection,
+    stream: &str,
+    events: &[NewEvent],
+    result: &AppendResult,
+    hooks: &[Arc<dyn AppendHook>],
+    extra: Option<AppendExtra>,
+) -> rusqlite::Result<()> {
+    if !hooks.is_empty() {
+        let appended: Vec<AppendedEvent<'_>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| AppendedEvent {
+                id: e.id,
+                event_type: &e.event_type,
+                version: result.first_version + i as u64,
+                position: result.first_position + i as u64,
+                data: &e.data,
+                metadata: &e.metadata,
+            })
+            .collect();
+        for hook in hooks {
+            hook.on_append(conn, stream, &appended)?;
+        }
+    }
+    if let Some(extra) = extra {
+        extra(conn, result)?;
+    }
+    Ok(())
+}
+
 fn event_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
         .query_row([id.as_bytes()], |_| Ok(()))
@@ -499,9 +580,7 @@ fn link(
     for (i, id) in ids.iter().enumerate() {
         let version = (first_version + i as u64) as i64;
         let found: Option<(i64, bool)> = lookup
-            .query_row(params![stream, id.as_bytes()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(params![stream, id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let refusal = match found {
             None => Error::EventNotFound { id: *id },
