@@ -79,9 +79,14 @@ impl EventContext {
     /// Runs `f` with this context current on this thread.
     #[inline]
     pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
-        let prev = THREAD_CONTEXT.with(|c| c.replace(Some(self)));
-        let _restore = Restore(prev);
+        let _restore = self.enter_guard();
         f()
+    }
+
+    /// Makes this context current on this thread until the guard drops (never across an `.await`).
+    #[inline]
+    pub(crate) fn enter_guard(self) -> impl Drop {
+        Restore(THREAD_CONTEXT.with(|c| c.replace(Some(self))))
     }
 
     /// Runs `fut` with this context current in the task, across `.await` points.

@@ -706,17 +706,18 @@ impl Bus {
         }
     }
 
-    /// Runs one sync handler with the event as the current context, under the panic policy.
+    /// Runs one sync handler under the panic policy. The caller makes the event the current context
+    /// (once for a whole synchronous dispatch loop, or around each call when the loop awaits).
+    #[inline]
     fn call_sync(
         &self,
         entry: &Entry,
         f: &SyncFn,
         env: &dyn ErasedEnvelope,
     ) -> Result<(), HandlerError> {
-        let ctx = EventContext::of(env.meta());
         match self.inner.panic_policy {
-            PanicPolicy::Propagate => ctx.enter(|| f(env)).map_err(HandlerError::Failed),
-            PanicPolicy::Isolate => match catch_unwind(AssertUnwindSafe(|| ctx.enter(|| f(env)))) {
+            PanicPolicy::Propagate => f(env).map_err(HandlerError::Failed),
+            PanicPolicy::Isolate => match catch_unwind(AssertUnwindSafe(|| f(env))) {
                 Ok(r) => r.map_err(HandlerError::Failed),
                 Err(panic) => {
                     self.inner.panics.fetch_add(1, Ordering::Relaxed);
@@ -736,6 +737,7 @@ impl Bus {
     }
 
     /// Delivers to one sync entry; returns `false` when the publish must stop (stop-at-first).
+    #[inline]
     fn sync_step(
         &self,
         entry: &Entry,
@@ -782,6 +784,7 @@ impl Bus {
     }
 
     /// Delivers to sync entries only (no async listener matches).
+    #[inline]
     fn dispatch_sync_only(
         &self,
         entries: &[Arc<Entry>],
@@ -790,14 +793,16 @@ impl Bus {
     ) -> (usize, Vec<HandlerFailure>) {
         let mut handled = 0;
         let mut failures = Vec::new();
-        for entry in entries {
-            if let Kind::Sync(f) = &entry.kind
-                && entry.deliverable(from)
-                && !self.sync_step(entry, f, env, &mut handled, &mut failures)
-            {
-                break;
+        EventContext::of(env.meta()).enter(|| {
+            for entry in entries {
+                if let Kind::Sync(f) = &entry.kind
+                    && entry.deliverable(from)
+                    && !self.sync_step(entry, f, env, &mut handled, &mut failures)
+                {
+                    break;
+                }
             }
-        }
+        });
         (handled, failures)
     }
 
@@ -853,6 +858,7 @@ impl Bus {
         let mut handled = 0;
         let mut queued = 0;
         let mut failures = Vec::new();
+        let _ctx = EventContext::of(&envelope.meta).enter_guard();
         for (i, entry) in matched.entries.iter().enumerate() {
             match &entry.kind {
                 Kind::Sync(f) => {
@@ -909,7 +915,10 @@ impl Bus {
             }
             match &entry.kind {
                 Kind::Sync(f) => {
-                    if !self.sync_step(entry, f, &*envelope, &mut handled, &mut failures) {
+                    // The loop awaits below, so the thread-local context is set per call only.
+                    let go_on = EventContext::of(&envelope.meta)
+                        .enter(|| self.sync_step(entry, f, &*envelope, &mut handled, &mut failures));
+                    if !go_on {
                         break;
                     }
                 }
