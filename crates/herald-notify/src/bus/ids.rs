@@ -35,13 +35,18 @@ fn next_u64() -> u64 {
     })
 }
 
-/// A new UUIDv7 for an event that occurred `millis` milliseconds after the Unix epoch.
+/// A new UUIDv7 for an event that occurred `millis` milliseconds after the Unix epoch: 48 bits of time,
+/// the version, 12 + 62 bits from one 64-bit draw (its top 12 bits serve twice, so 64 bits of entropy per
+/// millisecond and thread), and the RFC 4122 variant.
 #[inline]
 pub(crate) fn new_v7(millis: u64) -> Uuid {
-    let a = next_u64().to_le_bytes();
-    let b = next_u64().to_le_bytes();
-    let bytes = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1]];
-    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+    let r = next_u64();
+    let time = u128::from(millis & 0xffff_ffff_ffff) << 80;
+    let version = 0x7u128 << 76;
+    let rand_a = u128::from(r >> 52) << 64;
+    let variant = 0b10u128 << 62;
+    let rand_b = u128::from(r & 0x3fff_ffff_ffff_ffff);
+    Uuid::from_u128(time | version | rand_a | variant | rand_b)
 }
 
 #[cfg(test)]
@@ -56,6 +61,10 @@ mod tests {
         let ms = u64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
         let ids: Vec<Uuid> = (0..10_000).map(|_| new_v7(ms)).collect();
         assert!(ids.iter().all(|u| u.get_version_num() == 7));
+        assert!(
+            ids.iter()
+                .all(|u| u.get_variant() == uuid::Variant::RFC4122)
+        );
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
         let later = new_v7(ms + 2);
         assert!(ids.iter().all(|u| *u < later));

@@ -4,7 +4,6 @@ use std::any::{TypeId, type_name};
 use std::sync::Arc;
 
 use super::{DomainEvent, Envelope, ErasedEnvelope, HandlerResult, Kind, NewEntry};
-use crate::bus::error::BoxError;
 
 /// A listener object handling several event types, like a Wisper listener with one method per event.
 ///
@@ -48,11 +47,13 @@ pub trait Listener: Send + Sync + Sized + 'static {
     fn register(handlers: &mut Handlers<Self>);
 }
 
-type ListenerFn<L> = Box<dyn Fn(&L, &dyn ErasedEnvelope) -> Result<(), BoxError> + Send + Sync>;
+/// Builds the bus handler for one event type once the listener is known, so that a delivery is one
+/// dynamic call (the typed closure captures the listener itself).
+type MakeHandler<L> = Box<dyn FnOnce(Arc<L>) -> super::SyncFn>;
 
 /// The handlers a [`Listener`] declares, one per event type, in declaration order.
 pub struct Handlers<L> {
-    entries: Vec<(TypeId, &'static str, ListenerFn<L>)>,
+    entries: Vec<(TypeId, &'static str, MakeHandler<L>)>,
 }
 
 impl<L> std::fmt::Debug for Handlers<L> {
@@ -72,12 +73,14 @@ impl<L: Listener> Handlers<L> {
         self.entries.push((
             TypeId::of::<E>(),
             E::EVENT_TYPE,
-            Box::new(
-                move |listener: &L, env: &dyn ErasedEnvelope| match env.downcast_ref::<E>() {
-                    Some(env) => handler(listener, env).into_result(),
-                    None => Ok(()),
-                },
-            ),
+            Box::new(move |listener: Arc<L>| -> super::SyncFn {
+                Box::new(
+                    move |env: &dyn ErasedEnvelope| match env.downcast_ref::<E>() {
+                        Some(env) => handler(&listener, env).into_result(),
+                        None => Ok(()),
+                    },
+                )
+            }),
         ));
         self
     }
@@ -93,13 +96,10 @@ pub(crate) fn entries<L: Listener>(listener: Arc<L>) -> Vec<NewEntry> {
     handlers
         .entries
         .into_iter()
-        .map(|(type_id, _, f)| {
-            let listener = listener.clone();
-            NewEntry {
-                type_filter: Some(type_id),
-                label: label.clone(),
-                kind: Kind::Sync(Box::new(move |env| f(&listener, env))),
-            }
+        .map(|(type_id, _, make)| NewEntry {
+            type_filter: Some(type_id),
+            label: label.clone(),
+            kind: Kind::Sync(make(listener.clone())),
         })
         .collect()
 }

@@ -916,8 +916,9 @@ impl Bus {
             match &entry.kind {
                 Kind::Sync(f) => {
                     // The loop awaits below, so the thread-local context is set per call only.
-                    let go_on = EventContext::of(&envelope.meta)
-                        .enter(|| self.sync_step(entry, f, &*envelope, &mut handled, &mut failures));
+                    let go_on = EventContext::of(&envelope.meta).enter(|| {
+                        self.sync_step(entry, f, &*envelope, &mut handled, &mut failures)
+                    });
                     if !go_on {
                         break;
                     }
