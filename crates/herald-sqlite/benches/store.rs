@@ -26,6 +26,8 @@ struct Options {
     durability: Durability,
     /// Only the 16-task append loop, for profiling.
     only_concurrent: bool,
+    /// Only the global-log read, for profiling.
+    only_read: bool,
 }
 
 fn options() -> Options {
@@ -35,6 +37,7 @@ fn options() -> Options {
         skip_1m: false,
         durability: Durability::Full,
         only_concurrent: false,
+        only_read: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -48,6 +51,7 @@ fn options() -> Options {
             "--skip-1m" => o.skip_1m = true,
             "--normal" => o.durability = Durability::Normal,
             "--only-concurrent" => o.only_concurrent = true,
+            "--only-read" => o.only_read = true,
             "--bench" => {} // passed by cargo bench
             other => panic!("unknown argument {other}"),
         }
@@ -408,6 +412,21 @@ fn main() {
                 m.rate(),
                 stats.requests as f64 / stats.transactions as f64
             );
+        });
+        return;
+    }
+    if o.only_read {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("read.db");
+        runtime.block_on(async { open(&p, &o).await.close().await });
+        fill(&p, &o, 100_000, "big-1");
+        runtime.block_on(async {
+            let store = open(&p, &o).await;
+            for _ in 0..o.runs {
+                let raw = raw_read(&p, &o, None, 100_000);
+                let herald = herald_read(&store, ReadQuery::all(), 100_000).await;
+                println!("global read: herald {herald:.0}/s, raw {raw:.0}/s");
+            }
         });
         return;
     }
