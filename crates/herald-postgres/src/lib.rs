@@ -21,10 +21,11 @@
 //! # How it works
 //!
 //! - **Writes** go to one writer task per store handle that owns a dedicated connection and commits concurrent
-//!   requests together: one transaction (one WAL flush) per batch, each request with its own checks, its own
-//!   savepoint and its own result. An append is two pipelined round trips whatever its size: its checks, then
-//!   one multi-row `INSERT … SELECT FROM unnest($arrays)` that writes the events, their stream entries and
-//!   the stream's version. Replies are sent only after `COMMIT` returns.
+//!   requests together: one transaction (one WAL flush) per batch, each request with its own checks and its
+//!   own result; requests arriving while a batch runs join it. An append is one round trip whatever its size:
+//!   one multi-row `INSERT … SELECT FROM unnest($arrays)` that checks the expected version and the ids and
+//!   writes the events, their stream entries and the stream's version (only a refused append reads why).
+//!   Replies are sent only after `COMMIT` returns.
 //! - **Reads** use a pool of connections ([`PostgresConfig::pool_size`], opened on demand); each page is one
 //!   statement.
 //! - **Schema**: tables live in [`PostgresConfig::schema`] (default `herald`), created on open by embedded,

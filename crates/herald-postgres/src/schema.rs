@@ -62,9 +62,24 @@ pub(crate) fn latest_version() -> usize {
     MIGRATIONS.len()
 }
 
-/// Wraps a driver error.
+/// Wraps a driver error; a server error keeps its message, detail and SQLSTATE in the text (the driver's own
+/// `Display` says only "db error").
 pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
-    Error::backend(e)
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "PostgreSQL {}: {} ({})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            Error::backend(text)
+        }
+        None => Error::backend(e),
+    }
 }
 
 /// The driver configuration for `url`, with `search_path` pinned to `schema`.

@@ -11,10 +11,14 @@
 //! transaction can only take positions after the previous holder has committed and become visible. A reader
 //! therefore never sees position `n + 1` committed while `n` is still in flight (see the crate docs).
 //!
-//! Each request keeps its own checks and result. Its checks (stream version, whether its ids are stored) are
-//! read first, pipelined in one round trip; a request refused by a rule writes nothing. Its writes are then
-//! sent as `SAVEPOINT`, one multi-row statement (arrays through `unnest`), `RELEASE`, pipelined in one more
-//! round trip; if the statement fails, the writer rolls back to the savepoint and only that request fails.
+//! Each request keeps its own checks and result, and a request refused by a rule writes nothing. An append is
+//! one round trip: a single multi-row statement (arrays through `unnest`) that checks the expected version and
+//! that none of its ids is stored, and writes the events, their stream entries and the stream's version only
+//! when both hold. When it writes nothing, the writer reads why (version conflict, idempotent retry,
+//! duplicate). Links and deletes read their checks, then write. No `SAVEPOINT` per request: the checks rule
+//! out every constraint a write could break (nobody else writes while the head is locked), and more than 64
+//! subtransactions in one transaction would slow every snapshot on the server. A statement that fails anyway
+//! (connection lost, server error) fails the whole batch.
 //! Replies go out after `COMMIT` succeeds; if the transaction fails, every request of the batch gets the
 //! error (nothing of the batch was written).
 
@@ -25,7 +29,6 @@ use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
@@ -83,6 +86,7 @@ struct Statements {
     version: Statement,
     ids: Statement,
     insert: Statement,
+    append_fast: Statement,
     link_ids: Statement,
     link: Statement,
     delete: Statement,
@@ -125,6 +129,39 @@ impl Statements {
                      )
                      INSERT INTO streams (name, version) VALUES ($3::text, $10::bigint)
                      ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                )
+                .await?,
+            append_fast: client
+                .prepare(
+                    "WITH current AS (
+                        SELECT (SELECT version FROM streams WHERE name = $3::text) AS v
+                     ), accepted AS (
+                        SELECT v FROM current
+                        WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = ANY($2::uuid[]))
+                          AND coalesce(v, -1) <= 9223372036854775807 - $11::bigint
+                          AND CASE $9::integer
+                                WHEN 0 THEN true
+                                WHEN 1 THEN v IS NULL
+                                WHEN 2 THEN v IS NOT NULL
+                                ELSE v IS NOT DISTINCT FROM $10::bigint
+                              END
+                     ), ev AS (
+                        INSERT INTO events
+                            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+                        SELECT $1::bigint + t.i - 1, t.id, $3::text, coalesce(a.v + 1, 0) + t.i - 1, $4::text,
+                               t.event_type, t.data, t.metadata, $8::bigint
+                        FROM accepted a,
+                             unnest($2::uuid[], $5::text[], $6::text[], $7::text[])
+                               WITH ORDINALITY AS t(id, event_type, data, metadata, i)
+                        RETURNING position, version
+                     ), entries AS (
+                        INSERT INTO stream_entries (stream, version, position, is_link)
+                        SELECT $3::text, version, position, false FROM ev
+                     )
+                     INSERT INTO streams (name, version)
+                     SELECT $3::text, max(version) FROM ev HAVING count(*) > 0
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version
+                     RETURNING version",
                 )
                 .await?,
             link_ids: client
@@ -190,7 +227,7 @@ impl Writer {
         let mut conn = match Statements::prepare(&client).await {
             Ok(statements) => Some(Connection { client, statements }),
             Err(e) => {
-                tracing::warn!(error = %e, "herald-postgres writer could not prepare statements");
+                tracing::warn!(error = %backend(e), "herald-postgres writer could not prepare statements");
                 None
             }
         };
@@ -226,7 +263,7 @@ impl Writer {
         let client = schema::connect(&self.pg).await.map_err(|e| e.to_string())?;
         let statements = Statements::prepare(&client)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| backend(e).to_string())?;
         Ok(Connection { client, statements })
     }
 
@@ -402,33 +439,18 @@ async fn apply(conn: &Connection, tail: &mut Tail, request: &Request) -> Result<
     })
 }
 
-/// Runs one write statement inside its own savepoint (pipelined: one round trip). `Ok(Err(_))`: the statement
-/// failed and was rolled back alone; `Err`: the transaction itself is broken.
-async fn in_savepoint(
+/// Runs one write statement. The checks before it rule out every constraint it could break (under the head
+/// lock nobody else writes), so a failure here is unexpected and takes the batch down (`Err`).
+async fn write(
     conn: &Connection,
     statement: &Statement,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<std::result::Result<(), tokio_postgres::Error>> {
-    let client = &conn.client;
-    let (saved, written, released) = tokio::join!(
-        client.batch_execute("SAVEPOINT request"),
-        client.execute(statement, params),
-        client.batch_execute("RELEASE SAVEPOINT request"),
-    );
-    saved.map_err(backend)?;
-    match written {
-        Ok(_) => {
-            released.map_err(backend)?;
-            Ok(Ok(()))
-        }
-        Err(e) => {
-            client
-                .batch_execute("ROLLBACK TO SAVEPOINT request; RELEASE SAVEPOINT request")
-                .await
-                .map_err(backend)?;
-            Ok(Err(e))
-        }
-    }
+) -> Result<()> {
+    conn.client
+        .execute(statement, params)
+        .await
+        .map(|_| ())
+        .map_err(backend)
 }
 
 async fn current_version(conn: &Connection, stream: &str) -> Result<Option<u64>> {
@@ -467,6 +489,51 @@ async fn append(
     expected: ExpectedVersion,
 ) -> Result<Result<AppendResult>> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let count = events.len() as u64;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+    let first_position = tail.next_position;
+    // Fast path, one round trip: the statement checks the expected version and that no id is stored, and
+    // writes only when both hold. When it writes nothing, the checks below find out why.
+    let (kind, exact) = match expected {
+        ExpectedVersion::Any => (0i32, 0i64),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(v) => (3, v as i64),
+    };
+    let written = conn
+        .client
+        .query_opt(
+            &conn.statements.append_fast,
+            &[
+                &(first_position as i64),
+                &ids,
+                &stream,
+                &category_of(stream),
+                &types,
+                &data,
+                &metadata,
+                &tail.recorded_at,
+                &(kind),
+                &exact,
+                &(count as i64),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if let Some(row) = written {
+        let last_version = row.get::<_, i64>(0) as u64;
+        tail.next_position += count;
+        return Ok(Ok(AppendResult {
+            stream: stream.to_owned(),
+            first_version: last_version + 1 - count,
+            last_version,
+            first_position,
+            last_position: first_position + count - 1,
+            ids,
+        }));
+    }
     let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let (version, stored) = tokio::join!(
         current_version(conn, stream),
@@ -494,13 +561,8 @@ async fn append(
     if let Err(e) = check_range(stream, first_version, events.len()) {
         return Ok(Err(e));
     }
-    let count = events.len() as u64;
-    let first_position = tail.next_position;
     let last_version = first_version + count - 1;
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
-    let written = in_savepoint(
+    write(
         conn,
         &conn.statements.insert,
         &[
@@ -517,18 +579,6 @@ async fn append(
         ],
     )
     .await?;
-    if let Err(e) = written {
-        // Every Herald writer holds the head lock while it checks and writes, so an id the check did not
-        // find cannot appear now; a unique violation means something outside Herald wrote to the tables.
-        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            return Ok(Err(Error::DuplicateEvent {
-                id: ids[0],
-                stream: stream.to_owned(),
-                reason: "an id of this append was stored concurrently by a writer outside Herald",
-            }));
-        }
-        return Ok(Err(backend(e)));
-    }
     tail.next_position += count;
     Ok(Ok(AppendResult {
         stream: stream.to_owned(),
@@ -637,7 +687,7 @@ async fn link(
         }
     }
     let last_version = first_version + ids.len() as u64 - 1;
-    let written = in_savepoint(
+    write(
         conn,
         &conn.statements.link,
         &[
@@ -648,9 +698,6 @@ async fn link(
         ],
     )
     .await?;
-    if let Err(e) = written {
-        return Ok(Err(backend(e)));
-    }
     Ok(Ok(LinkResult {
         stream: stream.to_owned(),
         first_version,
@@ -666,6 +713,6 @@ async fn delete(conn: &Connection, stream: &str, expected: ExpectedVersion) -> R
     if current.is_none() {
         return Ok(Ok(()));
     }
-    let written = in_savepoint(conn, &conn.statements.delete, &[&stream]).await?;
-    Ok(written.map_err(backend))
+    write(conn, &conn.statements.delete, &[&stream]).await?;
+    Ok(Ok(()))
 }
