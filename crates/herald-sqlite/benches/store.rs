@@ -108,7 +108,7 @@ impl Meter {
 
 /// Herald and its baseline share the disk with whatever else the machine does, and an fsync's cost drifts
 /// over seconds; so each figure alternates short slices of Herald and of the baseline.
-const SLICES: u32 = 4;
+const SLICES: u32 = 10;
 
 /// 1-event appends from one task for `secs`, latencies pushed to `latencies`.
 async fn herald_single(
@@ -500,14 +500,23 @@ fn main() {
             let p = dir.path().join("read.db");
             open(&p, &o).await.close().await;
             fill(&p, &o, read_events, "big-1");
-            let raw_all = raw_read(&p, &o, None, read_events);
-            let raw_stream = raw_read(&p, &o, Some("big-1"), read_events / 2);
+            // Alternate Herald and raw reads too; each figure is the mean over its turns.
             let store = open(&p, &o).await;
-            let all = herald_read(&store, ReadQuery::all(), read_events).await;
             let big = StreamName::new("big-1").unwrap();
-            let one = herald_read(&store, ReadQuery::stream(big.clone()), read_events / 2).await;
-            let all_big_batch =
-                herald_read(&store, ReadQuery::all().batch_size(10_000), read_events).await;
+            let (mut all, mut one, mut all_big_batch) = (0.0, 0.0, 0.0);
+            let (mut raw_all, mut raw_stream) = (0.0, 0.0);
+            const TURNS: u32 = 3;
+            for _ in 0..TURNS {
+                raw_all += raw_read(&p, &o, None, read_events);
+                all += herald_read(&store, ReadQuery::all(), read_events).await;
+                raw_stream += raw_read(&p, &o, Some("big-1"), read_events / 2);
+                one += herald_read(&store, ReadQuery::stream(big.clone()), read_events / 2).await;
+                all_big_batch +=
+                    herald_read(&store, ReadQuery::all().batch_size(10_000), read_events).await;
+            }
+            let turns = f64::from(TURNS);
+            let (all, one, all_big_batch) = (all / turns, one / turns, all_big_batch / turns);
+            let (raw_all, raw_stream) = (raw_all / turns, raw_stream / turns);
             f.add(
                 "read global log (100k), events/s",
                 all,

@@ -217,3 +217,41 @@ async fn a_refused_request_does_not_sink_its_batch() {
         );
     }
 }
+
+/// At low load a request is never held back for company: a lone sequential appender gets one transaction per
+/// append, even right after a burst of concurrent appends taught the writer to expect larger batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_appender_commits_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir).await;
+    let burst: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = StreamName::new(format!("burst-{i}")).unwrap();
+                store
+                    .append(&s, vec![NewEvent::new("E")], ExpectedVersion::Any)
+                    .await
+            })
+        })
+        .collect();
+    for b in burst {
+        b.await.unwrap().unwrap();
+    }
+    let s = StreamName::new("alone").unwrap();
+    // The first append after the burst may wait one short gather window; from then on none do.
+    store
+        .append(&s, vec![NewEvent::new("E")], ExpectedVersion::Any)
+        .await
+        .unwrap();
+    let before = store.write_stats();
+    for _ in 0..20 {
+        store
+            .append(&s, vec![NewEvent::new("E")], ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let after = store.write_stats();
+    assert_eq!(after.requests - before.requests, 20);
+    assert_eq!(after.transactions - before.transactions, 20);
+}
