@@ -441,7 +441,8 @@ impl Middleware for Validation {
     }
 }
 
-/// A `tracing` span per command (`command`, `command_id`, `correlation_id`) and one event with its outcome.
+/// A `tracing` span per command (`command`, `command_id`, `correlation_id`) and one `info` event with its
+/// outcome (a refused command is an outcome, not a warning).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logging;
 
@@ -461,7 +462,7 @@ impl Middleware for Logging {
             let elapsed_us = started.elapsed().as_micros() as u64;
             match &result {
                 Ok(_) => tracing::info!(command = name, elapsed_us, "command handled"),
-                Err(e) => tracing::warn!(command = name, elapsed_us, error = %e, "command failed"),
+                Err(e) => tracing::info!(command = name, elapsed_us, error = %e, "command failed"),
             }
             result
         }

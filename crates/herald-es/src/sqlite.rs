@@ -428,7 +428,8 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
         self.db.call(move |c| load_checkpoint(c, &name)).await
     }
 
-    /// A receiver of the last committed cursor.
+    /// A receiver of the last committed cursor (set to the stored checkpoint when a run starts, then after
+    /// every batch).
     pub fn progress(&self) -> watch::Receiver<Option<u64>> {
         self.progress.subscribe()
     }
@@ -479,6 +480,7 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
         query.from = start.map(|c| c + 1);
         let stream_scope = matches!(self.scope, ReadScope::Stream(_));
         let mut feed = Feed::new(self.store.follow(query));
+        self.progress.send_replace(start);
         let mut applied = 0u64;
         while let Some(batch) = feed.next_batch(self.batch_size, cancel).await? {
             let Some(last) = batch.last() else { continue };

@@ -240,7 +240,8 @@ impl Subscription {
         Self::new(name, ReadScope::All, store, checkpoints)
     }
 
-    /// Only events of these types reach the handler (the cursor still moves past the others).
+    /// Only events of these types are read (filtered by the store); the checkpoint moves with the last
+    /// matching event.
     pub fn types<I, S>(mut self, types: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -282,7 +283,8 @@ impl Subscription {
         }
     }
 
-    /// A receiver of the last checkpointed cursor: wait on it to know an event has been handled.
+    /// A receiver of the last checkpointed cursor (set to the stored checkpoint when a run starts, then after
+    /// every batch): wait on it to know an event has been handled.
     pub fn progress(&self) -> watch::Receiver<Option<u64>> {
         self.progress.subscribe()
     }
@@ -350,6 +352,7 @@ impl Subscription {
             ..Default::default()
         };
         let batch_size = query.batch_size;
+        self.progress.send_replace(start);
         let mut feed = Feed::new(self.store.follow(query));
         tracing::debug!(subscription = %key, from = ?start, "subscription started");
         while let Some(batch) = feed.next_batch(batch_size, cancel).await? {
