@@ -1,9 +1,9 @@
 //! Extension points that write inside an append's transaction (the outbox pattern).
 //!
 //! Other Herald crates (durable jobs, broker relays) must write their rows atomically with the events that
-//! cause them: no event without its side-effect rows, no row for an event that was rolled back. The writer runs
-//! every append inside its own `SAVEPOINT` of the batch transaction; hooks and per-append extras run inside
-//! that same savepoint, after the events are inserted, on the writer's connection. What they write commits or
+//! cause them: no event without its side-effect rows, no row for an event that was rolled back. When a store has
+//! hooks (or an append has an extra), the writer runs that append inside its own `SAVEPOINT` of the batch
+//! transaction (appends without them need none); hooks and per-append extras run inside that savepoint, after the events are inserted, on the writer's connection. What they write commits or
 //! rolls back with the append. An error from a hook or extra fails that append only (the other requests of the
 //! batch are unaffected): the caller gets [`herald_core::Error::Backend`] and nothing of the append is stored.
 //!

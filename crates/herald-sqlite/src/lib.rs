@@ -20,8 +20,9 @@
 //! # How it works
 //!
 //! - **Writes** go to one writer thread that owns the write connection and commits concurrent requests
-//!   together: one `BEGIN IMMEDIATE … COMMIT` (one fsync) per batch, each request in its own savepoint with its
-//!   own expected-version check and result (see `writer.rs`). Replies are sent only after `COMMIT` returns.
+//!   together: one `BEGIN IMMEDIATE … COMMIT` (one fsync) per batch, each request with its own
+//!   expected-version check and result; a refused request undoes only its own rows (see `writer.rs`). Replies
+//!   are sent only after `COMMIT` returns.
 //! - **Checkpoints** of the WAL run on their own thread and connection, woken by a WAL hook, so they do
 //!   not stall group commits (see `checkpoint.rs`).
 //! - **Reads** use a pool of connections on tokio's blocking pool; WAL readers never wait for the writer.
