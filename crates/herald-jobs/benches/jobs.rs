@@ -46,8 +46,11 @@ async fn drain(dir: &std::path::Path, n: usize, concurrency: usize) -> f64 {
     let (r, a) = (ran.clone(), all.clone());
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let pool = WorkerPool::builder(jobs.clone())
-        .queue("default", concurrency)
+    let mut builder = WorkerPool::builder(jobs.clone()).queue("default", concurrency);
+    if let Ok(p) = std::env::var("JOBS_PREFETCH") {
+        builder = builder.prefetch(p.parse().expect("JOBS_PREFETCH"));
+    }
+    let pool = builder
         .handle_raw("noop", move |_, _| {
             if r.fetch_add(1, Ordering::Relaxed) + 1 == n {
                 a.notify_one();
