@@ -426,6 +426,31 @@ impl<A: Aggregate> Repository<A> {
         })
     }
 
+    /// Writes a snapshot of `loaded` now (whatever the policy), e.g. after importing a long stream. Returns
+    /// `false` when snapshots are not configured or the aggregate has no events; store errors are returned.
+    pub async fn snapshot(&self, loaded: &Loaded<A>) -> Result<bool> {
+        let (Some(snapshots), Some(version), Some(event_id)) =
+            (&self.snapshots, loaded.version, loaded.last_event_id)
+        else {
+            return Ok(false);
+        };
+        let state = (snapshots.to_json)(&loaded.state).map_err(|e| EsError::Encode {
+            what: "snapshot state",
+            message: e.to_string(),
+        })?;
+        snapshots
+            .store
+            .save(&Snapshot {
+                stream: loaded.stream.to_string(),
+                version,
+                event_id,
+                schema_version: A::SNAPSHOT_VERSION,
+                state,
+            })
+            .await?;
+        Ok(true)
+    }
+
     /// Snapshot failures never fail a save: the events are committed, the next load replays a little more.
     async fn write_snapshot(
         &self,

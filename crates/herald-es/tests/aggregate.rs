@@ -282,6 +282,17 @@ async fn snapshots_make_loading_start_late_and_agree_with_replay(f: Fixture) {
     assert_eq!(slow.replayed, 25);
     assert_eq!(fast.state, slow.state);
     assert_eq!(fast.version, slow.version);
+    // An explicit snapshot (after an import, say) is used by the next load.
+    let imported = full.load("s").await.unwrap();
+    assert!(repo.snapshot(&imported).await.unwrap());
+    let fast = repo.load("s").await.unwrap();
+    assert_eq!(fast.snapshot_version, Some(24));
+    assert_eq!(fast.replayed, 0);
+    assert_eq!(fast.state, slow.state);
+    assert!(
+        !full.snapshot(&imported).await.unwrap(),
+        "no snapshot store configured"
+    );
     // A save from a snapshot-loaded aggregate uses the right expected version.
     let saved = repo
         .save(
