@@ -33,6 +33,12 @@
 //!   transaction).
 //! - Stored events are never rewritten: upcasting happens on read.
 //!
+//! # Backends
+//!
+//! Everything runs on `Arc<dyn EventStore>`; the test suite runs each behaviour on the in-memory, SQLite and
+//! PostgreSQL stores (PostgreSQL with in-memory checkpoints and snapshots: [`CheckpointStore`] and
+//! [`SnapshotStore`] have in-memory and SQLite implementations only, so far).
+//!
 //! # Feature flags
 //!
 //! None: the SQLite implementations use `rusqlite` (bundled), which herald-sqlite already brings.

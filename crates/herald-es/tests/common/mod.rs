@@ -133,6 +133,40 @@ pub struct Fixture {
     memory_snapshots: Option<Arc<InMemorySnapshotStore>>,
     sqlite_snapshots: Option<SqliteSnapshotStore>,
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Drops the PostgreSQL test schema last, after the store.
+    _schema: Option<PgSchema>,
+}
+
+/// A PostgreSQL schema of one test, dropped with everything in it afterwards.
+pub struct PgSchema {
+    name: String,
+    url: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop may run inside a Tokio runtime, which cannot block on another one: use a plain thread.
+        let (name, url) = (self.name.clone(), self.url.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                    ))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
 }
 
 impl Fixture {
@@ -144,6 +178,40 @@ impl Fixture {
             memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
             sqlite_snapshots: None,
             checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+            _schema: None,
+        }
+    }
+
+    /// The PostgreSQL backend in a fresh schema (`HERALD_TEST_POSTGRES_URL`, default the local `test`
+    /// database), with in-memory checkpoints and snapshots (herald-es has no PostgreSQL implementations of
+    /// those yet). `None` (skip, printed) when the server is unreachable, unless `CI` is set.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let url = std::env::var("HERALD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+        let name = format!("herald_es_test_{}", uuid::Uuid::now_v7().simple());
+        let config = herald_postgres::PostgresConfig::default().schema(name.clone());
+        let schema = PgSchema {
+            name,
+            url: url.clone(),
+        };
+        match herald_postgres::PostgresStore::open(&url, config).await {
+            Ok(store) => Some(Fixture {
+                store: Arc::new(store),
+                path: None,
+                backend: "postgres",
+                memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
+                sqlite_snapshots: None,
+                checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+                _schema: Some(schema),
+            }),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{test}: PostgreSQL at {url} is unreachable ({e}); CI requires it"
+                );
+                eprintln!("SKIPPED {test}: PostgreSQL at {url} is unreachable ({e})");
+                None
+            }
         }
     }
 
@@ -157,6 +225,7 @@ impl Fixture {
             path: Some(path),
             backend: "sqlite",
             memory_snapshots: None,
+            _schema: None,
         }
     }
 
@@ -193,7 +262,8 @@ impl Fixture {
     }
 }
 
-/// Expands test functions `async fn name(f: Fixture)` into one `#[tokio::test]` per backend.
+/// Expands test functions `async fn name(f: Fixture)` into one `#[tokio::test]` per backend (in-memory,
+/// SQLite, PostgreSQL).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -210,6 +280,16 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Fixture::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(f) = $crate::common::Fixture::postgres(stringify!($name)).await {
+                        super::$name(f).await
+                    }
                 }
             )*
         }
