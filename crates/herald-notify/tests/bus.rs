@@ -623,3 +623,10 @@ async fn an_application_cancellation_token_drains_and_stops_async_listeners() {
     bus.shutdown().await; // waits for the drained listener task
     assert_eq!(handled.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+#[should_panic(expected = "capacity must be at least 1")]
+async fn zero_capacity_async_listener_is_refused() {
+    let bus = Bus::new();
+    let _ = bus.subscribe_async(0, |_: Arc<Envelope<UserRegistered>>| async {});
+}

@@ -456,3 +456,23 @@ fn global_notifier_and_free_functions() {
     });
     assert_eq!(taken(&l2), ["s:test.global.scoped"]);
 }
+
+#[test]
+fn a_handler_unsubscribed_during_a_delivery_is_skipped_from_then_on() {
+    let n = Notifier::new();
+    let l = log();
+    let victim: Arc<Mutex<Option<herald_notify::Subscription>>> = Arc::new(Mutex::new(None));
+    let v = victim.clone();
+    let _first = n
+        .subscribe("e", move |_| {
+            if let Some(sub) = v.lock().unwrap().take() {
+                sub.unsubscribe();
+            }
+        })
+        .guard();
+    *victim.lock().unwrap() = Some(n.subscribe("e", recorder(&l, "victim")));
+    n.notify("e", || ());
+    assert!(taken(&l).is_empty(), "skipped within the same delivery");
+    n.notify("e", || ());
+    assert!(taken(&l).is_empty());
+}
