@@ -22,9 +22,10 @@
 //!
 //! - **Writes** go to one writer task per store handle that owns a dedicated connection and commits concurrent
 //!   requests together: one transaction (one WAL flush) per batch, each request with its own checks and its
-//!   own result; requests arriving while a batch runs join it. An append is one round trip whatever its size:
-//!   one multi-row `INSERT … SELECT FROM unnest($arrays)` that checks the expected version and the ids and
-//!   writes the events, their stream entries and the stream's version (only a refused append reads why).
+//!   own result; requests arriving while a batch runs join it. An append is one statement whatever its size:
+//!   a multi-row `INSERT … SELECT FROM unnest($arrays)` that checks the expected version and the ids and
+//!   writes the events, their stream entries and the stream's version (only a refused append reads why); the
+//!   appends of a batch are pipelined, one round trip for all of them.
 //!   Replies are sent only after `COMMIT` returns.
 //! - **Reads** use a pool of connections ([`PostgresConfig::pool_size`], opened on demand); each page is one
 //!   statement.
@@ -40,8 +41,8 @@
 //! the last event it saw. With a sequence, two transactions can take positions 7 and 8 and commit in the
 //! order 8, 7: a follower that read while only 8 was visible moves past 7 and never sees it. Herald instead
 //! **serialises position assignment**: every write transaction, in every process, first locks the single row
-//! of the `head` table (`SELECT … FOR UPDATE`), assigns the positions after the end stored there, and writes
-//! the new end to that row just before `COMMIT`. The row lock is held until the transaction ends, and
+//! of the `head` table (`SELECT … FOR UPDATE`), gives its events the positions after the current end of the
+//! log, and writes the new end to that row just before `COMMIT`. The row lock is held until the transaction ends, and
 //! PostgreSQL makes a committed transaction visible before it releases its locks. So the next writer can only
 //! take positions after the previous one is committed *and visible*: positions become visible strictly in
 //! order, every snapshot holds a gap-free prefix of the log, and a rolled-back transaction leaves no hole

@@ -12,9 +12,11 @@
 //! therefore never sees position `n + 1` committed while `n` is still in flight (see the crate docs).
 //!
 //! Each request keeps its own checks and result, and a request refused by a rule writes nothing. An append is
-//! one round trip: a single multi-row statement (arrays through `unnest`) that checks the expected version and
-//! that none of its ids is stored, and writes the events, their stream entries and the stream's version only
-//! when both hold. When it writes nothing, the writer reads why (version conflict, idempotent retry,
+//! a single multi-row statement (arrays through `unnest`) that checks the expected version and that none of
+//! its ids is stored, takes the positions after the log's end as it finds it (the end moves with every append
+//! of the transaction, so a refused append leaves no hole), and writes the events, their stream entries and
+//! the stream's version only when the checks hold. Consecutive appends of a batch are sent pipelined: one
+//! round trip for all of them. Only a refused append then reads why (version conflict, idempotent retry,
 //! duplicate). Links and deletes read their checks, then write. No `SAVEPOINT` per request: the checks rule
 //! out every constraint a write could break (nobody else writes while the head is locked), and more than 64
 //! subtransactions in one transaction would slow every snapshot on the server. A statement that fails anyway
@@ -29,6 +31,7 @@ use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
@@ -85,8 +88,7 @@ pub(crate) struct Counters {
 struct Statements {
     version: Statement,
     ids: Statement,
-    insert: Statement,
-    append_fast: Statement,
+    append: Statement,
     link_ids: Statement,
     link: Statement,
     delete: Statement,
@@ -113,55 +115,44 @@ impl Statements {
                      WHERE e.id = ANY($1::uuid[])",
                 )
                 .await?,
-            insert: client
-                .prepare(
-                    "WITH ev AS (
-                        INSERT INTO events
-                            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                        SELECT $1::bigint + t.i - 1, t.id, $3::text, $4::bigint + t.i - 1, $5::text,
-                               t.event_type, t.data, t.metadata, $9::bigint
-                        FROM unnest($2::uuid[], $6::text[], $7::text[], $8::text[])
-                             WITH ORDINALITY AS t(id, event_type, data, metadata, i)
-                        RETURNING position, version
-                     ), entries AS (
-                        INSERT INTO stream_entries (stream, version, position, is_link)
-                        SELECT $3::text, version, position, false FROM ev
-                     )
-                     INSERT INTO streams (name, version) VALUES ($3::text, $10::bigint)
-                     ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-                )
-                .await?,
-            append_fast: client
+            append: client
                 .prepare(
                     "WITH current AS (
-                        SELECT (SELECT version FROM streams WHERE name = $3::text) AS v
+                        SELECT (SELECT version FROM streams WHERE name = $2::text) AS v
+                     ), taken AS (
+                        SELECT EXISTS (SELECT 1 FROM events WHERE id = ANY($1::uuid[])) AS any_taken
+                     ), tail AS (
+                        SELECT coalesce(max(position), 0) AS p FROM events
                      ), accepted AS (
-                        SELECT v FROM current
-                        WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = ANY($2::uuid[]))
-                          AND coalesce(v, -1) <= 9223372036854775807 - $11::bigint
-                          AND CASE $9::integer
+                        SELECT v FROM current, taken
+                        WHERE NOT any_taken
+                          AND coalesce(v, -1) <= 9223372036854775807 - $10::bigint
+                          AND CASE $8::integer
                                 WHEN 0 THEN true
                                 WHEN 1 THEN v IS NULL
                                 WHEN 2 THEN v IS NOT NULL
-                                ELSE v IS NOT DISTINCT FROM $10::bigint
+                                ELSE v IS NOT DISTINCT FROM $9::bigint
                               END
                      ), ev AS (
                         INSERT INTO events
                             (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                        SELECT $1::bigint + t.i - 1, t.id, $3::text, coalesce(a.v + 1, 0) + t.i - 1, $4::text,
-                               t.event_type, t.data, t.metadata, $8::bigint
-                        FROM accepted a,
-                             unnest($2::uuid[], $5::text[], $6::text[], $7::text[])
+                        SELECT tail.p + t.i, t.id, $2::text, coalesce(a.v + 1, 0) + t.i - 1, $3::text,
+                               t.event_type, t.data, t.metadata, $7::bigint
+                        FROM accepted a, tail,
+                             unnest($1::uuid[], $4::text[], $5::text[], $6::text[])
                                WITH ORDINALITY AS t(id, event_type, data, metadata, i)
                         RETURNING position, version
                      ), entries AS (
                         INSERT INTO stream_entries (stream, version, position, is_link)
-                        SELECT $3::text, version, position, false FROM ev
+                        SELECT $2::text, version, position, false FROM ev
+                     ), upsert AS (
+                        INSERT INTO streams (name, version)
+                        SELECT $2::text, max(version) FROM ev HAVING count(*) > 0
+                        ON CONFLICT (name) DO UPDATE SET version = excluded.version
+                        RETURNING version
                      )
-                     INSERT INTO streams (name, version)
-                     SELECT $3::text, max(version) FROM ev HAVING count(*) > 0
-                     ON CONFLICT (name) DO UPDATE SET version = excluded.version
-                     RETURNING version",
+                     SELECT (SELECT version FROM upsert), (SELECT min(position) FROM ev),
+                            (SELECT v FROM current), (SELECT any_taken FROM taken)",
                 )
                 .await?,
             link_ids: client
@@ -190,10 +181,16 @@ impl Statements {
                 )
                 .await?,
             set_head: client
-                .prepare("UPDATE head SET position = $1::bigint, recorded_at = $2::bigint")
+                .prepare(
+                    "UPDATE head SET position = (SELECT coalesce(max(position), 0) FROM events),
+                                     recorded_at = greatest(recorded_at, $1::bigint)
+                     RETURNING position",
+                )
                 .await?,
             notify: client
-                .prepare("SELECT pg_notify($1::text, $2::text)")
+                .prepare(
+                    "SELECT pg_notify($1::text, $2::text || ' ' || (SELECT position FROM head))",
+                )
                 .await?,
         })
     }
@@ -276,13 +273,21 @@ impl Writer {
         let (max_batch, instance, channel) = (self.max_batch, &self.instance, &self.channel);
         let result = async {
             let tail = lock_head(&conn.client).await?;
-            let start_position = tail.next_position;
-            let mut tail = tail;
             let mut next = 0;
             loop {
                 while next < batch.len() {
-                    outcomes.push(apply(conn, &mut tail, &batch[next]).await?);
-                    next += 1;
+                    // A run of consecutive appends is sent pipelined: one round trip for all of them.
+                    let run = batch[next..]
+                        .iter()
+                        .take_while(|r| matches!(r, Request::Append { .. }))
+                        .count();
+                    if run > 0 {
+                        outcomes.extend(append_run(conn, &tail, &batch[next..next + run]).await?);
+                        next += run;
+                    } else {
+                        outcomes.push(apply(conn, &batch[next]).await?);
+                        next += 1;
+                    }
                 }
                 while batch.len() < max_batch {
                     match requests.try_recv() {
@@ -295,35 +300,23 @@ impl Writer {
                 }
             }
             let changed = outcomes.iter().filter(|o| o.changed()).count() as u64;
-            let last_position = tail.next_position - 1;
             if changed == 0 {
                 conn.client
                     .batch_execute("ROLLBACK")
                     .await
                     .map_err(backend)?;
-                return Ok((last_position, 0));
+                return Ok((tail.next_position - 1, 0));
             }
-            let payload = format!("{instance} {last_position}");
-            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                [channel, &payload];
-            let set_head = async {
-                if tail.next_position != start_position {
-                    conn.client
-                        .execute(
-                            &conn.statements.set_head,
-                            &[&(last_position as i64), &tail.recorded_at],
-                        )
-                        .await?;
-                }
-                Ok::<_, tokio_postgres::Error>(())
-            };
+            let notify_params: [&(dyn ToSql + Sync); 2] = [channel, instance];
+            let head_params: [&(dyn ToSql + Sync); 1] = [&tail.recorded_at];
             // Pipelined: one round trip. NOTIFY is delivered to listeners only if and when COMMIT succeeds.
             let (set, notified, committed) = tokio::join!(
-                set_head,
+                conn.client
+                    .query_one(&conn.statements.set_head, &head_params),
                 conn.client.execute(&conn.statements.notify, &notify_params),
                 conn.client.batch_execute("COMMIT"),
             );
-            set.map_err(backend)?;
+            let last_position = set.map_err(backend)?.get::<_, i64>(0) as u64;
             notified.map_err(backend)?;
             committed.map_err(backend)?;
             Ok::<_, Error>((last_position, changed))
@@ -417,16 +410,13 @@ fn reply(request: Request, outcome: Outcome) {
     }
 }
 
-/// Runs one request. `Err` means the whole transaction is lost (every request of the batch fails); a request
-/// refused by a rule, or whose own statement failed, is an `Ok` outcome holding its error.
-async fn apply(conn: &Connection, tail: &mut Tail, request: &Request) -> Result<Outcome> {
+/// Runs one link or delete (appends go through [`append_run`]). `Err` means the whole transaction is lost
+/// (every request of the batch fails); a request refused by a rule is an `Ok` outcome holding its error.
+async fn apply(conn: &Connection, request: &Request) -> Result<Outcome> {
     Ok(match request {
-        Request::Append {
-            stream,
-            events,
-            expected,
-            ..
-        } => Outcome::Append(append(conn, tail, stream, events, *expected).await?),
+        Request::Append { .. } => {
+            return Err(Error::backend("internal: appends run through append_run"));
+        }
         Request::Link {
             stream,
             ids,
@@ -481,122 +471,149 @@ struct Stored {
     entry_is_link: Option<bool>,
 }
 
-async fn append(
-    conn: &Connection,
-    tail: &mut Tail,
-    stream: &str,
-    events: &[NewEvent],
-    expected: ExpectedVersion,
-) -> Result<Result<AppendResult>> {
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let count = events.len() as u64;
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
-    let first_position = tail.next_position;
-    // Fast path, one round trip: the statement checks the expected version and that no id is stored, and
-    // writes only when both hold. When it writes nothing, the checks below find out why.
-    let (kind, exact) = match expected {
-        ExpectedVersion::Any => (0i32, 0i64),
-        ExpectedVersion::NoStream => (1, 0),
-        ExpectedVersion::StreamExists => (2, 0),
-        ExpectedVersion::Exact(v) => (3, v as i64),
-    };
-    let written = conn
-        .client
-        .query_opt(
-            &conn.statements.append_fast,
-            &[
-                &(first_position as i64),
-                &ids,
-                &stream,
-                &category_of(stream),
-                &types,
-                &data,
-                &metadata,
-                &tail.recorded_at,
-                &(kind),
-                &exact,
-                &(count as i64),
-            ],
-        )
-        .await
-        .map_err(backend)?;
-    if let Some(row) = written {
-        let last_version = row.get::<_, i64>(0) as u64;
-        tail.next_position += count;
-        return Ok(Ok(AppendResult {
-            stream: stream.to_owned(),
-            first_version: last_version + 1 - count,
-            last_version,
-            first_position,
-            last_position: first_position + count - 1,
-            ids,
-        }));
-    }
-    let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-    let (version, stored) = tokio::join!(
-        current_version(conn, stream),
-        conn.client.query(&conn.statements.ids, &id_params),
-    );
-    let current = version?;
-    let stored = stored.map_err(backend)?;
-    if !stored.is_empty() {
-        let stored = stored
-            .iter()
-            .map(|r| Stored {
-                id: r.get(0),
-                position: r.get(1),
-                stream: r.get(2),
-                version: r.get(3),
-                entry_is_link: r.get(4),
-            })
-            .collect();
-        return Ok(retry_or_duplicate(stream, events, stored));
-    }
-    if let Err(conflict) = expected.check(stream, current) {
-        return Ok(Err(conflict));
-    }
-    let first_version = current.map_or(0, |v| v + 1);
-    if let Err(e) = check_range(stream, first_version, events.len()) {
-        return Ok(Err(e));
-    }
-    let last_version = first_version + count - 1;
-    write(
-        conn,
-        &conn.statements.insert,
-        &[
-            &(first_position as i64),
-            &ids,
-            &stream,
-            &(first_version as i64),
-            &category_of(stream),
-            &types,
-            &data,
-            &metadata,
-            &tail.recorded_at,
-            &(last_version as i64),
-        ],
-    )
-    .await?;
-    tail.next_position += count;
-    Ok(Ok(AppendResult {
-        stream: stream.to_owned(),
-        first_version,
-        last_version,
-        first_position,
-        last_position: first_position + count - 1,
-        ids,
-    }))
+/// The arguments of one append statement.
+struct AppendArgs<'a> {
+    ids: Vec<Uuid>,
+    stream: &'a str,
+    category: &'a str,
+    types: Vec<&'a str>,
+    data: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+    kind: i32,
+    exact: i64,
+    count: i64,
 }
 
-/// Some id of `events` is stored. It is an idempotent retry when every id sits, in order, at consecutive
-/// versions of `stream` as an event appended there; otherwise it is a duplicate naming a stored id.
-fn retry_or_duplicate(
+impl<'a> AppendArgs<'a> {
+    fn new(stream: &'a str, events: &'a [NewEvent], expected: ExpectedVersion) -> Self {
+        let (kind, exact) = match expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, v as i64),
+        };
+        AppendArgs {
+            ids: events.iter().map(|e| e.id).collect(),
+            stream,
+            category: category_of(stream),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            data: events.iter().map(|e| e.data.as_str()).collect(),
+            metadata: events.iter().map(|e| e.metadata.as_str()).collect(),
+            kind,
+            exact,
+            count: events.len() as i64,
+        }
+    }
+
+    fn params<'b>(&'b self, recorded_at: &'b i64) -> [&'b (dyn ToSql + Sync); 10] {
+        [
+            &self.ids,
+            &self.stream,
+            &self.category,
+            &self.types,
+            &self.data,
+            &self.metadata,
+            recorded_at,
+            &self.kind,
+            &self.exact,
+            &self.count,
+        ]
+    }
+}
+
+/// Runs consecutive appends, their statements pipelined (one round trip). Each statement checks its own
+/// expected version and ids and takes the positions after the log's end as it finds it, so a refused append
+/// leaves no hole for the next. Their order inside the pipeline is not guaranteed; they were concurrent
+/// requests, so any order is a valid one. Refused appends then read why (idempotent retry or duplicate).
+async fn append_run(conn: &Connection, tail: &Tail, run: &[Request]) -> Result<Vec<Outcome>> {
+    let mut args = Vec::with_capacity(run.len());
+    for request in run {
+        let Request::Append {
+            stream,
+            events,
+            expected,
+            ..
+        } = request
+        else {
+            return Err(Error::backend("internal: append_run given a non-append"));
+        };
+        args.push((AppendArgs::new(stream, events, *expected), *expected));
+    }
+    let recorded_at = tail.recorded_at;
+    let params: Vec<_> = args.iter().map(|(a, _)| a.params(&recorded_at)).collect();
+    let rows = futures::future::join_all(
+        params
+            .iter()
+            .map(|p| conn.client.query_one(&conn.statements.append, p)),
+    )
+    .await;
+    let mut outcomes = Vec::with_capacity(run.len());
+    for ((args, expected), row) in args.iter().zip(rows) {
+        let row = row.map_err(backend)?;
+        let last_version: Option<i64> = row.get(0);
+        let first_position: Option<i64> = row.get(1);
+        let current: Option<i64> = row.get(2);
+        let any_taken: bool = row.get(3);
+        let count = args.count as u64;
+        let stream = args.stream;
+        let outcome = match (last_version, first_position) {
+            (Some(last), Some(first)) => Ok(AppendResult {
+                stream: stream.to_owned(),
+                first_version: last as u64 + 1 - count,
+                last_version: last as u64,
+                first_position: first as u64,
+                last_position: first as u64 + count - 1,
+                ids: args.ids.clone(),
+            }),
+            _ if any_taken => refused_ids(conn, stream, &args.ids).await?,
+            _ => {
+                let current = current.map(|v| v as u64);
+                match expected.check(stream, current) {
+                    Err(conflict) => Err(conflict),
+                    Ok(()) => {
+                        match check_range(stream, current.map_or(0, |v| v + 1), count as usize) {
+                            Err(e) => Err(e),
+                            Ok(()) => Err(Error::backend(format!(
+                                "append to `{stream}` was not written and no rule refused it"
+                            ))),
+                        }
+                    }
+                }
+            }
+        };
+        outcomes.push(Outcome::Append(outcome));
+    }
+    Ok(outcomes)
+}
+
+/// An append found some of its ids stored: an idempotent retry or a duplicate.
+async fn refused_ids(
+    conn: &Connection,
     stream: &str,
-    events: &[NewEvent],
-    stored: Vec<Stored>,
-) -> Result<AppendResult> {
+    ids: &[Uuid],
+) -> Result<Result<AppendResult>> {
+    let ids_vec = ids.to_vec();
+    let stored = conn
+        .client
+        .query(&conn.statements.ids, &[&ids_vec])
+        .await
+        .map_err(backend)?;
+    let stored = stored
+        .iter()
+        .map(|r| Stored {
+            id: r.get(0),
+            position: r.get(1),
+            stream: r.get(2),
+            version: r.get(3),
+            entry_is_link: r.get(4),
+        })
+        .collect();
+    Ok(retry_or_duplicate(stream, ids, stored))
+}
+
+/// Some id of the append is stored. It is an idempotent retry when every id sits, in order, at consecutive
+/// versions of `stream` as an event appended there; otherwise it is a duplicate naming a stored id.
+fn retry_or_duplicate(stream: &str, ids: &[Uuid], stored: Vec<Stored>) -> Result<AppendResult> {
     let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
         id,
         stream: stream.to_owned(),
@@ -604,34 +621,41 @@ fn retry_or_duplicate(
     };
     let mut by_id: std::collections::HashMap<Uuid, Stored> =
         stored.into_iter().map(|s| (s.id, s)).collect();
-    let first_taken = events
+    let first_taken = ids
         .iter()
-        .find(|e| by_id.contains_key(&e.id))
-        .map_or(Uuid::nil(), |e| e.id);
-    if by_id.len() < events.len() {
+        .find(|id| by_id.contains_key(id))
+        .map_or(Uuid::nil(), |id| *id);
+    if by_id.is_empty() {
+        // The ids were seen stored and cannot vanish under the head lock; a concurrent delete cannot remove
+        // events either. Reaching this means the tables were changed outside Herald.
+        return Err(Error::backend(format!(
+            "append to `{stream}`: its ids were reported stored but are not"
+        )));
+    }
+    if by_id.len() < ids.len() {
         return Err(duplicate(
             first_taken,
             "the id is already used by a stored event (the append mixes new and stored ids)",
         ));
     }
-    let rows: Vec<Stored> = events.iter().filter_map(|e| by_id.remove(&e.id)).collect();
+    let rows: Vec<Stored> = ids.iter().filter_map(|id| by_id.remove(id)).collect();
     let (first_position, first_version) = (rows[0].position, rows[0].version);
-    for (i, (event, row)) in events.iter().zip(&rows).enumerate() {
+    for (i, (id, row)) in ids.iter().zip(&rows).enumerate() {
         if row.stream != stream {
             return Err(duplicate(
-                event.id,
+                *id,
                 "the id is already used by an event of another stream",
             ));
         }
         if row.entry_is_link != Some(false) {
             return Err(duplicate(
-                event.id,
+                *id,
                 "the id belongs to an event of this stream that was deleted",
             ));
         }
         if row.version != first_version + i as i64 || row.position != first_position + i as i64 {
             return Err(duplicate(
-                event.id,
+                *id,
                 "the id is already stored, but not as an exact repeat of a committed append",
             ));
         }
@@ -643,7 +667,7 @@ fn retry_or_duplicate(
         last_version: last.version as u64,
         first_position: first_position as u64,
         last_position: last.position as u64,
-        ids: events.iter().map(|e| e.id).collect(),
+        ids: ids.to_vec(),
     })
 }
 
