@@ -25,7 +25,8 @@ fn result(metric: &str, value: f64, unit: &str) {
 }
 
 async fn open(dir: &std::path::Path, name: &str) -> JobStore {
-    JobStore::open(dir.join(name), JobsConfig::default().full_sync(true))
+    let full = std::env::var("JOBS_SYNC").map_or(true, |s| s != "normal");
+    JobStore::open(dir.join(name), JobsConfig::default().full_sync(full))
         .await
         .expect("open")
 }
@@ -85,7 +86,25 @@ async fn main() {
     let temp = tempfile::tempdir_in(std::env::var("JOBS_DIR").unwrap_or_else(|_| ".".into()))
         .expect("temp dir");
     let dir = temp.path();
+    // JOBS_ONLY=enqueue,drain,latency runs a subset (default: all).
+    let only = std::env::var("JOBS_ONLY").unwrap_or_else(|_| "enqueue,drain,latency".into());
+    let wants = |part: &str| only.split(',').any(|p| p == part);
 
+    if wants("enqueue") {
+        enqueue(dir, n, single).await;
+    }
+    if wants("drain") {
+        for concurrency in [10, 25] {
+            let rate = drain(dir, n, concurrency).await;
+            result(&format!("drain_c{concurrency}"), rate, "jobs/s");
+        }
+    }
+    if wants("latency") {
+        latency(dir, samples).await;
+    }
+}
+
+async fn enqueue(dir: &std::path::Path, n: usize, single: usize) {
     // Enqueue one by one from one task: one commit (fsync) each.
     let jobs = open(dir, "enqueue.db").await;
     let t = Instant::now();
@@ -133,13 +152,9 @@ async fn main() {
         n as f64 / t.elapsed().as_secs_f64(),
         "jobs/s",
     );
-    drop((jobs, bulk));
+}
 
-    for concurrency in [10, 25] {
-        let rate = drain(dir, n, concurrency).await;
-        result(&format!("drain_c{concurrency}"), rate, "jobs/s");
-    }
-
+async fn latency(dir: &std::path::Path, samples: usize) {
     // Enqueue → start latency with idle workers.
     let jobs = open(dir, "latency.db").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();

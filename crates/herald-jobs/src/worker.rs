@@ -182,7 +182,7 @@ impl WorkerPoolBuilder {
         self
     }
 
-    /// Jobs leased ahead of free slots, per queue (default: 4 × the concurrency, at least 64). More prefetch
+    /// Jobs leased ahead of free slots, per queue (default: 8 × the concurrency, at least 128). More prefetch
     /// means fewer claim transactions (throughput: measured best around 256 for no-op jobs) but a job enqueued
     /// with a higher priority may wait behind the prefetched ones, and one process may lease jobs that an idle
     /// process could have run.
@@ -230,7 +230,7 @@ impl WorkerPoolBuilder {
                 in_flight: AtomicUsize::new(0),
                 freed: Notify::new(),
             });
-            let prefetch = self.prefetch.unwrap_or((concurrency * 4).max(64));
+            let prefetch = self.prefetch.unwrap_or((concurrency * 8).max(128));
             tasks.spawn(fetcher(
                 Arc::clone(&shared),
                 queue,
