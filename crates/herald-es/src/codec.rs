@@ -56,8 +56,9 @@ pub const SCHEMA_VERSION: &str = "schema_version";
 /// }
 ///
 /// let (t, data) = AccountEvent::Deposited { cents: 5 }.encode().unwrap();
-/// assert_eq!((t.as_str(), data.to_string().as_str()), ("MoneyDeposited", r#"{"cents":5}"#));
-/// assert_eq!(AccountEvent::decode(&t, data).unwrap(), AccountEvent::Deposited { cents: 5 });
+/// assert_eq!((t.as_str(), data.as_str()), ("MoneyDeposited", r#"{"cents":5}"#));
+/// let value = serde_json::from_str(&data).unwrap();
+/// assert_eq!(AccountEvent::decode(&t, value).unwrap(), AccountEvent::Deposited { cents: 5 });
 /// ```
 pub trait EventSet: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The schema version this code writes (and upcasts to) for `event_type`. Default: 1.
@@ -66,25 +67,24 @@ pub trait EventSet: Serialize + DeserializeOwned + Send + Sync + 'static {
         1
     }
 
-    /// Splits an event into its stored type name and JSON data. Default: the adjacently tagged serde form.
-    fn encode(&self) -> std::result::Result<(String, Value), String> {
-        match serde_json::to_value(self).map_err(|e| e.to_string())? {
-            Value::Object(mut map) => {
-                let event_type = match map.remove("type") {
-                    Some(Value::String(t)) => t,
-                    _ => {
-                        return Err(
-                            "the default encoding needs #[serde(tag = \"type\", content = \"data\")]"
-                                .into(),
-                        );
-                    }
-                };
-                Ok((event_type, map.remove("data").unwrap_or(Value::Null)))
-            }
-            _ => Err(
-                "the default encoding needs #[serde(tag = \"type\", content = \"data\")]".into(),
-            ),
+    /// Splits an event into its stored type name and JSON data text. Default: the adjacently tagged serde
+    /// form, serialized once, so the data keeps the field order of the Rust type.
+    fn encode(&self) -> std::result::Result<(String, String), String> {
+        #[derive(serde::Deserialize)]
+        struct Parts<'a> {
+            #[serde(rename = "type")]
+            event_type: String,
+            #[serde(borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
         }
+        const NEEDS_TAG: &str =
+            "the default encoding needs #[serde(tag = \"type\", content = \"data\")]";
+        let text = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        let parts: Parts<'_> = serde_json::from_str(&text).map_err(|_| NEEDS_TAG.to_owned())?;
+        let data = parts
+            .data
+            .map_or_else(|| "null".to_owned(), |d| d.get().to_owned());
+        Ok((parts.event_type, data))
     }
 
     /// Builds an event from its stored type name and (upcast) JSON data. Default: the adjacently tagged form.
@@ -281,7 +281,7 @@ impl<E: EventSet> Codec<E> {
         })?;
         let version = E::schema_version(&event_type);
         Ok(NewEvent::new(event_type)
-            .with_data(data.to_string())
+            .with_data(data)
             .with_metadata(metadata.event_metadata(version)))
     }
 

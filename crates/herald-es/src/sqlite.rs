@@ -3,7 +3,7 @@
 //! tables). Each opens its own connection to the file; herald-sqlite's tables are never touched, and nothing
 //! here depends on its internals.
 //!
-//! Open the [`herald_sqlite`-style store](https://docs.rs/herald-sqlite) on the file **first**: it creates the
+//! Open the herald-sqlite `SqliteStore` on the file **first**: it creates the
 //! file and marks it as a Herald database, and these types refuse a file that is not one (so a typo in a path
 //! never creates or modifies an unrelated database).
 //!

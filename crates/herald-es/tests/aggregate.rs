@@ -571,8 +571,17 @@ fn unit_variants_round_trip() {
     use herald_es::EventSet;
     let (t, data) = OrderEvent::OrderCancelled.encode().unwrap();
     assert_eq!(t, "OrderCancelled");
+    assert_eq!(data, "null");
     assert_eq!(
-        OrderEvent::decode(&t, data).unwrap(),
+        OrderEvent::decode(&t, serde_json::from_str(&data).unwrap()).unwrap(),
         OrderEvent::OrderCancelled
     );
+    // Data keeps the Rust field order (not sorted keys).
+    let (_, data) = OrderEvent::ItemAdded {
+        sku: "a".into(),
+        qty: 1,
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(data, r#"{"sku":"a","qty":1}"#);
 }
