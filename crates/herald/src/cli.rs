@@ -86,6 +86,9 @@ enum Command {
         #[arg(long = "type")]
         types: Vec<String>,
     },
+    /// Inspect and manage durable jobs (SQLite): stats, list, dead, retry, retry-all, discard.
+    #[cfg(feature = "sqlite")]
+    Jobs(crate::jobs_cli::JobsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +201,14 @@ pub(crate) fn usage_error(e: clap::Error) -> ExitCode {
 type CliResult<T = ()> = Result<T, CliError>;
 
 pub(crate) async fn run(cli: Cli) -> CliResult {
+    #[cfg(feature = "sqlite")]
+    if let Command::Jobs(args) = cli.command {
+        let mut out = Output::new();
+        for line in crate::jobs_cli::run(&cli.database, args).await? {
+            out.line(&line)?;
+        }
+        return out.flush();
+    }
     let store = herald::connect(&cli.database).await?;
     let mut out = Output::new();
     match cli.command {
@@ -245,6 +256,8 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
             query.from = from;
             tail(store, query, &mut out).await?;
         }
+        #[cfg(feature = "sqlite")]
+        Command::Jobs(_) => unreachable!("handled before connecting"),
     }
     out.flush()
 }

@@ -5,6 +5,8 @@
 //! 5 invalid input, 6 duplicate, 1 anything else.
 
 mod cli;
+#[cfg(feature = "sqlite")]
+mod jobs_cli;
 mod output;
 
 use std::process::ExitCode;
