@@ -66,6 +66,7 @@ pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use subscription::{
-    BoxError, EventHandler, GroupMember, Subscription, SubscriptionStats, handler_fn, stable_hash,
+    BoxError, EventHandler, GroupMember, Subscription, SubscriptionStats, TypedHandler, handler_fn,
+    stable_hash, typed_handler,
 };
 pub use tokio_util::sync::CancellationToken;

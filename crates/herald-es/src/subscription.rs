@@ -29,6 +29,10 @@
 //! or below it was handled by its owner at the time); the highest such point across generations. Events after
 //! it may be handled again by a new owner (at least once, as always), none are lost. Running two generations at
 //! once is not detected and breaks per-stream order: do not.
+//!
+//! Every member reads the whole scope and skips what it does not own, so reads grow with the member count;
+//! the handlers' work is what gets divided. That suits handlers that cost more than a read (I/O, remote
+//! calls), which is what groups are for.
 
 use std::sync::Arc;
 
@@ -40,6 +44,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
+use crate::codec::{Codec, Envelope, EventSet};
 use crate::error::{EsError, Result};
 
 /// A boxed error from user handlers.
@@ -85,6 +90,44 @@ where
 {
     async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
         (self.0)(event.clone()).await
+    }
+}
+
+/// An [`EventHandler`] that decodes each event into `E` with a [`Codec`] (upcasting old schema versions)
+/// and calls an async closure with the typed [`Envelope`]. An event that does not decode stops the
+/// subscription with an error naming it; restrict the subscription to `E`'s types
+/// ([`Subscription::types`]) when the scope holds other events.
+pub struct TypedHandler<E, F> {
+    codec: Codec<E>,
+    f: F,
+}
+
+impl<E, F> std::fmt::Debug for TypedHandler<E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedHandler").finish_non_exhaustive()
+    }
+}
+
+/// Wraps an async closure over typed envelopes as an [`EventHandler`].
+pub fn typed_handler<E, F, Fut>(codec: Codec<E>, f: F) -> TypedHandler<E, F>
+where
+    E: EventSet,
+    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
+{
+    TypedHandler { codec, f }
+}
+
+#[async_trait]
+impl<E, F, Fut> EventHandler for TypedHandler<E, F>
+where
+    E: EventSet,
+    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
+{
+    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
+        let envelope = self.codec.decode(event)?;
+        (self.f)(envelope).await
     }
 }
 

@@ -395,7 +395,70 @@ async fn new_group_members_start_at_the_safe_point(f: Fixture) {
     assert!(GroupMember::new(0, 0).is_err());
 }
 
+async fn typed_handler_upcasts_and_names_undecodable_events(f: Fixture) {
+    use common::OrderEvent;
+    use herald_es::{Codec, Envelope, Upcasters, typed_handler};
+    let stream = herald_core::StreamName::new("order-t").unwrap();
+    let raw = |data: &str, v: u32| {
+        herald_core::NewEvent::new("ItemAdded")
+            .with_data(data)
+            .with_metadata(format!(r#"{{"schema_version":{v}}}"#))
+    };
+    let written = f
+        .store
+        .append(
+            &stream,
+            vec![
+                raw(r#"{"sku":"a"}"#, 2),
+                raw(r#"{"sku":"b","qty":4}"#, 3),
+                raw("[]", 3),
+            ],
+            herald_core::ExpectedVersion::Any,
+        )
+        .await
+        .unwrap();
+    let codec = Codec::<OrderEvent>::new(Upcasters::new().add("ItemAdded", 2, |mut d| {
+        d["qty"] = serde_json::json!(1);
+        Ok(d)
+    }));
+    let got: Arc<Mutex<Vec<OrderEvent>>> = Arc::default();
+    let handler = typed_handler(codec, {
+        let got = got.clone();
+        move |e: Envelope<OrderEvent>| {
+            got.lock().unwrap().push(e.event);
+            async { Ok(()) }
+        }
+    });
+    let sub =
+        Subscription::stream("typed", stream, f.store.clone(), f.checkpoints.clone()).unwrap();
+    let err = sub
+        .run(&handler, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&written.ids[2].to_string()), "{msg}");
+    assert!(
+        msg.contains("ItemAdded") && msg.contains("schema version 3"),
+        "{msg}"
+    );
+    assert_eq!(
+        *got.lock().unwrap(),
+        [
+            OrderEvent::ItemAdded {
+                sku: "a".into(),
+                qty: 1
+            },
+            OrderEvent::ItemAdded {
+                sku: "b".into(),
+                qty: 4
+            }
+        ]
+    );
+    assert_eq!(f.checkpoints.load("typed").await.unwrap(), Some(1));
+}
+
 on_both_backends!(
+    typed_handler_upcasts_and_names_undecodable_events,
     catches_up_then_follows_live_without_gap_or_duplicate,
     restart_resumes_after_the_checkpoint,
     stream_subscription_uses_versions,

@@ -39,8 +39,8 @@ use herald_es::sqlite::{
     SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
 };
 use herald_es::{
-    Aggregate, BoxError, BusError, CancellationToken, CommandMetadata, EventSet, ExecuteError,
-    Repository, RetryPolicy, SnapshotPolicy, Subscription, handler_fn,
+    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, Envelope, EventSet,
+    ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
 };
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use rusqlite::Transaction;
@@ -297,24 +297,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mailer_task = tokio::spawn({
         let (mailer, cancel, outbox) = (mailer.clone(), cancel.clone(), outbox.clone());
         async move {
-            let send = handler_fn(move |e: RecordedEvent| {
-                let outbox = outbox.clone();
-                async move {
-                    let UserEvent::UserRegistered { email, name } =
-                        UserEvent::decode(&e.event_type, serde_json::from_str(&e.data)?)?;
-                    let mut file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&outbox)?;
-                    writeln!(
-                        file,
-                        "To: {name} <{email}>  Subject: Welcome to Herald!  (event {})",
-                        e.id
-                    )?;
-                    println!("  [email] welcome email sent to {email}");
-                    Ok::<(), BoxError>(())
-                }
-            });
+            // Typed: each event is decoded (and upcast, were there old versions) into `UserEvent`.
+            let send = typed_handler(
+                Codec::<UserEvent>::default(),
+                move |e: Envelope<UserEvent>| {
+                    let outbox = outbox.clone();
+                    async move {
+                        let UserEvent::UserRegistered { email, name } = e.event;
+                        let mut file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&outbox)?;
+                        writeln!(
+                            file,
+                            "To: {name} <{email}>  Subject: Welcome to Herald!  (event {})",
+                            e.id
+                        )?;
+                        println!("  [email] welcome email sent to {email}");
+                        Ok::<(), BoxError>(())
+                    }
+                },
+            );
             mailer.run(&send, &cancel).await
         }
     });
