@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | [`aggregate`] | [`Aggregate`] (pure decide/apply), [`Repository`] (load by replay or snapshot, save with `Exact`, retry on conflict) |
 //! | [`codec`] | [`EventSet`] (typed events, stable type names, schema versions), [`Upcasters`], [`Codec`] |
-//! | [`snapshot`] | [`SnapshotStore`], [`SnapshotPolicy`], in-memory snapshots |
+//! | [`snapshot`] | [`SnapshotStore`], [`SnapshotPolicy`], in-memory and in-the-event-store snapshots |
 //! | [`bus`] | [`CommandBus`], middleware (logging, correlation, validation, timing) |
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups ([`GroupMember`]) |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
@@ -36,8 +36,9 @@
 //! # Backends
 //!
 //! Everything runs on `Arc<dyn EventStore>`; the test suite runs each behaviour on the in-memory, SQLite and
-//! PostgreSQL stores (PostgreSQL with in-memory checkpoints and snapshots: [`CheckpointStore`] and
-//! [`SnapshotStore`] have in-memory and SQLite implementations only, so far).
+//! PostgreSQL stores. [`SnapshotStore`] has in-memory, SQLite and in-the-event-store
+//! ([`EventStoreSnapshotStore`], any backend) implementations; [`CheckpointStore`] has in-memory and SQLite
+//! ones (on PostgreSQL the tests use in-memory checkpoints).
 //!
 //! # Feature flags
 //!
@@ -64,7 +65,9 @@ pub use error::{EsError, Result};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};
-pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
+pub use snapshot::{
+    EventStoreSnapshotStore, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,
+};
 pub use subscription::{
     BoxError, EventHandler, GroupMember, Subscription, SubscriptionStats, TypedHandler, handler_fn,
     stable_hash, typed_handler,

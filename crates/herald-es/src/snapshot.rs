@@ -8,12 +8,14 @@
 //! never wrong.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
+use herald_core::{EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName};
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{EsError, Result};
 
 /// A stored snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,115 @@ impl SnapshotStore for InMemorySnapshotStore {
 
     async fn delete(&self, stream: &str) -> Result<()> {
         self.lock().remove(stream);
+        Ok(())
+    }
+}
+
+/// Snapshots kept in the event store itself, so they work on every backend (PostgreSQL included): the
+/// snapshot of stream `s` is the last event of stream `{prefix}-{s}` (type `Snapshot`, data = the state,
+/// metadata = version, event id and schema version).
+///
+/// Trade-offs: snapshot events take global positions, so a subscription to the **global log** sees them
+/// (category subscriptions do not, unless they subscribe to the snapshot category); older snapshots stay in
+/// the snapshot stream until [`SnapshotStore::delete`]. "Older snapshots are ignored" is best effort here
+/// (check, then append): a stale snapshot written by a racing saver only makes the next load replay more.
+/// Prefer [`crate::sqlite::SqliteSnapshotStore`] on SQLite.
+pub struct EventStoreSnapshotStore {
+    store: Arc<dyn EventStore>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for EventStoreSnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStoreSnapshotStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotMeta {
+    version: u64,
+    event_id: Uuid,
+    schema_version: u32,
+}
+
+impl EventStoreSnapshotStore {
+    /// Snapshots in streams `snapshot-{stream}`.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self::with_prefix(store, "snapshot")
+    }
+
+    /// Snapshots in streams `{prefix}-{stream}` (`prefix`: a category name, no `-`).
+    pub fn with_prefix(store: Arc<dyn EventStore>, prefix: impl Into<String>) -> Self {
+        EventStoreSnapshotStore {
+            store,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn stream(&self, stream: &str) -> Result<StreamName> {
+        Ok(StreamName::new(format!("{}-{stream}", self.prefix))?)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for EventStoreSnapshotStore {
+    async fn load(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let query = ReadQuery::stream(self.stream(stream)?).backward().limit(1);
+        let Some(event) = self.store.read(query).try_next().await? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = serde_json::from_str(&event.metadata)
+            .map_err(|e| EsError::storage("reading a snapshot event's metadata", e))?;
+        Ok(Some(Snapshot {
+            stream: stream.to_owned(),
+            version: meta.version,
+            event_id: meta.event_id,
+            schema_version: meta.schema_version,
+            state: event.data,
+        }))
+    }
+
+    async fn save(&self, snapshot: &Snapshot) -> Result<()> {
+        if let Some(existing) = self.load(&snapshot.stream).await?
+            && existing.version > snapshot.version
+        {
+            return Ok(());
+        }
+        self.put(snapshot).await
+    }
+
+    async fn delete(&self, stream: &str) -> Result<()> {
+        self.store
+            .delete_stream(&self.stream(stream)?, ExpectedVersion::Any)
+            .await?;
+        Ok(())
+    }
+}
+
+impl EventStoreSnapshotStore {
+    /// Appends a snapshot unconditionally (no "older is ignored" check): for tests that plant snapshots.
+    pub async fn put(&self, snapshot: &Snapshot) -> Result<()> {
+        let meta = serde_json::to_string(&SnapshotMeta {
+            version: snapshot.version,
+            event_id: snapshot.event_id,
+            schema_version: snapshot.schema_version,
+        })
+        .map_err(|e| EsError::Encode {
+            what: "snapshot metadata",
+            message: e.to_string(),
+        })?;
+        let event = NewEvent::new("Snapshot")
+            .with_data(snapshot.state.clone())
+            .with_metadata(meta);
+        self.store
+            .append(
+                &self.stream(&snapshot.stream)?,
+                vec![event],
+                ExpectedVersion::Any,
+            )
+            .await?;
         Ok(())
     }
 }

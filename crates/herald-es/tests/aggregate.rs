@@ -338,7 +338,7 @@ async fn bad_snapshots_fall_back_to_full_replay(f: Fixture) {
         state: lying_state,
     };
     // Sanity: a matching snapshot IS used (so the cases below prove the fallback, not a no-op).
-    f.plant_snapshot(base.clone()).await;
+    assert!(f.plant_snapshot(base.clone()).await);
     let used = repo.load("b").await.unwrap();
     assert_eq!(used.snapshot_version, Some(3));
     assert_eq!(used.state.items, 999 + 2);
@@ -381,7 +381,9 @@ async fn bad_snapshots_fall_back_to_full_replay(f: Fixture) {
         ),
     ];
     for (what, snapshot) in cases {
-        f.plant_snapshot(snapshot).await;
+        if !f.plant_snapshot(snapshot).await {
+            continue;
+        }
         let loaded = repo.load("b").await.unwrap();
         assert_eq!(loaded.snapshot_version, None, "{what}");
         assert_eq!(loaded.state, truth.state, "{what}");
@@ -389,12 +391,14 @@ async fn bad_snapshots_fall_back_to_full_replay(f: Fixture) {
     }
 
     // Stream deleted and rewritten: the old snapshot no longer matches.
-    f.plant_snapshot(Snapshot {
-        event_id: events[5].id,
-        version: 5,
-        ..base
-    })
-    .await;
+    let planted = f
+        .plant_snapshot(Snapshot {
+            event_id: events[5].id,
+            version: 5,
+            ..base
+        })
+        .await;
+    assert!(planted);
     f.store
         .delete_stream(&StreamName::new("order-b").unwrap(), ExpectedVersion::Any)
         .await
@@ -517,7 +521,58 @@ async fn upcaster_chains_read_old_versions(f: Fixture) {
     assert!(err.to_string().contains("boom"), "{err}");
 }
 
+async fn snapshots_kept_in_the_event_store_work_on_any_backend(f: Fixture) {
+    use herald_es::{EventStoreSnapshotStore, SnapshotStore};
+    let snaps = Arc::new(EventStoreSnapshotStore::new(f.store.clone()));
+    let repo = Repository::<Order>::new(f.store.clone())
+        .with_snapshots(snaps.clone(), SnapshotPolicy::every(10));
+    repo.execute("e", &place("ada"), &CommandMetadata::new())
+        .await
+        .unwrap();
+    for i in 0..24 {
+        repo.execute("e", &add(&i.to_string()), &CommandMetadata::new())
+            .await
+            .unwrap();
+    }
+    let loaded = repo.load("e").await.unwrap();
+    assert_eq!(loaded.snapshot_version, Some(19));
+    assert_eq!(loaded.state.items, 24);
+    // Snapshots live in their own stream; the aggregate's stream is untouched.
+    let snapshot_stream = StreamName::new("snapshot-order-e").unwrap();
+    assert_eq!(
+        f.store.stream_version(&snapshot_stream).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        f.store
+            .stream_version(&StreamName::new("order-e").unwrap())
+            .await
+            .unwrap(),
+        Some(24)
+    );
+    // An older snapshot does not replace a newer one.
+    let older = Snapshot {
+        version: 9,
+        ..snaps.load("order-e").await.unwrap().unwrap()
+    };
+    snaps.save(&older).await.unwrap();
+    assert_eq!(snaps.load("order-e").await.unwrap().unwrap().version, 19);
+    // A corrupt one falls back to replay; delete removes them.
+    snaps
+        .put(&Snapshot {
+            state: r#"{"items":"many"}"#.into(),
+            ..older
+        })
+        .await
+        .unwrap();
+    let loaded = repo.load("e").await.unwrap();
+    assert_eq!((loaded.snapshot_version, loaded.state.items), (None, 24));
+    snaps.delete("order-e").await.unwrap();
+    assert!(snaps.load("order-e").await.unwrap().is_none());
+}
+
 on_both_backends!(
+    snapshots_kept_in_the_event_store_work_on_any_backend,
     saves_with_exact_version_and_reloads,
     conflict_is_retried_from_a_fresh_load,
     concurrent_executes_all_land_with_retry,

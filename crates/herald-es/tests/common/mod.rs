@@ -7,8 +7,8 @@ use std::sync::Arc;
 use herald_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
 use herald_es::sqlite::{SqliteCheckpointStore, SqliteSnapshotStore};
 use herald_es::{
-    Aggregate, CheckpointStore, EventSet, InMemoryCheckpointStore, InMemorySnapshotStore, Snapshot,
-    SnapshotStore,
+    Aggregate, CheckpointStore, EventSet, EventStoreSnapshotStore, InMemoryCheckpointStore,
+    InMemorySnapshotStore, Snapshot, SnapshotStore,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +132,7 @@ pub struct Fixture {
     pub backend: &'static str,
     memory_snapshots: Option<Arc<InMemorySnapshotStore>>,
     sqlite_snapshots: Option<SqliteSnapshotStore>,
+    store_snapshots: Option<Arc<EventStoreSnapshotStore>>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Drops the PostgreSQL test schema last, after the store.
     _schema: Option<PgSchema>,
@@ -177,14 +178,15 @@ impl Fixture {
             backend: "memory",
             memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
             sqlite_snapshots: None,
+            store_snapshots: None,
             checkpoints: Arc::new(InMemoryCheckpointStore::new()),
             _schema: None,
         }
     }
 
     /// The PostgreSQL backend in a fresh schema (`HERALD_TEST_POSTGRES_URL`, default the local `test`
-    /// database), with in-memory checkpoints and snapshots (herald-es has no PostgreSQL implementations of
-    /// those yet). `None` (skip, printed) when the server is unreachable, unless `CI` is set.
+    /// database), with snapshots in the event store ([`EventStoreSnapshotStore`]) and in-memory checkpoints
+    /// (herald-es has no PostgreSQL checkpoint store yet). `None` (skip, printed) when the server is unreachable, unless `CI` is set.
     pub async fn postgres(test: &str) -> Option<Self> {
         let url = std::env::var("HERALD_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
@@ -195,15 +197,19 @@ impl Fixture {
             url: url.clone(),
         };
         match herald_postgres::PostgresStore::open(&url, config).await {
-            Ok(store) => Some(Fixture {
-                store: Arc::new(store),
-                path: None,
-                backend: "postgres",
-                memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
-                sqlite_snapshots: None,
-                checkpoints: Arc::new(InMemoryCheckpointStore::new()),
-                _schema: Some(schema),
-            }),
+            Ok(store) => {
+                let store: Arc<dyn EventStore> = Arc::new(store);
+                Some(Fixture {
+                    store_snapshots: Some(Arc::new(EventStoreSnapshotStore::new(store.clone()))),
+                    store,
+                    path: None,
+                    backend: "postgres",
+                    memory_snapshots: None,
+                    sqlite_snapshots: None,
+                    checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+                    _schema: Some(schema),
+                })
+            }
             Err(e) => {
                 assert!(
                     std::env::var_os("CI").is_none(),
@@ -225,24 +231,43 @@ impl Fixture {
             path: Some(path),
             backend: "sqlite",
             memory_snapshots: None,
+            store_snapshots: None,
             _schema: None,
         }
     }
 
     pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
-        match (&self.memory_snapshots, &self.sqlite_snapshots) {
-            (Some(m), _) => m.clone(),
-            (_, Some(s)) => Arc::new(s.clone()),
+        match (
+            &self.memory_snapshots,
+            &self.sqlite_snapshots,
+            &self.store_snapshots,
+        ) {
+            (Some(m), _, _) => m.clone(),
+            (_, Some(s), _) => Arc::new(s.clone()),
+            (_, _, Some(s)) => s.clone(),
             _ => unreachable!(),
         }
     }
 
-    pub async fn plant_snapshot(&self, snapshot: Snapshot) {
-        match (&self.memory_snapshots, &self.sqlite_snapshots) {
-            (Some(m), _) => m.put(snapshot),
-            (_, Some(s)) => s.put(snapshot).await.unwrap(),
+    /// Plants a snapshot unconditionally. `false` when the backend cannot even hold it (a snapshot kept in the
+    /// event store must be JSON: the store refuses corrupt text, which is one corruption less to survive).
+    pub async fn plant_snapshot(&self, snapshot: Snapshot) -> bool {
+        match (
+            &self.memory_snapshots,
+            &self.sqlite_snapshots,
+            &self.store_snapshots,
+        ) {
+            (Some(m), _, _) => m.put(snapshot),
+            (_, Some(s), _) => s.put(snapshot).await.unwrap(),
+            (_, _, Some(s)) => {
+                if let Err(e) = s.put(&snapshot).await {
+                    assert!(e.to_string().contains("not valid JSON"), "{e}");
+                    return false;
+                }
+            }
             _ => unreachable!(),
         }
+        true
     }
 
     /// Appends `n` raw events to `stream`, returns the last position.
