@@ -142,8 +142,9 @@ impl Scheduler {
     /// Runs until `shutdown`: sleeps until the next tick (at most `poll`, so clock changes are noticed), then
     /// enqueues what came due.
     pub fn start(self, poll: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        // "Now" is when start is called, not when the task first runs.
+        let mut last = self.jobs.now_micros();
         tokio::spawn(async move {
-            let mut last = self.jobs.now_micros();
             loop {
                 let next = self.entries.iter().filter_map(|p| p.next_after(last)).min();
                 let wait = next

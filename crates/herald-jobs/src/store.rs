@@ -235,6 +235,29 @@ pub struct ListFilter {
     pub limit: Option<usize>,
 }
 
+const JOB_COLUMNS: &str =
+    "job_id, queue, kind, state, args, metadata, priority, attempt, max_attempts, run_at,
+     unique_key, order_key, last_error, enqueued_at";
+
+fn job_info(r: &herald_sqlite::rusqlite::Row<'_>) -> herald_sqlite::rusqlite::Result<JobInfo> {
+    Ok(JobInfo {
+        id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
+        queue: r.get(1)?,
+        kind: r.get(2)?,
+        state: state_name(r.get(3)?),
+        args: r.get(4)?,
+        metadata: r.get(5)?,
+        priority: r.get(6)?,
+        attempt: r.get(7)?,
+        max_attempts: r.get(8)?,
+        run_at: r.get(9)?,
+        unique_key: r.get(10)?,
+        order_key: r.get(11)?,
+        last_error: r.get(12)?,
+        enqueued_at: r.get(13)?,
+    })
+}
+
 fn state_name(s: i64) -> &'static str {
     match s {
         AVAILABLE => "available",
@@ -352,7 +375,23 @@ impl JobStore {
                 .send(op)
                 .map_err(|_| JobError::Closed)?;
         }
-        rx.await.map_err(|_| JobError::Closed)?
+        // A dropped reply means the op never ran: the store closed, or the batch transaction failed before
+        // reaching it (the writer logged why).
+        rx.await.map_err(|_| {
+            let open = self
+                .inner
+                .ops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            if open {
+                JobError::backend(
+                    "the job batch transaction failed before this operation ran; nothing written",
+                )
+            } else {
+                JobError::Closed
+            }
+        })?
     }
 
     /// Runs a read on the read connection, on tokio's blocking pool.
@@ -667,61 +706,30 @@ impl JobStore {
                 )));
             }
         };
-        let limit = filter.limit.unwrap_or(100) as i64;
+        let limit = i64::try_from(filter.limit.unwrap_or(100)).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT job_id, queue, kind, state, args, metadata, priority, attempt, max_attempts, run_at,
-                        unique_key, order_key, last_error, enqueued_at
-                 FROM herald_jobs
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM herald_jobs
                  WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
-                 ORDER BY queue, id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![filter.queue, state, limit], |r| {
-                Ok(JobInfo {
-                    id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
-                    queue: r.get(1)?,
-                    kind: r.get(2)?,
-                    state: state_name(r.get(3)?),
-                    args: r.get(4)?,
-                    metadata: r.get(5)?,
-                    priority: r.get(6)?,
-                    attempt: r.get(7)?,
-                    max_attempts: r.get(8)?,
-                    run_at: r.get(9)?,
-                    unique_key: r.get(10)?,
-                    order_key: r.get(11)?,
-                    last_error: r.get(12)?,
-                    enqueued_at: r.get(13)?,
-                })
-            })?;
+                 ORDER BY queue, id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![filter.queue, state, limit], job_info)?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
         .await
     }
 
-    /// One live job by id.
+    /// One live (pending or running) job by id.
     pub async fn job(&self, id: Uuid) -> Result<Option<JobInfo>> {
-        let all = self
-            .read(move |conn| {
-                let row: Option<String> = conn
-                    .query_row(
-                        "SELECT queue FROM herald_jobs WHERE job_id = ?1",
-                        [id.as_bytes()],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                Ok(row)
-            })
-            .await?;
-        let Some(queue) = all else { return Ok(None) };
-        let jobs = self
-            .list(ListFilter {
-                queue: Some(queue),
-                state: None,
-                limit: Some(usize::MAX >> 2),
-            })
-            .await?;
-        Ok(jobs.into_iter().find(|j| j.id == id))
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM herald_jobs WHERE job_id = ?1"
+                ))?
+                .query_row([id.as_bytes()], job_info)
+                .optional()?)
+        })
+        .await
     }
 
     /// The dead set, most recent first.

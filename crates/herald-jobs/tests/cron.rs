@@ -167,3 +167,29 @@ async fn cron_exactly_once_across_processes() {
         "the two processes together enqueued each tick once"
     );
 }
+
+#[tokio::test]
+async fn a_running_scheduler_enqueues_when_the_clock_reaches_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = herald_jobs::ManualClock::at_micros(JAN_15 + 30_000_000);
+    let jobs = JobStore::open(
+        dir.path().join("herald.db"),
+        JobsConfig::default().clock(clock.clone()).full_sync(false),
+    )
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = Scheduler::new(jobs.clone(), schedules())
+        .start(std::time::Duration::from_millis(5), stop.clone());
+    // No tick between 00:00:30 and 00:00:59: nothing. Then 00:01:00 (every-minute) and 00:02:00.
+    clock.advance(std::time::Duration::from_secs(29));
+    clock.advance(std::time::Duration::from_secs(91));
+    common::eventually("two ticks enqueued", || async {
+        jobs.list(ListFilter::default()).await.unwrap().len() == 2
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    let all = jobs.list(ListFilter::default()).await.unwrap();
+    assert!(all.iter().all(|j| j.kind == "tick"));
+}
