@@ -42,7 +42,9 @@
 //!
 //! # Feature flags
 //!
-//! None: the SQLite implementations use `rusqlite` (bundled), which herald-sqlite already brings.
+//! | feature | default | enables |
+//! | --- | --- | --- |
+//! | `sqlite` | yes | [`sqlite`]: SQLite snapshots, checkpoints and transactional projections (rusqlite, bundled — the same SQLite herald-sqlite links) |
 
 pub mod aggregate;
 pub mod bus;
@@ -53,6 +55,7 @@ pub mod metadata;
 pub mod process;
 pub mod projection;
 pub mod snapshot;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod subscription;
 pub mod testing;
