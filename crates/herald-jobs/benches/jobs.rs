@@ -26,9 +26,15 @@ fn result(metric: &str, value: f64, unit: &str) {
 
 async fn open(dir: &std::path::Path, name: &str) -> JobStore {
     let full = std::env::var("JOBS_SYNC").map_or(true, |s| s != "normal");
-    JobStore::open(dir.join(name), JobsConfig::default().full_sync(full))
-        .await
-        .expect("open")
+    let lazy = std::env::var("JOBS_PROGRESS").is_ok_and(|p| p == "lazy");
+    JobStore::open(
+        dir.join(name),
+        JobsConfig::default()
+            .full_sync(full)
+            .durable_progress(!lazy),
+    )
+    .await
+    .expect("open")
 }
 
 fn noop(i: usize) -> NewJob {

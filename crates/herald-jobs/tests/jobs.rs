@@ -555,3 +555,38 @@ async fn every_run_is_an_instrumentation_event() {
         ]
     );
 }
+
+#[tokio::test]
+async fn lazy_progress_switches_sync_modes_and_still_runs_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = herald_jobs::JobStore::open(
+        dir.path().join("herald.db"),
+        herald_jobs::JobsConfig::default()
+            .full_sync(true)
+            .durable_progress(false),
+    )
+    .await
+    .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let stop = CancellationToken::new();
+    let pool = WorkerPool::builder(jobs.clone())
+        .queue("default", 4)
+        .handle_raw("n", move |_, _| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { JobResult::Success }
+        })
+        .start(stop.clone());
+    // Enqueues (fsynced) interleave with claims and completions (not fsynced).
+    for i in 0..200 {
+        jobs.enqueue(NewJob::raw("n", format!("{i}")))
+            .await
+            .unwrap();
+    }
+    eventually("all ran", || async {
+        ran.load(Ordering::SeqCst) == 200 && live(&jobs).await.is_empty()
+    })
+    .await;
+    stop.cancel();
+    pool.join().await;
+}
