@@ -6,6 +6,41 @@
 //! savepoint, one job per matching (event, route). The job's kind is the handler name, its arguments name the
 //! event, and its metadata carries the event's correlation id (the event id when it has none) and the event
 //! id as causation id. A worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use herald_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
+//! use herald_jobs::{AsyncHandlers, JobResult, JobStore, JobsConfig, Route, WorkerPool};
+//! use herald_sqlite::{SqliteConfig, SqliteStore};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("herald.db");
+//! // Jobs first, then the event store with the routing hook: appends and their jobs commit together.
+//! let jobs = JobStore::open(&path, JobsConfig::default()).await?;
+//! let handlers = AsyncHandlers::new(&jobs);
+//! handlers.route(Route::new("send_welcome", &["UserRegistered"]).queue("mailers"));
+//! let store = Arc::new(SqliteStore::open(&path, SqliteConfig::default().with_append_hook(handlers.hook())).await?);
+//!
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let stop = CancellationToken::new();
+//! let pool = WorkerPool::builder(jobs.clone())
+//!     .queue("mailers", 5)
+//!     .events(store.clone())
+//!     .handle_events("send_welcome", move |event, _ctx| {
+//!         let tx = tx.clone();
+//!         async move { tx.send(event.stream).unwrap(); JobResult::Success }
+//!     })
+//!     .start(stop.clone());
+//! let user = StreamName::new("user-42")?;
+//! store.append(&user, vec![NewEvent::new("UserRegistered")], ExpectedVersion::NoStream).await?;
+//! assert_eq!(rx.recv().await.as_deref(), Some("user-42"));
+//! stop.cancel();
+//! pool.join().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 use std::sync::{Arc, RwLock};
 

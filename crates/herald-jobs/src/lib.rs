@@ -54,6 +54,20 @@
 //!   notifier with a [`JobRun`] payload (id, type, queue, attempt, duration, outcome, metadata).
 //! - **Time.** Everything scheduled reads the [`Clock`] in [`JobsConfig`]; tests use [`ManualClock`].
 //!
+//! # Feature flags
+//!
+//! None: the crate needs herald-sqlite (the job tables live in the event store's SQLite file) and Tokio.
+//!
+//! # Where things are
+//!
+//! | item | role |
+//! | --- | --- |
+//! | [`JobStore`] | open the tables; enqueue (one, bulk, with an append); stats, list, dead-set operations |
+//! | [`WorkerPool`] | queues with concurrency, typed handlers, leases, retries, graceful shutdown |
+//! | [`AsyncHandlers`] | the append hook that writes one job per (event, async handler) |
+//! | [`Scheduler`], [`Periodic`] | cron jobs with time zones, one enqueue per tick across processes |
+//! | [`insert_job`] | enqueue on a connection inside someone else's transaction |
+//!
 //! # Capabilities
 //!
 //! | backend | status |
