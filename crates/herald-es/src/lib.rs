@@ -11,7 +11,8 @@
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups ([`GroupMember`]) |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
-//! | [`sqlite`] | SQLite snapshots, checkpoints and transactional projections in the event store's file |
+//! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
+//! | `postgres` | PostgreSQL checkpoints and transactional projections in the store's schema (feature `postgres`) |
 //! | [`process`] | [`ProcessManager`]s |
 //! | [`testing`] | given / when / then for aggregates |
 //! | [`metadata`] | [`CommandMetadata`] and the event metadata keys |
@@ -37,14 +38,17 @@
 //!
 //! Everything runs on `Arc<dyn EventStore>`; the test suite runs each behaviour on the in-memory, SQLite and
 //! PostgreSQL stores. [`SnapshotStore`] has in-memory, SQLite and in-the-event-store
-//! ([`EventStoreSnapshotStore`], any backend) implementations; [`CheckpointStore`] has in-memory and SQLite
-//! ones (on PostgreSQL the tests use in-memory checkpoints).
+//! ([`EventStoreSnapshotStore`], any backend) implementations; [`CheckpointStore`] and transactional
+//! projections (read model + checkpoint in one transaction) have in-memory, SQLite (feature `sqlite`) and
+//! PostgreSQL (feature `postgres`) implementations. Both transactional projections are tested across a
+//! real SIGKILL of the process running them.
 //!
 //! # Feature flags
 //!
 //! | feature | default | enables |
 //! | --- | --- | --- |
-//! | `sqlite` | yes | [`sqlite`]: SQLite snapshots, checkpoints and transactional projections (rusqlite, bundled — the same SQLite herald-sqlite links) |
+//! | `sqlite` | yes | `sqlite`: SQLite snapshots, checkpoints and transactional projections (rusqlite, bundled — the same SQLite herald-sqlite links) |
+//! | `postgres` | no | `postgres`: PostgreSQL checkpoints and transactional projections (tokio-postgres) |
 
 pub mod aggregate;
 pub mod bus;
@@ -52,6 +56,8 @@ pub mod checkpoint;
 pub mod codec;
 mod error;
 pub mod metadata;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod process;
 pub mod projection;
 pub mod snapshot;

@@ -1,0 +1,334 @@
+//! PostgreSQL implementations: checkpoints and transactional projections, in the herald-postgres store's
+//! schema, in tables of their own (`herald_es_checkpoints` plus the read model's tables). Each opens its own
+//! connection with `search_path` set to that schema, so a read model's unqualified table names land there;
+//! herald-postgres's tables are never touched.
+//!
+//! [`PostgresProjection`] writes each batch of read-model changes **and** its checkpoint in one transaction:
+//! after a crash they agree, so every event is applied exactly once.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent};
+use tokio::sync::{Mutex, watch};
+use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::CheckpointStore;
+use crate::error::{EsError, Result};
+use crate::subscription::{BoxError, Feed, validate_name};
+
+fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> EsError {
+    move |e| EsError::storage(what, e)
+}
+
+fn validate_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 48
+        && !schema.starts_with("pg_")
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EsError::InvalidInput(format!(
+            "schema name `{schema}` is not valid: 1 to 48 lowercase ASCII letters, digits and `_`, not starting with a digit or `pg_`"
+        )))
+    }
+}
+
+/// Connects (`connection`: a tokio-postgres connection string or `postgres://` URL without herald's own
+/// parameters), sets `search_path` to `schema` and creates this crate's tables.
+async fn connect(connection: &str, schema: &str) -> Result<Client> {
+    validate_schema(schema)?;
+    let err = pg_error("connecting to PostgreSQL");
+    let (client, conn) = tokio_postgres::connect(connection, NoTls)
+        .await
+        .map_err(&err)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "herald-es PostgreSQL connection ended");
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             SET search_path TO {schema};
+             CREATE TABLE IF NOT EXISTS herald_es_checkpoints (
+                 name       TEXT        PRIMARY KEY,
+                 cursor     BIGINT      NOT NULL,
+                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(&err)?;
+    Ok(client)
+}
+
+async fn load_checkpoint(c: &impl GenericClient, name: &str) -> Result<Option<u64>> {
+    let row = c
+        .query_opt(
+            "SELECT cursor FROM herald_es_checkpoints WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_error("loading a checkpoint"))?;
+    Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+}
+
+async fn save_checkpoint(
+    c: &impl GenericClient,
+    name: &str,
+    cursor: u64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    c.execute(
+        "INSERT INTO herald_es_checkpoints (name, cursor) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, updated_at = now()",
+        &[&name, &(cursor as i64)],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Checkpoints in table `herald_es_checkpoints` of a PostgreSQL schema.
+pub struct PostgresCheckpointStore {
+    client: Mutex<Client>,
+}
+
+impl std::fmt::Debug for PostgresCheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresCheckpointStore")
+    }
+}
+
+impl PostgresCheckpointStore {
+    /// Connects and creates the table in `schema` (use the herald-postgres store's schema).
+    pub async fn connect(connection: &str, schema: &str) -> Result<Self> {
+        Ok(PostgresCheckpointStore {
+            client: Mutex::new(connect(connection, schema).await?),
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresCheckpointStore {
+    async fn load(&self, name: &str) -> Result<Option<u64>> {
+        load_checkpoint(&*self.client.lock().await, name).await
+    }
+
+    async fn save(&self, name: &str, cursor: u64) -> Result<()> {
+        save_checkpoint(&*self.client.lock().await, name, cursor)
+            .await
+            .map_err(pg_error("saving a checkpoint"))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.client
+            .lock()
+            .await
+            .execute(
+                "DELETE FROM herald_es_checkpoints WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(pg_error("deleting a checkpoint"))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let rows = self
+            .client
+            .lock()
+            .await
+            .query(
+                "SELECT name, cursor FROM herald_es_checkpoints
+                 WHERE left(name, length($1)) = $1 ORDER BY name",
+                &[&prefix],
+            )
+            .await
+            .map_err(pg_error("listing checkpoints"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+}
+
+/// A read model in PostgreSQL tables, updated inside the projection's transactions.
+#[async_trait]
+pub trait PostgresReadModel: Send + Sync + 'static {
+    /// Creates the read model's tables when missing. Runs on open.
+    async fn setup(&self, tx: &Transaction<'_>) -> std::result::Result<(), tokio_postgres::Error>;
+    /// Applies one event inside the batch's transaction. An error rolls the whole batch back.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        event: &RecordedEvent,
+    ) -> std::result::Result<(), BoxError>;
+    /// Empties the read model (in the same transaction that deletes the checkpoint).
+    async fn reset(&self, tx: &Transaction<'_>) -> std::result::Result<(), tokio_postgres::Error>;
+}
+
+/// A persistent projection into PostgreSQL tables: each batch of events and the checkpoint commit in one
+/// transaction (exactly-once effect on the read model).
+pub struct PostgresProjection<M> {
+    name: String,
+    scope: ReadScope,
+    batch_size: usize,
+    client: Mutex<Client>,
+    model: Arc<M>,
+    store: Arc<dyn EventStore>,
+    progress: watch::Sender<Option<u64>>,
+}
+
+impl<M> std::fmt::Debug for PostgresProjection<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProjection")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: PostgresReadModel> PostgresProjection<M> {
+    /// Opens projection `name` (its checkpoint key) over `scope` of `store`, writing into `schema` through its
+    /// own connection, and runs the model's setup.
+    pub async fn open(
+        name: impl Into<String>,
+        connection: &str,
+        schema: &str,
+        scope: ReadScope,
+        store: Arc<dyn EventStore>,
+        model: M,
+    ) -> Result<Self> {
+        let name = name.into();
+        validate_name(&name)?;
+        ReadQuery {
+            scope: scope.clone(),
+            ..ReadQuery::all()
+        }
+        .validate()?;
+        let mut client = connect(connection, schema).await?;
+        let err = pg_error("setting up a read model");
+        let tx = client.transaction().await.map_err(&err)?;
+        model.setup(&tx).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(PostgresProjection {
+            name,
+            scope,
+            batch_size: 512,
+            client: Mutex::new(client),
+            model: Arc::new(model),
+            store,
+            progress: watch::channel(None).0,
+        })
+    }
+
+    /// Events per transaction (1 to 10,000; default 512).
+    pub fn batch_size(mut self, n: usize) -> Result<Self> {
+        if n == 0 || n > herald_core::query::MAX_BATCH_SIZE {
+            return Err(EsError::InvalidInput(format!(
+                "batch size {n} is out of range"
+            )));
+        }
+        self.batch_size = n;
+        Ok(self)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<M> {
+        &self.model
+    }
+
+    /// The stored checkpoint.
+    pub async fn checkpoint(&self) -> Result<Option<u64>> {
+        load_checkpoint(&*self.client.lock().await, &self.name).await
+    }
+
+    /// A receiver of the last committed cursor (set to the stored checkpoint when a run starts, then after
+    /// every batch).
+    pub fn progress(&self) -> watch::Receiver<Option<u64>> {
+        self.progress.subscribe()
+    }
+
+    /// Runs queries on the projection's connection (to read the read model).
+    pub async fn with_client<R>(
+        &self,
+        f: impl AsyncFnOnce(&Client) -> std::result::Result<R, tokio_postgres::Error>,
+    ) -> Result<R> {
+        let client = self.client.lock().await;
+        f(&client).await.map_err(pg_error("querying a read model"))
+    }
+
+    /// Empties the read model and deletes the checkpoint, in one transaction. Stop the runs first.
+    pub async fn reset(&self) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let err = pg_error("resetting a projection");
+        let tx = client.transaction().await.map_err(&err)?;
+        self.model.reset(&tx).await.map_err(&err)?;
+        tx.execute(
+            "DELETE FROM herald_es_checkpoints WHERE name = $1",
+            &[&self.name],
+        )
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        self.progress.send_replace(None);
+        Ok(())
+    }
+
+    /// [`PostgresProjection::reset`], then [`PostgresProjection::run`].
+    pub async fn rebuild(&self, cancel: &CancellationToken) -> Result<u64> {
+        self.reset().await?;
+        self.run(cancel).await
+    }
+
+    /// Keeps the read model up to date until `cancel`; returns the number of events applied by this run.
+    pub async fn run(&self, cancel: &CancellationToken) -> Result<u64> {
+        let start = self.checkpoint().await?;
+        let mut query = ReadQuery {
+            scope: self.scope.clone(),
+            ..ReadQuery::all()
+        }
+        .batch_size(self.batch_size);
+        query.from = start.map(|c| c + 1);
+        let stream_scope = matches!(self.scope, ReadScope::Stream(_));
+        let mut feed = Feed::new(self.store.follow(query));
+        self.progress.send_replace(start);
+        let mut applied = 0u64;
+        while let Some(batch) = feed.next_batch(self.batch_size, cancel).await? {
+            let Some(last) = batch.last() else { continue };
+            let cursor = if stream_scope {
+                last.version
+            } else {
+                last.position
+            };
+            let mut client = self.client.lock().await;
+            let err = pg_error("projecting a batch");
+            let tx = client.transaction().await.map_err(&err)?;
+            for event in &batch {
+                self.model
+                    .apply(&tx, event)
+                    .await
+                    .map_err(|e| EsError::Handler {
+                        handler: self.name.clone(),
+                        event_id: event.id,
+                        message: e.to_string(),
+                    })?;
+            }
+            save_checkpoint(&tx, &self.name, cursor)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+            drop(client);
+            applied += batch.len() as u64;
+            self.progress.send_replace(Some(cursor));
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(applied)
+    }
+}
