@@ -17,6 +17,91 @@
 //! | [`testing`] | given / when / then for aggregates |
 //! | [`metadata`] | [`CommandMetadata`] and the event metadata keys |
 //!
+//! # A tour
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde::{Deserialize, Serialize};
+//! use herald_core::EventStore;
+//! use herald_es::{
+//!     Aggregate, CancellationToken, CommandMetadata, EventSet, ExecuteError, InMemoryCheckpointStore,
+//!     InMemorySnapshotStore, Projection, Repository, SnapshotPolicy, Subscription, handler_fn,
+//! };
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! enum CartEvent { ItemAdded { sku: String }, CheckedOut }
+//! impl EventSet for CartEvent {}
+//!
+//! #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+//! struct Cart { items: Vec<String>, closed: bool }
+//!
+//! enum CartCommand { Add(String), CheckOut }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum CartError { #[error("cart is checked out")] Closed, #[error("cart is empty")] Empty }
+//!
+//! impl Aggregate for Cart {
+//!     const CATEGORY: &'static str = "cart";
+//!     type Command = CartCommand;
+//!     type Event = CartEvent;
+//!     type Error = CartError;
+//!     fn decide(&self, command: &CartCommand) -> Result<Vec<CartEvent>, CartError> {
+//!         if self.closed { return Err(CartError::Closed) }
+//!         match command {
+//!             CartCommand::Add(sku) => Ok(vec![CartEvent::ItemAdded { sku: sku.clone() }]),
+//!             CartCommand::CheckOut if self.items.is_empty() => Err(CartError::Empty),
+//!             CartCommand::CheckOut => Ok(vec![CartEvent::CheckedOut]),
+//!         }
+//!     }
+//!     fn apply(&mut self, event: &CartEvent) {
+//!         match event {
+//!             CartEvent::ItemAdded { sku } => self.items.push(sku.clone()),
+//!             CartEvent::CheckedOut => self.closed = true,
+//!         }
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store: Arc<dyn EventStore> = Arc::new(herald_memory::InMemoryStore::new());
+//! let carts = Repository::<Cart>::new(store.clone())
+//!     .with_snapshots(Arc::new(InMemorySnapshotStore::new()), SnapshotPolicy::every(100));
+//!
+//! // Commands: load (replay), decide, save with the loaded version; retried on conflicts.
+//! let meta = CommandMetadata::new().with("user", "ada");
+//! carts.execute("42", &CartCommand::Add("book".into()), &meta).await?;
+//! let saved = carts.execute("42", &CartCommand::CheckOut, &meta).await?;
+//! assert_eq!(saved.version, Some(1));
+//! let refused = carts.execute("42", &CartCommand::Add("pen".into()), &meta).await;
+//! assert!(matches!(refused, Err(ExecuteError::Rejected(CartError::Closed))));
+//!
+//! // A one-off query over the category.
+//! let checked_out = Projection::init(0)
+//!     .when("CheckedOut", |n, _| { *n += 1; Ok(()) })
+//!     .run(&*store, herald_core::ReadQuery::category("cart"))
+//!     .await?;
+//! assert_eq!(checked_out, 1);
+//!
+//! // A durable subscription: catch up, then follow live, until cancelled.
+//! let sub = Subscription::category("mailer", "cart", store.clone(), Arc::new(InMemoryCheckpointStore::new()))?;
+//! let cancel = CancellationToken::new();
+//! let stop = cancel.clone();
+//! let handler = handler_fn(move |event| {
+//!     let stop = stop.clone();
+//!     async move {
+//!         if event.event_type == "CheckedOut" { stop.cancel() } // e.g. send a receipt
+//!         Ok(())
+//!     }
+//! });
+//! let stats = sub.run(&handler, &cancel).await?;
+//! assert_eq!(stats.handled, 2);
+//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! The runnable end-to-end example on SQLite is `crates/herald-example-seed`:
+//! `cargo run -p herald-example-seed`.
+//!
 //! # Metadata written on events
 //!
 //! `correlation_id`, `causation_id` (the causing event, else the command), `command_id`, `schema_version`
