@@ -442,7 +442,8 @@ impl Middleware for Validation {
 }
 
 /// A `tracing` span per command (`command`, `command_id`, `correlation_id`) and one `info` event with its
-/// outcome (a refused command is an outcome, not a warning).
+/// outcome (a refused command is an outcome, not a warning). Add it after [`Correlation`], so the span
+/// shows the inherited correlation id of nested commands.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logging;
 

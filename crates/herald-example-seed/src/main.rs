@@ -265,9 +265,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             ..RetryPolicy::default()
         });
     let bus = CommandBus::builder()
+        // Correlation first, so logs and timings see the inherited correlation id.
+        .middleware(Correlation)
         .middleware(Logging)
         .middleware(Timing::default())
-        .middleware(Correlation)
         .middleware(Validation)
         .handler(command_fn({
             let users = users.clone();
