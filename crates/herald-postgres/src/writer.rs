@@ -96,9 +96,7 @@ struct Statements {
     notify: Statement,
 }
 
-const LOCK_HEAD: &str = "BEGIN; SELECT position, \
-    greatest(recorded_at, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
-    FROM head FOR UPDATE";
+const LOCK_HEAD: &str = "BEGIN; SELECT position FROM head FOR UPDATE";
 
 impl Statements {
     async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
@@ -123,22 +121,26 @@ impl Statements {
                         SELECT EXISTS (SELECT 1 FROM events WHERE id = ANY($1::uuid[])) AS any_taken
                      ), tail AS (
                         SELECT coalesce(max(position), 0) AS p FROM events
+                     ), clock AS (
+                        SELECT greatest(recorded_at,
+                                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) AS t
+                        FROM head
                      ), accepted AS (
                         SELECT v FROM current, taken
                         WHERE NOT any_taken
-                          AND coalesce(v, -1) <= 9223372036854775807 - $10::bigint
-                          AND CASE $8::integer
+                          AND coalesce(v, -1) <= 9223372036854775807 - $9::bigint
+                          AND CASE $7::integer
                                 WHEN 0 THEN true
                                 WHEN 1 THEN v IS NULL
                                 WHEN 2 THEN v IS NOT NULL
-                                ELSE v IS NOT DISTINCT FROM $9::bigint
+                                ELSE v IS NOT DISTINCT FROM $8::bigint
                               END
                      ), ev AS (
                         INSERT INTO events
                             (position, id, stream, version, category, event_type, data, metadata, recorded_at)
                         SELECT tail.p + t.i, t.id, $2::text, coalesce(a.v + 1, 0) + t.i - 1, $3::text,
-                               t.event_type, t.data, t.metadata, $7::bigint
-                        FROM accepted a, tail,
+                               t.event_type, t.data, t.metadata, clock.t
+                        FROM accepted a, tail, clock,
                              unnest($1::uuid[], $4::text[], $5::text[], $6::text[])
                                WITH ORDINALITY AS t(id, event_type, data, metadata, i)
                         RETURNING position, version
@@ -183,7 +185,8 @@ impl Statements {
             set_head: client
                 .prepare(
                     "UPDATE head SET position = (SELECT coalesce(max(position), 0) FROM events),
-                                     recorded_at = greatest(recorded_at, $1::bigint)
+                                     recorded_at = greatest(recorded_at, coalesce(
+                                         (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1), 0))
                      RETURNING position",
                 )
                 .await?,
@@ -199,7 +202,6 @@ impl Statements {
 /// Where the batch's next event goes.
 struct Tail {
     next_position: u64,
-    recorded_at: i64,
 }
 
 /// The writer's connection, reopened when it breaks.
@@ -272,8 +274,19 @@ impl Writer {
         let requests = &mut self.requests;
         let (max_batch, instance, channel) = (self.max_batch, &self.instance, &self.channel);
         let result = async {
-            let tail = lock_head(&conn.client).await?;
-            let mut next = 0;
+            // The head lock and the first appends go out together (one round trip): the appends stamp their
+            // time from the locked head row themselves, so they need nothing back from the lock.
+            let first_run = batch
+                .iter()
+                .take_while(|r| matches!(r, Request::Append { .. }))
+                .count();
+            let (tail, first) = tokio::join!(
+                lock_head(&conn.client),
+                append_run(conn, &batch[..first_run]),
+            );
+            let tail = tail?;
+            outcomes.extend(first?);
+            let mut next = first_run;
             loop {
                 while next < batch.len() {
                     // A run of consecutive appends is sent pipelined: one round trip for all of them.
@@ -282,7 +295,7 @@ impl Writer {
                         .take_while(|r| matches!(r, Request::Append { .. }))
                         .count();
                     if run > 0 {
-                        outcomes.extend(append_run(conn, &tail, &batch[next..next + run]).await?);
+                        outcomes.extend(append_run(conn, &batch[next..next + run]).await?);
                         next += run;
                     } else {
                         outcomes.push(apply(conn, &batch[next]).await?);
@@ -308,11 +321,9 @@ impl Writer {
                 return Ok((tail.next_position - 1, 0));
             }
             let notify_params: [&(dyn ToSql + Sync); 2] = [channel, instance];
-            let head_params: [&(dyn ToSql + Sync); 1] = [&tail.recorded_at];
             // Pipelined: one round trip. NOTIFY is delivered to listeners only if and when COMMIT succeeds.
             let (set, notified, committed) = tokio::join!(
-                conn.client
-                    .query_one(&conn.statements.set_head, &head_params),
+                conn.client.query_one(&conn.statements.set_head, &[]),
                 conn.client.execute(&conn.statements.notify, &notify_params),
                 conn.client.batch_execute("COMMIT"),
             );
@@ -373,7 +384,6 @@ async fn lock_head(client: &Client) -> Result<Tail> {
     };
     Ok(Tail {
         next_position: parse(0)? as u64 + 1,
-        recorded_at: parse(1)?,
     })
 }
 
@@ -505,7 +515,7 @@ impl<'a> AppendArgs<'a> {
         }
     }
 
-    fn params<'b>(&'b self, recorded_at: &'b i64) -> [&'b (dyn ToSql + Sync); 10] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.ids,
             &self.stream,
@@ -513,7 +523,6 @@ impl<'a> AppendArgs<'a> {
             &self.types,
             &self.data,
             &self.metadata,
-            recorded_at,
             &self.kind,
             &self.exact,
             &self.count,
@@ -525,7 +534,7 @@ impl<'a> AppendArgs<'a> {
 /// expected version and ids and takes the positions after the log's end as it finds it, so a refused append
 /// leaves no hole for the next. Their order inside the pipeline is not guaranteed; they were concurrent
 /// requests, so any order is a valid one. Refused appends then read why (idempotent retry or duplicate).
-async fn append_run(conn: &Connection, tail: &Tail, run: &[Request]) -> Result<Vec<Outcome>> {
+async fn append_run(conn: &Connection, run: &[Request]) -> Result<Vec<Outcome>> {
     let mut args = Vec::with_capacity(run.len());
     for request in run {
         let Request::Append {
@@ -539,8 +548,7 @@ async fn append_run(conn: &Connection, tail: &Tail, run: &[Request]) -> Result<V
         };
         args.push((AppendArgs::new(stream, events, *expected), *expected));
     }
-    let recorded_at = tail.recorded_at;
-    let params: Vec<_> = args.iter().map(|(a, _)| a.params(&recorded_at)).collect();
+    let params: Vec<_> = args.iter().map(|(a, _)| a.params()).collect();
     let rows = futures::future::join_all(
         params
             .iter()

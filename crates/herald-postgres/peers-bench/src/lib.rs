@@ -1,0 +1,1 @@
+//! Bench only: see `benches/peers.rs`.
