@@ -116,8 +116,11 @@ pub struct Saved<A> {
     pub version: Option<u64>,
     /// The append's result; `None` when the decision produced no events (nothing written).
     pub append: Option<AppendResult>,
-    /// Attempts used (1 = no conflict).
+    /// Attempts used (1 = no conflict; 0 = found to be a duplicate before deciding).
     pub attempts: u32,
+    /// True when the command had already been executed ([`Repository::idempotent`]): nothing was written
+    /// this time, `state` and `version` are the aggregate's current ones.
+    pub duplicate: bool,
 }
 
 /// How [`Repository::execute`] retries on a version conflict. Default: 10 attempts, 1 ms doubling to 100 ms,
@@ -225,6 +228,7 @@ pub struct Repository<A: Aggregate> {
     snapshots: Option<Snapshots<A>>,
     retry: RetryPolicy,
     batch_size: usize,
+    idempotent: bool,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -235,6 +239,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             snapshots: self.snapshots.clone(),
             retry: self.retry,
             batch_size: self.batch_size,
+            idempotent: self.idempotent,
         }
     }
 }
@@ -258,7 +263,20 @@ impl<A: Aggregate> Repository<A> {
             snapshots: None,
             retry: RetryPolicy::default(),
             batch_size: 1024,
+            idempotent: false,
         }
+    }
+
+    /// Makes commands idempotent by command id: the events a command causes get ids derived from
+    /// [`CommandMetadata::command_id`] ([`CommandMetadata::event_id`]), and [`Repository::execute`] first
+    /// looks the first of them up. A command delivered again (a client retrying after a timeout, an
+    /// at-least-once queue) then returns the aggregate's state with [`Saved::duplicate`] set instead of
+    /// deciding again; two concurrent deliveries are settled by the store (same ids, same place: the second
+    /// append is the store's idempotent retry). Costs one lookup by id per command. Callers must use a fresh
+    /// command id per distinct command.
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
     }
 
     /// Uses these upcasters when reading events.
@@ -396,16 +414,38 @@ impl<A: Aggregate> Repository<A> {
                 version: loaded.version,
                 append: None,
                 attempts: 1,
+                duplicate: false,
             });
         }
         let new_events = events
             .iter()
-            .map(|e| self.codec.encode(e, metadata))
+            .enumerate()
+            .map(|(i, e)| {
+                let event = self.codec.encode(e, metadata)?;
+                Ok(if self.idempotent {
+                    event.with_id(metadata.event_id(i))
+                } else {
+                    event
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let result = self
             .store
             .append(&loaded.stream, new_events, loaded.expected_version())
             .await?;
+        let expected_first = loaded.version.map_or(0, |v| v + 1);
+        if result.first_version != expected_first {
+            // The store recognised a repeat of an append already committed (same ids): another delivery of
+            // this command won. Report the aggregate as it is.
+            let current = self.load(&loaded.id).await?;
+            return Ok(Saved {
+                state: current.state,
+                version: current.version,
+                append: Some(result),
+                attempts: 1,
+                duplicate: true,
+            });
+        }
         let mut state = loaded.state.clone();
         for event in &events {
             state.apply(event);
@@ -423,6 +463,7 @@ impl<A: Aggregate> Repository<A> {
             version: Some(result.last_version),
             append: Some(result),
             attempts: 1,
+            duplicate: false,
         })
     }
 
@@ -489,6 +530,28 @@ impl<A: Aggregate> Repository<A> {
         metadata: &CommandMetadata,
     ) -> std::result::Result<Saved<A>, ExecuteError<A::Error>> {
         let max = self.retry.max_attempts.max(1);
+        if self.idempotent
+            && let Some(done) = self
+                .store
+                .event(metadata.event_id(0))
+                .await
+                .map_err(EsError::from)?
+        {
+            let loaded = self.load(id).await?;
+            if done.stream != loaded.stream.as_str() {
+                return Err(ExecuteError::Es(EsError::InvalidInput(format!(
+                    "command {} was already executed on stream `{}`, not `{}`: use a fresh command id",
+                    metadata.command_id, done.stream, loaded.stream
+                ))));
+            }
+            return Ok(Saved {
+                state: loaded.state,
+                version: loaded.version,
+                append: None,
+                attempts: 0,
+                duplicate: true,
+            });
+        }
         let mut attempt = 1;
         loop {
             let loaded = self.load(id).await?;

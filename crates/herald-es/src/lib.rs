@@ -111,6 +111,8 @@
 //!
 //! - Saves are optimistic: `ExpectedVersion::Exact(loaded)` (or `NoStream`), checked by the store in the
 //!   append's transaction; [`Repository::execute`] retries load → decide → save a bounded number of times.
+//! - Opt-in idempotent commands ([`Repository::idempotent`]): event ids derived from the command id, so a
+//!   command delivered twice is executed once.
 //! - Snapshots only speed loading up: any doubt (schema version, corrupt JSON, a stream rewritten since) falls
 //!   back to full replay.
 //! - Subscriptions are at least once and in order (per scope; per stream within a consumer group), resume

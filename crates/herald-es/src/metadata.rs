@@ -88,6 +88,16 @@ impl CommandMetadata {
         self.causation_id.unwrap_or(self.command_id)
     }
 
+    /// The id of the `index`-th event this command causes, derived from the command id (used by
+    /// [`crate::Repository::idempotent`]): the command id with its 62 random low bits mixed with `index`, so
+    /// the version and variant bits stay valid and every index gives another id.
+    pub fn event_id(&self, index: usize) -> Uuid {
+        const LOW_62: u128 = (1 << 62) - 1;
+        let mix = ((index as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) & LOW_62;
+        let mix = if mix == 0 { 1 } else { mix };
+        Uuid::from_u128(self.command_id.as_u128() ^ mix)
+    }
+
     /// The metadata JSON object text of an event this command causes, written with `schema_version`.
     pub fn event_metadata(&self, schema_version: u32) -> String {
         let mut map = Map::with_capacity(4 + self.extra.len());

@@ -571,7 +571,57 @@ async fn snapshots_kept_in_the_event_store_work_on_any_backend(f: Fixture) {
     assert!(snaps.load("order-e").await.unwrap().is_none());
 }
 
+async fn idempotent_commands_run_once_per_command_id(f: Fixture) {
+    let repo = Repository::<Order>::new(f.store.clone())
+        .idempotent(true)
+        .with_retry(RetryPolicy::immediate(50));
+    let stream = StreamName::new("order-i").unwrap();
+    let place_meta = CommandMetadata::new();
+    repo.execute("i", &place("ada"), &place_meta).await.unwrap();
+    // Delivered again: no second decision (which would be a rejection), no write.
+    let again = repo.execute("i", &place("ada"), &place_meta).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.version, Some(0));
+    let add_meta = CommandMetadata::new();
+    let first = repo.execute("i", &add("x"), &add_meta).await.unwrap();
+    assert!(!first.duplicate);
+    let ids: Vec<Uuid> = f
+        .store
+        .read_to_vec(ReadQuery::stream(stream.clone()))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, [place_meta.event_id(0), add_meta.event_id(0)]);
+    for _ in 0..3 {
+        let dup = repo.execute("i", &add("x"), &add_meta).await.unwrap();
+        assert!(dup.duplicate);
+        assert_eq!(dup.state.items, 1);
+    }
+    assert_eq!(f.store.stream_version(&stream).await.unwrap(), Some(1));
+    // Concurrent deliveries of one command: one write, every delivery succeeds.
+    let meta = CommandMetadata::new();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (repo, meta) = (repo.clone(), meta.clone());
+            tokio::spawn(async move { repo.execute("i", &add("y"), &meta).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().state.items, 2);
+    }
+    assert_eq!(f.store.stream_version(&stream).await.unwrap(), Some(2));
+    // Reusing a command id on another aggregate is refused.
+    let err = repo
+        .execute("other", &place("bob"), &meta)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fresh command id"), "{err}");
+}
+
 on_both_backends!(
+    idempotent_commands_run_once_per_command_id,
     snapshots_kept_in_the_event_store_work_on_any_backend,
     saves_with_exact_version_and_reloads,
     conflict_is_retried_from_a_fresh_load,
@@ -639,4 +689,17 @@ fn unit_variants_round_trip() {
     .encode()
     .unwrap();
     assert_eq!(data, r#"{"sku":"a","qty":1}"#);
+}
+
+#[test]
+fn derived_event_ids_are_distinct_and_valid() {
+    let meta = CommandMetadata::new();
+    let ids: std::collections::HashSet<Uuid> = (0..1000).map(|i| meta.event_id(i)).collect();
+    assert_eq!(ids.len(), 1000);
+    assert!(!ids.contains(&meta.command_id));
+    for id in &ids {
+        assert_eq!(id.get_version_num(), meta.command_id.get_version_num());
+        assert_eq!(id.get_variant(), meta.command_id.get_variant());
+    }
+    assert_eq!(meta.event_id(3), meta.clone().event_id(3), "deterministic");
 }

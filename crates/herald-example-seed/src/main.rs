@@ -199,12 +199,13 @@ impl Aggregate for Order {
     }
 }
 
-/// One bus command for every order command: `(order id, command)`; returns the attempts used.
+/// One bus command for every order command: `(order id, command)`; returns the attempts used and whether
+/// it was a duplicate delivery.
 struct OrderCmd(String, OrderCommand);
 
 impl Command for OrderCmd {
     const NAME: &'static str = "Order";
-    type Output = u32;
+    type Output = (u32, bool);
     type Error = ExecuteError<OrderError>;
 }
 
@@ -263,7 +264,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_retry(RetryPolicy {
             max_attempts: 30,
             ..RetryPolicy::default()
-        });
+        })
+        // A command delivered twice (same command id) is executed once.
+        .idempotent(true);
     let bus = CommandBus::builder()
         // Correlation first, so logs and timings see the inherited correlation id.
         .middleware(Correlation)
@@ -284,7 +287,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let orders = orders.clone();
             move |OrderCmd(id, c): OrderCmd, meta: CommandMetadata| {
                 let orders = orders.clone();
-                async move { Ok(orders.execute(&id, &c, &meta).await?.attempts) }
+                async move {
+                    let saved = orders.execute(&id, &c, &meta).await?;
+                    Ok((saved.attempts, saved.duplicate))
+                }
             }
         }))
         .build();
@@ -467,16 +473,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .collect();
     let mut attempts = 0;
     for task in concurrent {
-        attempts += task.await??;
+        attempts += task.await??.0;
     }
     println!(
         "  8 concurrent AddItem commands: all committed using {attempts} attempts (conflicts retried from a fresh load)"
     );
+    let pay = CommandMetadata::new();
     bus.dispatch(
         OrderCmd(order_id.into(), OrderCommand::Pay { cents: 4200 }),
-        CommandMetadata::new(),
+        pay.clone(),
     )
     .await?;
+    // The client timed out and sends the same command (same command id) again: executed once.
+    let (_, duplicate) = bus
+        .dispatch(
+            OrderCmd(order_id.into(), OrderCommand::Pay { cents: 4200 }),
+            pay,
+        )
+        .await?;
+    println!(
+        "  PayOrder delivered twice with one command id: second delivery duplicate = {duplicate}, nothing written"
+    );
     let loaded = orders.load(order_id).await?;
     println!(
         "  order-{order_id}: {} items, paid: {}, version {:?} (loaded from the snapshot at version {:?}, replayed {} events)",

@@ -43,6 +43,10 @@ fn seed_example_runs_and_resumes() {
     );
     assert!(first.contains("9 items, paid: true"), "{first}");
     assert!(
+        first.contains("second delivery duplicate = true"),
+        "{first}"
+    );
+    assert!(
         first.contains("grace@example.com    Grace Hopper"),
         "{first}"
     );
