@@ -14,7 +14,9 @@
 //! idempotent by event id, or keep their effect and the checkpoint in one transaction (see
 //! [`crate::sqlite::SqliteProjection`], which is exactly-once for a read model in the same SQLite file).
 //! A handler error stops the subscription with [`EsError::Handler`]; the checkpoint stays before the failed
-//! event, so the next run delivers it again.
+//! event, so the next run delivers it again. A store error stops it too. Neither is retried here: the
+//! caller decides (restart with a backoff, alert, park the event); a panicking handler panics the task
+//! running [`Subscription::run`], with the same checkpoint guarantee.
 //!
 //! # Consumer groups
 //!
