@@ -21,7 +21,7 @@ use crate::output::{event_line, json_line};
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about)]
 pub(crate) struct Cli {
-    /// Database URL: sqlite://PATH or memory://.
+    /// Database URL: sqlite://PATH, memory://, or postgres://USER@HOST:PORT/DB[?schema=S].
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", default_value = herald::DEFAULT_DATABASE_URL)]
     database: String,
     #[command(subcommand)]

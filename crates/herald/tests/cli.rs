@@ -1,26 +1,82 @@
-//! The CLI contract, exercised through the real binary on a real SQLite file: output shapes, exit codes,
-//! one-line errors, and that rejected input leaves the store untouched.
+//! The CLI contract, exercised through the real binary: output shapes, exit codes, one-line errors, and that
+//! rejected input leaves the store untouched. Every case runs on a real SQLite file and, with the `postgres`
+//! feature, on the local PostgreSQL (a fresh schema per test): the contract is the same on both.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-/// A temporary SQLite database and a way to run `herald` against it.
+/// Generates one `#[test]` per contract case and backend.
+macro_rules! cli_contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() {
+                super::$case(super::Db::sqlite());
+            })*
+        }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(#[test]
+            fn $case() {
+                if let Some(db) = super::Db::postgres() {
+                    super::$case(db);
+                }
+            })*
+        }
+    };
+}
+
+cli_contract!(
+    append_prints_versions_positions_and_ids,
+    read_prints_events_exactly_as_written,
+    multi_line_json_is_read_back_on_one_line,
+    stdin_append_is_one_atomic_append,
+    wrong_expected_version_exits_3_and_names_everything,
+    invalid_input_exits_5_and_stores_nothing,
+    duplicates_exit_6_and_exact_retries_are_idempotent,
+    links_read_with_origin_and_unknown_events_exit_4,
+    read_options_select_and_order,
+    version_streams_and_delete,
+    database_url_comes_from_the_environment,
+    tail_follows_appends_from_another_process_and_exits_0_on_sigterm,
+);
+
+/// A fresh, empty database and a way to run `herald` against it.
 struct Db {
-    _dir: tempfile::TempDir,
     url: String,
+    _cleanup: Cleanup,
+}
+
+/// Removes the test database when the test ends (held only for its `Drop`).
+#[allow(dead_code)]
+enum Cleanup {
+    Directory(tempfile::TempDir),
+    #[cfg(feature = "postgres")]
+    Schema(postgres_schema::Schema),
 }
 
 impl Db {
-    fn new() -> Self {
+    /// A SQLite file in a temporary directory.
+    fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path: PathBuf = dir.path().join("herald.db");
         Db {
-            url: format!("sqlite://{}", path.display()),
-            _dir: dir,
+            url: format!("sqlite://{}", dir.path().join("herald.db").display()),
+            _cleanup: Cleanup::Directory(dir),
         }
+    }
+
+    /// A schema of its own on the test PostgreSQL; `None` (with the reason printed) when the server cannot
+    /// be reached outside CI. In CI an unreachable server fails the test.
+    #[cfg(feature = "postgres")]
+    fn postgres() -> Option<Self> {
+        let schema = postgres_schema::Schema::create()?;
+        Some(Db {
+            url: schema.url(),
+            _cleanup: Cleanup::Schema(schema),
+        })
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -99,9 +155,7 @@ fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
     assert!(out.stdout.is_empty(), "nothing on stdout when failing");
 }
 
-#[test]
-fn append_prints_versions_positions_and_ids() {
-    let db = Db::new();
+fn append_prints_versions_positions_and_ids(db: Db) {
     let id = "0190c8a4-5c56-7d3e-8f00-000000000001";
     let first = db.ok(&["append", "order-1", "--type", "OrderPlaced", "--id", id]);
     assert_eq!(
@@ -124,9 +178,7 @@ fn append_prints_versions_positions_and_ids() {
     assert_eq!(third[0]["first_position"], 3);
 }
 
-#[test]
-fn read_prints_events_exactly_as_written() {
-    let db = Db::new();
+fn read_prints_events_exactly_as_written(db: Db) {
     let data = r#"{"b":1,"a":123456789012345678901234567890,"z":"\u0000","u":"héllo ✓ 🎉"}"#;
     let metadata = r#"{"correlation_id":"0190c8a4-5c56-7d3e-8f00-0000000000aa","k":[1,2]}"#;
     db.ok(&[
@@ -176,9 +228,7 @@ fn read_prints_events_exactly_as_written() {
     assert!(recorded_at.ends_with('Z'));
 }
 
-#[test]
-fn multi_line_json_is_read_back_on_one_line() {
-    let db = Db::new();
+fn multi_line_json_is_read_back_on_one_line(db: Db) {
     db.ok(&["append", "s", "--type", "T", "--data", "{\n  \"a\": 1\n}"]);
     let lines = db.read_raw(&["read", "s"]);
     assert_eq!(lines.len(), 1);
@@ -186,9 +236,7 @@ fn multi_line_json_is_read_back_on_one_line() {
     assert_eq!(event["data"]["a"], 1);
 }
 
-#[test]
-fn stdin_append_is_one_atomic_append() {
-    let db = Db::new();
+fn stdin_append_is_one_atomic_append(db: Db) {
     let input = concat!(
         r#"{"type":"A","data":{"n":1}}"#,
         "\n\n",
@@ -227,9 +275,7 @@ fn stdin_append_is_one_atomic_append() {
     assert_eq!(db.ok(&["read", "s"]).len(), 2);
 }
 
-#[test]
-fn wrong_expected_version_exits_3_and_names_everything() {
-    let db = Db::new();
+fn wrong_expected_version_exits_3_and_names_everything(db: Db) {
     db.ok(&["append", "acct-9", "--type", "Opened"]);
     let out = db.run(&["append", "acct-9", "--type", "X", "--expected", "5"]);
     assert_fails(&out, 3, &["acct-9", "expected 5", "actual 0"]);
@@ -240,9 +286,7 @@ fn wrong_expected_version_exits_3_and_names_everything() {
     assert_eq!(db.ok(&["read", "--all"]).len(), 1);
 }
 
-#[test]
-fn invalid_input_exits_5_and_stores_nothing() {
-    let db = Db::new();
+fn invalid_input_exits_5_and_stores_nothing(db: Db) {
     db.ok(&["append", "s", "--type", "T"]);
     let cases: &[(&[&str], &str)] = &[
         (
@@ -287,9 +331,7 @@ fn invalid_input_exits_5_and_stores_nothing() {
     assert_eq!(db.ok(&["read", "--all"]).len(), 1);
 }
 
-#[test]
-fn duplicates_exit_6_and_exact_retries_are_idempotent() {
-    let db = Db::new();
+fn duplicates_exit_6_and_exact_retries_are_idempotent(db: Db) {
     let id = "0190c8a4-5c56-7d3e-8f00-000000000003";
     let first = db.ok(&["append", "s", "--type", "T", "--id", id]);
     db.ok(&["append", "s", "--type", "T"]);
@@ -305,9 +347,7 @@ fn duplicates_exit_6_and_exact_retries_are_idempotent() {
     assert_fails(&out, 6, &[id]);
 }
 
-#[test]
-fn links_read_with_origin_and_unknown_events_exit_4() {
-    let db = Db::new();
+fn links_read_with_origin_and_unknown_events_exit_4(db: Db) {
     let a = db.ok(&["append", "order-1", "--type", "Placed"])[0]["ids"][0]
         .as_str()
         .unwrap()
@@ -338,9 +378,7 @@ fn links_read_with_origin_and_unknown_events_exit_4() {
     assert_fails(&db.run(&["link", "placed", unknown]), 4, &[unknown]);
 }
 
-#[test]
-fn read_options_select_and_order() {
-    let db = Db::new();
+fn read_options_select_and_order(db: Db) {
     for (stream, t) in [
         ("order-1", "A"),
         ("order-2", "B"),
@@ -397,9 +435,7 @@ fn read_options_select_and_order() {
     assert_fails(&db.run(&["frobnicate"]), 2, &["frobnicate"]);
 }
 
-#[test]
-fn version_streams_and_delete() {
-    let db = Db::new();
+fn version_streams_and_delete(db: Db) {
     assert_eq!(
         db.ok(&["version", "ghost"])[0],
         serde_json::json!({"stream":"ghost","version":null})
@@ -439,9 +475,7 @@ fn version_streams_and_delete() {
     assert_eq!(again[0]["first_version"], 0);
 }
 
-#[test]
-fn database_url_comes_from_the_environment() {
-    let db = Db::new();
+fn database_url_comes_from_the_environment(db: Db) {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .env("HERALD_DATABASE_URL", &db.url)
         .args(["append", "env-1", "--type", "T"])
@@ -456,9 +490,7 @@ fn database_url_comes_from_the_environment() {
     assert_fails(&out, 5, &["mysql"]);
 }
 
-#[test]
-fn tail_follows_appends_from_another_process_and_exits_0_on_sigterm() {
-    let db = Db::new();
+fn tail_follows_appends_from_another_process_and_exits_0_on_sigterm(db: Db) {
     db.ok(&["append", "feed-1", "--type", "Old"]);
     let mut tail = db
         .cmd(&["tail", "--category", "feed"])
@@ -482,4 +514,68 @@ fn tail_follows_appends_from_another_process_and_exits_0_on_sigterm() {
     assert!(killed.success());
     let status = tail.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_schema {
+    /// The server the tests use: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
+    fn server_url() -> String {
+        std::env::var("HERALD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+    }
+
+    /// A uniquely named schema, dropped with everything in it when the test ends. Herald creates its tables
+    /// in it on first use (the CLI's `?schema=` URL parameter).
+    pub(super) struct Schema {
+        name: String,
+    }
+
+    impl Schema {
+        pub(super) fn create() -> Option<Self> {
+            let name = format!("herald_cli_{}", uuid::Uuid::now_v7().simple());
+            match execute(&format!("CREATE SCHEMA {name}")) {
+                Ok(()) => Some(Schema { name }),
+                Err(reason) if std::env::var_os("CI").is_some() => {
+                    panic!("PostgreSQL at {} is required in CI: {reason}", server_url())
+                }
+                Err(reason) => {
+                    eprintln!(
+                        "skipped: PostgreSQL at {} unreachable: {reason}",
+                        server_url()
+                    );
+                    None
+                }
+            }
+        }
+
+        pub(super) fn url(&self) -> String {
+            let server = server_url();
+            let separator = if server.contains('?') { '&' } else { '?' };
+            format!("{server}{separator}schema={}", self.name)
+        }
+    }
+
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            if let Err(reason) = execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)) {
+                eprintln!("note: could not drop test schema {}: {reason}", self.name);
+            }
+        }
+    }
+
+    /// Runs one statement on a connection of its own (tests are synchronous: a small runtime per call).
+    fn execute(sql: &str) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client.batch_execute(sql).await.map_err(|e| e.to_string())
+        })
+    }
 }
