@@ -3,7 +3,11 @@
 
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use herald_core::{Error, Limits, Result};
+
+use crate::hook::{AppendHook, AppendHooks};
 
 /// Default schema holding Herald's tables.
 pub const DEFAULT_SCHEMA: &str = "herald";
@@ -32,6 +36,8 @@ pub struct PostgresConfig {
     pub max_batch: usize,
     /// Size limits enforced before anything is written.
     pub limits: Limits,
+    /// Hooks run inside every append's transaction (see [`crate::hook`]); none by default.
+    pub append_hooks: AppendHooks,
 }
 
 impl Default for PostgresConfig {
@@ -41,6 +47,7 @@ impl Default for PostgresConfig {
             pool_size: DEFAULT_POOL_SIZE,
             max_batch: DEFAULT_MAX_BATCH,
             limits: Limits::default(),
+            append_hooks: AppendHooks::default(),
         }
     }
 }
@@ -67,6 +74,13 @@ impl PostgresConfig {
     /// Size limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Adds a hook that the writer runs for every append, inside its transaction, so the rows it writes
+    /// commit or roll back with the events (see [`crate::hook`]). Hooks run in the order they were added.
+    pub fn with_append_hook(mut self, hook: Arc<dyn AppendHook>) -> Self {
+        self.append_hooks.0.push(hook);
         self
     }
 

@@ -31,6 +31,11 @@
 //!   statement.
 //! - **Schema**: tables live in [`PostgresConfig::schema`] (default `herald`), created on open by embedded,
 //!   numbered migrations run under a transaction-scoped advisory lock, so several processes may start at once.
+//! - **Append hooks** ([`hook`]): [`PostgresConfig::with_append_hook`] and [`PostgresStore::append_with`] add
+//!   statements (an outbox, job rows) that the writer runs inside the append's transaction, after its events,
+//!   in a savepoint of its own, so they commit with the append or not at all and a failing hook fails that
+//!   append only. Hooks return statements rather than awaiting the connection, so a hooked append costs two
+//!   round trips whatever the hooks write; appends without hooks are not affected.
 //! - **Live feed**: writers `NOTIFY` in their transaction; every store handle keeps one connection that
 //!   `LISTEN`s and moves [`EventStore::watch_head`] when another process commits, within milliseconds.
 //!   [`EventStoreExt::follow`](herald_core::EventStoreExt::follow) also polls every 100 ms as a fallback.
@@ -61,6 +66,7 @@
 //! | gap-free global order across processes | yes (serialised position assignment, above) |
 //! | live head ([`EventStore::watch_head`]) | commits through this handle at once; other processes' via `LISTEN`/`NOTIFY` |
 //! | data and metadata byte for byte | yes (`text` columns, never `jsonb`) |
+//! | append hooks (outbox, job rows in the append's transaction) | yes ([`hook`]) |
 //!
 //! # Connections
 //!
@@ -68,6 +74,7 @@
 //! connections. TLS is not built in (`NoTls`): use it on trusted networks or through a local proxy.
 
 mod config;
+pub mod hook;
 mod listen;
 mod read;
 mod schema;
@@ -90,6 +97,13 @@ pub use config::{
     DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PostgresConfig,
     PostgresUrl,
 };
+pub use hook::{
+    AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
+    MAX_HOOK_SQL_LEN,
+};
+/// Re-exported: hook parameters implement [`tokio_postgres::types::ToSql`], so they must name this crate's
+/// version of it.
+pub use tokio_postgres;
 
 use writer::Request;
 
@@ -183,6 +197,7 @@ impl PostgresStore {
             counters: Arc::clone(&counters),
             channel,
             instance,
+            hooks: config.append_hooks.0.clone(),
         };
         tokio::spawn(writer.run(write_client));
         tracing::debug!(schema = %config.schema, migrations = schema::latest_version(), "opened herald-postgres store");
@@ -208,6 +223,31 @@ impl PostgresStore {
             requests: self.counters.requests.load(Ordering::Relaxed),
             transactions: self.counters.transactions.load(Ordering::Relaxed),
         }
+    }
+
+    /// Like [`EventStore::append`], and runs `extra` inside the append's transaction, after the events and the
+    /// [append hooks](crate::hook): the statements it adds commit with the events or not at all, and an
+    /// error from it (or from one of its statements) fails this append only (nothing stored,
+    /// [`Error::Backend`]). `extra` is not run when the append is refused (version conflict, duplicate) or is
+    /// an idempotent retry of an already committed append (which writes nothing).
+    pub async fn append_with(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        extra: AppendExtra,
+    ) -> Result<AppendResult> {
+        self.config
+            .limits
+            .validate_append(stream, &events, expected)?;
+        self.submit(|reply| Request::Append {
+            stream: stream.as_str().to_owned(),
+            events,
+            expected,
+            extra: Some(std::sync::Mutex::new(extra)),
+            reply,
+        })
+        .await
     }
 
     async fn submit<T>(
@@ -236,6 +276,7 @@ impl EventStore for PostgresStore {
             stream: stream.as_str().to_owned(),
             events,
             expected,
+            extra: None,
             reply,
         })
         .await

@@ -21,6 +21,11 @@
 //! out every constraint a write could break (nobody else writes while the head is locked), and more than 64
 //! subtransactions in one transaction would slow every snapshot on the server. A statement that fails anyway
 //! (connection lost, server error) fails the whole batch.
+//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or an extra)
+//! runs alone, inside `SAVEPOINT herald_hook`, because the rows a hook writes are not the writer's to check
+//! beforehand; a hook error rolls back to it and fails that append only. Its two round trips are: savepoint and
+//! append statement pipelined; then every hook statement and the `RELEASE`, pipelined. A store without hooks
+//! pays nothing for them.
 //! Replies go out after `COMMIT` succeeds; if the transaction fails, every request of the batch gets the
 //! error (nothing of the batch was written).
 
@@ -30,11 +35,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
+use crate::hook::{AppendExtra, AppendHook, AppendedEvent, HookError, HookWrites};
 use crate::schema::{self, backend};
 
 /// One write request and where its answer goes.
@@ -43,6 +51,10 @@ pub(crate) enum Request {
         stream: String,
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
+        /// Runs inside this append's hook savepoint, after the hooks (`PostgresStore::append_with`). In a
+        /// mutex only so that requests are `Sync` (the writer holds them by reference across awaits); the
+        /// writer alone takes it.
+        extra: Option<Mutex<AppendExtra>>,
         reply: oneshot::Sender<Result<AppendResult>>,
     },
     Link {
@@ -208,6 +220,22 @@ struct Tail {
 struct Connection {
     client: Client,
     statements: Statements,
+    /// Hook statements prepared on this connection, by SQL text (prepared statements outlive transactions).
+    hook_statements: Mutex<HashMap<String, Statement>>,
+}
+
+/// Most hook statements kept prepared per connection; the cache starts over beyond it (hooks that format
+/// values into their SQL would otherwise grow it without bound).
+const MAX_CACHED_HOOK_STATEMENTS: usize = 256;
+
+impl Connection {
+    fn new(client: Client, statements: Statements) -> Self {
+        Connection {
+            client,
+            statements,
+            hook_statements: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -219,12 +247,14 @@ pub(crate) struct Writer {
     /// LISTEN/NOTIFY channel and this handle's id (the listener skips its own notifications).
     pub(crate) channel: String,
     pub(crate) instance: String,
+    /// The store's append hooks (see [`crate::hook`]).
+    pub(crate) hooks: Vec<Arc<dyn AppendHook>>,
 }
 
 impl Writer {
     pub(crate) async fn run(mut self, client: Client) {
         let mut conn = match Statements::prepare(&client).await {
-            Ok(statements) => Some(Connection { client, statements }),
+            Ok(statements) => Some(Connection::new(client, statements)),
             Err(e) => {
                 tracing::warn!(error = %backend(e), "herald-postgres writer could not prepare statements");
                 None
@@ -263,7 +293,7 @@ impl Writer {
         let statements = Statements::prepare(&client)
             .await
             .map_err(|e| backend(e).to_string())?;
-        Ok(Connection { client, statements })
+        Ok(Connection::new(client, statements))
     }
 
     /// Runs `batch` in one transaction. Requests that arrive while it runs join it (up to `max_batch`), so
@@ -273,12 +303,13 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         let requests = &mut self.requests;
         let (max_batch, instance, channel) = (self.max_batch, &self.instance, &self.channel);
+        let hooks = &self.hooks[..];
         let result = async {
             // The head lock and the first appends go out together (one round trip): the appends stamp their
             // time from the locked head row themselves, so they need nothing back from the lock.
             let first_run = batch
                 .iter()
-                .take_while(|r| matches!(r, Request::Append { .. }))
+                .take_while(|r| is_plain_append(r, hooks))
                 .count();
             let (tail, first) = tokio::join!(
                 lock_head(&conn.client),
@@ -292,11 +323,14 @@ impl Writer {
                     // A run of consecutive appends is sent pipelined: one round trip for all of them.
                     let run = batch[next..]
                         .iter()
-                        .take_while(|r| matches!(r, Request::Append { .. }))
+                        .take_while(|r| is_plain_append(r, hooks))
                         .count();
                     if run > 0 {
                         outcomes.extend(append_run(conn, &batch[next..next + run]).await?);
                         next += run;
+                    } else if matches!(batch[next], Request::Append { .. }) {
+                        outcomes.push(append_hooked(conn, &mut batch[next], hooks).await?);
+                        next += 1;
                     } else {
                         outcomes.push(apply(conn, &batch[next]).await?);
                         next += 1;
@@ -557,15 +591,29 @@ async fn append_run(conn: &Connection, run: &[Request]) -> Result<Vec<Outcome>> 
     .await;
     let mut outcomes = Vec::with_capacity(run.len());
     for ((args, expected), row) in args.iter().zip(rows) {
-        let row = row.map_err(backend)?;
-        let last_version: Option<i64> = row.get(0);
-        let first_position: Option<i64> = row.get(1);
-        let current: Option<i64> = row.get(2);
-        let any_taken: bool = row.get(3);
-        let count = args.count as u64;
-        let stream = args.stream;
-        let outcome = match (last_version, first_position) {
-            (Some(last), Some(first)) => Ok(AppendResult {
+        let (outcome, _) = append_outcome(conn, args, *expected, row.map_err(backend)?).await?;
+        outcomes.push(Outcome::Append(outcome));
+    }
+    Ok(outcomes)
+}
+
+/// What the append statement's row says: the append's result, and whether it wrote its events (`false` for
+/// a refusal and for an idempotent retry of a committed append). Refused appends read why.
+async fn append_outcome(
+    conn: &Connection,
+    args: &AppendArgs<'_>,
+    expected: ExpectedVersion,
+    row: tokio_postgres::Row,
+) -> Result<(Result<AppendResult>, bool)> {
+    let last_version: Option<i64> = row.get(0);
+    let first_position: Option<i64> = row.get(1);
+    let current: Option<i64> = row.get(2);
+    let any_taken: bool = row.get(3);
+    let count = args.count as u64;
+    let stream = args.stream;
+    Ok(match (last_version, first_position) {
+        (Some(last), Some(first)) => (
+            Ok(AppendResult {
                 stream: stream.to_owned(),
                 first_version: last as u64 + 1 - count,
                 last_version: last as u64,
@@ -573,25 +621,199 @@ async fn append_run(conn: &Connection, run: &[Request]) -> Result<Vec<Outcome>> 
                 last_position: first as u64 + count - 1,
                 ids: args.ids.clone(),
             }),
-            _ if any_taken => refused_ids(conn, stream, &args.ids).await?,
-            _ => {
-                let current = current.map(|v| v as u64);
-                match expected.check(stream, current) {
-                    Err(conflict) => Err(conflict),
-                    Ok(()) => {
-                        match check_range(stream, current.map_or(0, |v| v + 1), count as usize) {
-                            Err(e) => Err(e),
-                            Ok(()) => Err(Error::backend(format!(
-                                "append to `{stream}` was not written and no rule refused it"
-                            ))),
-                        }
-                    }
-                }
-            }
-        };
-        outcomes.push(Outcome::Append(outcome));
+            true,
+        ),
+        _ if any_taken => (refused_ids(conn, stream, &args.ids).await?, false),
+        _ => {
+            let current = current.map(|v| v as u64);
+            let refused = match expected.check(stream, current) {
+                Err(conflict) => conflict,
+                Ok(()) => match check_range(stream, current.map_or(0, |v| v + 1), count as usize) {
+                    Err(e) => e,
+                    Ok(()) => Error::backend(format!(
+                        "append to `{stream}` was not written and no rule refused it"
+                    )),
+                },
+            };
+            (Err(refused), false)
+        }
+    })
+}
+
+/// Whether `request` is an append that runs without hooks, so it can share a pipelined run.
+fn is_plain_append(request: &Request, hooks: &[Arc<dyn AppendHook>]) -> bool {
+    matches!(request, Request::Append { extra: None, .. }) && hooks.is_empty()
+}
+
+const HOOK_SAVEPOINT: &str = "SAVEPOINT herald_hook";
+const HOOK_RELEASE: &str = "RELEASE SAVEPOINT herald_hook";
+const HOOK_ROLLBACK: &str = "ROLLBACK TO SAVEPOINT herald_hook; RELEASE SAVEPOINT herald_hook";
+
+/// Runs one append with hooks or an extra inside its own savepoint (see [`crate::hook`]): the savepoint and
+/// the append statement in one round trip, then, if the events were written, every hook statement and the
+/// release in another. A hook that fails rolls back to the savepoint: this append fails, the batch goes on.
+/// `Err` means the whole transaction is lost.
+async fn append_hooked(
+    conn: &Connection,
+    request: &mut Request,
+    hooks: &[Arc<dyn AppendHook>],
+) -> Result<Outcome> {
+    let Request::Append {
+        stream,
+        events,
+        expected,
+        extra,
+        ..
+    } = request
+    else {
+        return Err(Error::backend("internal: append_hooked given a non-append"));
+    };
+    let args = AppendArgs::new(stream, events, *expected);
+    let params = args.params();
+    let (savepoint, row) = tokio::join!(
+        conn.client.batch_execute(HOOK_SAVEPOINT),
+        conn.client.query_one(&conn.statements.append, &params),
+    );
+    savepoint.map_err(backend)?;
+    let (outcome, written) = append_outcome(conn, &args, *expected, row.map_err(backend)?).await?;
+    let result = match outcome {
+        Ok(result) if written => result,
+        other => {
+            conn.client
+                .batch_execute(HOOK_RELEASE)
+                .await
+                .map_err(backend)?;
+            return Ok(Outcome::Append(other));
+        }
+    };
+    let mut writes = HookWrites::default();
+    let extra = extra
+        .take()
+        .map(|e| e.into_inner().unwrap_or_else(|e| e.into_inner()));
+    let collected = collect_hook_writes(stream, events, &result, hooks, extra, &mut writes);
+    let failure = match collected {
+        Err(e) => Some(format!(
+            "an append hook refused the append to `{stream}`: {e}"
+        )),
+        Ok(()) => run_hook_writes(conn, &writes).await.err().map(|e| {
+            format!(
+                "an append hook's statement failed for the append to `{stream}`: {}",
+                backend(e)
+            )
+        }),
+    };
+    match failure {
+        None => Ok(Outcome::Append(Ok(result))),
+        Some(message) => {
+            // The events and whatever the hooks wrote are undone; positions stay free for the next append
+            // (each append statement takes the log's end as it finds it).
+            conn.client
+                .batch_execute(HOOK_ROLLBACK)
+                .await
+                .map_err(backend)?;
+            Ok(Outcome::Append(Err(Error::backend(message))))
+        }
     }
-    Ok(outcomes)
+}
+
+/// Asks the store's hooks, then the append's extra, for their statements.
+fn collect_hook_writes(
+    stream: &str,
+    events: &[NewEvent],
+    result: &AppendResult,
+    hooks: &[Arc<dyn AppendHook>],
+    extra: Option<AppendExtra>,
+    writes: &mut HookWrites,
+) -> std::result::Result<(), HookError> {
+    if !hooks.is_empty() {
+        let appended: Vec<AppendedEvent<'_>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| AppendedEvent {
+                id: e.id,
+                event_type: &e.event_type,
+                version: result.first_version + i as u64,
+                position: result.first_position + i as u64,
+                data: &e.data,
+                metadata: &e.metadata,
+            })
+            .collect();
+        for hook in hooks {
+            hook.on_append(stream, &appended, writes)?;
+        }
+    }
+    if let Some(extra) = extra {
+        extra(result, writes)?;
+    }
+    Ok(())
+}
+
+/// Sends the hook statements and the savepoint's release, pipelined (statements not yet prepared on this
+/// connection are prepared first, also pipelined). The first error is returned; the statements after it
+/// fail too (the transaction is aborted until the caller rolls back to the savepoint).
+async fn run_hook_writes(
+    conn: &Connection,
+    writes: &HookWrites,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let missing: Vec<&str> = {
+        let cache = conn
+            .hook_statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<&str> = writes
+            .statements
+            .iter()
+            .map(|s| s.sql.as_ref())
+            .filter(|sql| !cache.contains_key(*sql))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    };
+    if !missing.is_empty() {
+        let prepared =
+            futures::future::join_all(missing.iter().map(|sql| conn.client.prepare(sql))).await;
+        let mut cache = conn
+            .hook_statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() + missing.len() > MAX_CACHED_HOOK_STATEMENTS {
+            cache.clear();
+        }
+        for (sql, statement) in missing.iter().zip(prepared) {
+            cache.insert((*sql).to_owned(), statement?);
+        }
+    }
+    let statements: Vec<(Statement, Vec<&(dyn ToSql + Sync)>)> = {
+        let cache = conn
+            .hook_statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        writes
+            .statements
+            .iter()
+            .filter_map(|s| {
+                let params = s
+                    .params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                cache.get(s.sql.as_ref()).map(|st| (st.clone(), params))
+            })
+            .collect()
+    };
+    let (results, released) = tokio::join!(
+        futures::future::join_all(
+            statements
+                .iter()
+                .map(|(statement, params)| conn.client.execute(statement, params))
+        ),
+        conn.client.batch_execute(HOOK_RELEASE),
+    );
+    for result in results {
+        result?;
+    }
+    released
 }
 
 /// An append found some of its ids stored: an idempotent retry or a duplicate.

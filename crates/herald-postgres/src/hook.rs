@@ -1,0 +1,242 @@
+//! Extension points that write inside an append's transaction (the outbox pattern).
+//!
+//! Other Herald crates (durable jobs, broker relays) must write their rows atomically with the events that
+//! cause them: no event without its side-effect rows, no row for an event that was rolled back. A hook
+//! registered with [`crate::PostgresConfig::with_append_hook`] runs for every append; an extra given to
+//! [`crate::PostgresStore::append_with`] runs for that append only. Both run after the append's events are
+//! inserted, inside the group-commit transaction, so what they write commits or rolls back with the events.
+//!
+//! # Hooks return statements, the writer sends them
+//!
+//! A hook does not get the connection: it *describes* its writes as SQL statements with parameters
+//! ([`HookWrites::push`]), and the writer sends them. That keeps the cost of a hooked append at two round
+//! trips whatever the hooks write:
+//!
+//! 1. `SAVEPOINT` and the append statement, pipelined: the writer learns the events' positions and versions;
+//! 2. every statement of every hook and of the extra, then `RELEASE SAVEPOINT`, all pipelined.
+//!
+//! An async hook holding the connection would spend a round trip per statement it awaits, while every
+//! Herald writer of every process waits on the head lock this transaction holds (see the crate docs); a hook
+//! that cannot await cannot stall it. Statements are prepared once per connection and cached by their text,
+//! so use parameters (`$1`, …) rather than formatting values into the SQL. Arrays (`$1::uuid[]` with
+//! `unnest`) write many rows in one statement.
+//!
+//! # Failure is per append
+//!
+//! Only an append with hooks or an extra pays for a `SAVEPOINT` (appends of a store without hooks are sent as
+//! before, pipelined together without one). If a hook or extra returns an error, or one of its statements
+//! fails on the server, the writer rolls back to the savepoint: the caller gets
+//! [`herald_core::Error::Backend`] naming the stream, nothing of that append is stored, and the other
+//! requests of the same batch are unaffected. Hooks are not run for a refused append (version conflict,
+//! duplicate id), nor for an idempotent retry of an already committed append, which writes nothing (its rows
+//! were written with the original append).
+//!
+//! Statements run on the writer's connection, whose `search_path` is the store's schema, while the head row
+//! is locked: keep them to a few indexed writes. They must not end the transaction or manage savepoints
+//! (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, … are refused by [`HookWrites::push`]).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use herald_core::{AppendResult, Error, Result};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+/// The error type hooks and extras return: anything that can say what went wrong.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One parameter of a hook statement (any value tokio-postgres can send: `String`, `i64`, `Uuid`, `Vec<_>`…).
+pub type HookParam = Box<dyn ToSql + Send + Sync>;
+
+/// Longest SQL text of one hook statement, in bytes.
+pub const MAX_HOOK_SQL_LEN: usize = 64 * 1024;
+
+/// One event of an append, as hooks see it (already inserted, inside the append's savepoint).
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedEvent<'a> {
+    /// The event id.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: &'a str,
+    /// Its version in the stream appended to.
+    pub version: u64,
+    /// Its global position.
+    pub position: u64,
+    /// Data, JSON text as written.
+    pub data: &'a str,
+    /// Metadata, JSON object text as written.
+    pub metadata: &'a str,
+}
+
+/// One SQL statement a hook asks the writer to run.
+pub(crate) struct HookStatement {
+    pub(crate) sql: Cow<'static, str>,
+    pub(crate) params: Vec<HookParam>,
+}
+
+/// The statements hooks and extras write for one append, run in order after the append's events are inserted.
+#[derive(Default)]
+pub struct HookWrites {
+    pub(crate) statements: Vec<HookStatement>,
+}
+
+impl fmt::Debug for HookWrites {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.statements.iter().map(|s| &s.sql))
+            .finish()
+    }
+}
+
+/// First words of statements that would end the append's transaction or meddle with its savepoint.
+const REFUSED_COMMANDS: &[&str] = &[
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
+];
+
+impl HookWrites {
+    /// Adds one statement (a single SQL command; parameters `$1`, `$2`, … in order). Refused with
+    /// [`Error::InvalidInput`]: empty or longer than [`MAX_HOOK_SQL_LEN`] bytes, or a transaction-control
+    /// command. The statement's parameter count and types are checked by the server when it is prepared; a
+    /// mismatch fails the append like any failing hook statement.
+    ///
+    /// ```
+    /// use herald_postgres::HookWrites;
+    /// let mut writes = HookWrites::default();
+    /// writes.push("INSERT INTO audit (event_id) VALUES ($1::uuid)", vec![Box::new(uuid::Uuid::nil())])?;
+    /// assert!(writes.push("COMMIT", vec![]).is_err());
+    /// assert_eq!(writes.len(), 1);
+    /// # Ok::<(), herald_core::Error>(())
+    /// ```
+    pub fn push(
+        &mut self,
+        sql: impl Into<Cow<'static, str>>,
+        params: Vec<HookParam>,
+    ) -> Result<&mut Self> {
+        let sql = sql.into();
+        let trimmed = sql.trim_start();
+        if trimmed.is_empty() {
+            return Err(Error::invalid("append hook statement is empty"));
+        }
+        if sql.len() > MAX_HOOK_SQL_LEN {
+            return Err(Error::invalid(format!(
+                "append hook statement is {} bytes, more than {MAX_HOOK_SQL_LEN}",
+                sql.len()
+            )));
+        }
+        let first_word: String = trimmed
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if REFUSED_COMMANDS.contains(&first_word.as_str()) {
+            return Err(Error::invalid(format!(
+                "append hook statement `{}` would control the append's transaction; hooks may only read \
+                 and write rows",
+                trimmed.chars().take(40).collect::<String>()
+            )));
+        }
+        self.statements.push(HookStatement { sql, params });
+        Ok(self)
+    }
+
+    /// Number of statements added.
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// True when no statement was added.
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+}
+
+/// Called by the writer for every append of a store it is registered on (see the module docs). Register with
+/// [`crate::PostgresConfig::with_append_hook`].
+pub trait AppendHook: Send + Sync + 'static {
+    /// Adds this hook's statements for `events`, just appended to `stream`, to `writes`. It runs on the
+    /// writer task while the head lock is held: compute, do not block. An error fails this append only.
+    fn on_append(
+        &self,
+        stream: &str,
+        events: &[AppendedEvent<'_>],
+        writes: &mut HookWrites,
+    ) -> std::result::Result<(), HookError>;
+}
+
+/// Work for one append only, run after the store's hooks: see [`crate::PostgresStore::append_with`]. It gets
+/// the append's result (stream, versions, positions, ids) and adds its statements to `writes`.
+pub type AppendExtra =
+    Box<dyn FnOnce(&AppendResult, &mut HookWrites) -> std::result::Result<(), HookError> + Send>;
+
+/// The hooks of a store, in registration order. Compared by identity.
+#[derive(Clone, Default)]
+pub struct AppendHooks(pub(crate) Vec<Arc<dyn AppendHook>>);
+
+impl AppendHooks {
+    /// True when no hook is registered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of hooks registered.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for AppendHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppendHooks({})", self.0.len())
+    }
+}
+
+impl PartialEq for AppendHooks {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for AppendHooks {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_refuses_transaction_control_and_empty_statements() {
+        let mut writes = HookWrites::default();
+        for bad in [
+            "",
+            "   ",
+            "COMMIT",
+            " rollback to savepoint x",
+            "Release x",
+            "BEGIN",
+            "end",
+            "SAVEPOINT a",
+            "prepare transaction 'x'",
+        ] {
+            let err = writes.push(bad, vec![]).unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");
+        }
+        let long = format!("SELECT '{}'", "x".repeat(MAX_HOOK_SQL_LEN));
+        assert!(writes.push(long, vec![]).is_err());
+        writes
+            .push("INSERT INTO t VALUES ($1)", vec![Box::new(1i64)])
+            .unwrap()
+            .push("SELECT pg_notify('c', 'x')", vec![])
+            .unwrap();
+        assert_eq!(writes.len(), 2);
+        // "ended_at" or "committed" as a column name is not a command.
+        assert!(writes.push("UPDATE t SET committed = true", vec![]).is_ok());
+    }
+}
