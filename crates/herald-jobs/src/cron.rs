@@ -112,6 +112,14 @@ impl Scheduler {
             return Ok(0);
         }
         let now = self.jobs.now_micros();
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.jobs.pg() {
+            let n = pg.cron(due, now, until).await?;
+            if n > 0 {
+                self.jobs.wake();
+            }
+            return Ok(n);
+        }
         let n = self
             .jobs
             .write(move |conn| {

@@ -1,4 +1,5 @@
-//! Herald's durable job queue and async event handlers, in the event store's SQLite file (the Sidekiq /
+//! Herald's durable job queue and async event handlers, in the event store's database — its SQLite file or
+//! its PostgreSQL schema, same API and semantics on both (the Sidekiq /
 //! ActiveJob analogue, with what Sidekiq OSS lacks: no job lost on a crash, transactional enqueue with event
 //! appends, unique jobs, per-key ordering, cron with time zones, per-type concurrency limits).
 //!
@@ -33,7 +34,14 @@
 //! # Semantics
 //!
 //! - **Durable enqueue.** `enqueue` returns after the job is committed (`synchronous = FULL` by default).
-//!   Concurrent writes are group-committed by one writer thread (one fsync per batch).
+//!   On SQLite concurrent writes are group-committed by one writer thread (one fsync per batch); on
+//!   PostgreSQL every statement commits with `synchronous_commit = on` and the server merges concurrent
+//!   flushes.
+//! - **Several processes.** Any number of processes may open the same database and run pools. On
+//!   PostgreSQL, claims lease jobs with `FOR UPDATE SKIP LOCKED` in batches (a job is leased to one worker
+//!   at a time; `tests/processes.rs` checks two processes of 8 workers over 4,000 jobs), and idle pools are
+//!   woken by `LISTEN`/`NOTIFY` within milliseconds of an enqueue in any process; on SQLite, by this process's
+//!   enqueues at once and other processes' at the next poll.
 //! - **Transactional enqueue.** [`JobStore::append_with_jobs`] and [`AsyncHandlers`] (an append hook) write jobs
 //!   in the same transaction as the events: no event without its jobs, no job for a rolled-back append.
 //! - **At-least-once.** A claimed job is leased ([`JobsConfig::lease`]) and the pool renews the lease. If the
@@ -56,7 +64,11 @@
 //!
 //! # Feature flags
 //!
-//! None: the crate needs herald-sqlite (the job tables live in the event store's SQLite file) and Tokio.
+//! | feature | default | what |
+//! | --- | --- | --- |
+//! | `postgres` | no | the PostgreSQL backend: [`JobStore::open_postgres`], `postgres://` in [`JobStore::open_url`], [`insert_jobs_postgres`] |
+//!
+//! SQLite is always there (herald-sqlite: the job tables live in the event store's SQLite file).
 //!
 //! # Where things are
 //!
@@ -66,20 +78,29 @@
 //! | [`WorkerPool`] | queues with concurrency, typed handlers, leases, retries, graceful shutdown |
 //! | [`AsyncHandlers`] | the append hook that writes one job per (event, async handler) |
 //! | [`Scheduler`], [`Periodic`] | cron jobs with time zones, one enqueue per tick across processes |
-//! | [`insert_job`] | enqueue on a connection inside someone else's transaction |
+//! | [`insert_job`] | enqueue on an SQLite connection inside someone else's transaction |
+//! | `insert_jobs_postgres` | the same on a PostgreSQL client or transaction (feature `postgres`) |
 //!
 //! # Capabilities
 //!
-//! | backend | status |
-//! | --- | --- |
-//! | SQLite (same file as the events) | yes |
-//! | PostgreSQL | not yet |
+//! | capability | SQLite (same file as the events) | PostgreSQL (feature `postgres`, same schema as the events by default) |
+//! | --- | --- | --- |
+//! | enqueue (one, bulk, delayed), priorities, unique keys, per-key order, per-type limits | yes | yes |
+//! | leases, retries with backoff, dead set with limits, graceful shutdown | yes | yes |
+//! | cron exactly once per tick across processes | yes | yes |
+//! | several worker processes | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
+//! | wake-up of idle workers on enqueue | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
+//! | transactional enqueue with appends ([`AsyncHandlers`], `append_with_jobs`) | yes | [`insert_jobs_postgres`] in your own transaction |
+//! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
+//! | `herald jobs …` CLI | yes | yes |
 
 mod clock;
 mod cron;
 mod error;
 mod events;
 mod job;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod schema;
 mod store;
 mod worker;
@@ -91,6 +112,8 @@ pub use events::{AsyncHandlers, EventJobArgs, Route};
 pub use job::{
     Backoff, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobContext, JobResult, JobType, NewJob,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::insert_jobs_postgres;
 pub use store::{
     DeadJob, JobInfo, JobStore, JobsConfig, ListFilter, QueueStats, Stats, insert_job,
 };

@@ -98,15 +98,27 @@ struct Op {
 type OpFn = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 pub(crate) struct Inner {
-    path: PathBuf,
     pub(crate) config: JobsConfig,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) backend: Backend,
+}
+
+/// Where the jobs are.
+pub(crate) enum Backend {
+    Sqlite(SqliteBackend),
+    #[cfg(feature = "postgres")]
+    Postgres(Box<crate::postgres::PgBackend>),
+}
+
+/// The SQLite file, its writer thread and its read connection.
+pub(crate) struct SqliteBackend {
+    path: PathBuf,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     read: Arc<Mutex<Connection>>,
-    pub(crate) wake: Arc<Notify>,
 }
 
-impl Drop for Inner {
+impl Drop for SqliteBackend {
     fn drop(&mut self) {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -115,7 +127,8 @@ impl Drop for Inner {
     }
 }
 
-/// The durable job queue on an SQLite file (usually the event store's). Cheap to clone.
+/// The durable job queue, in the event store's database: an SQLite file ([`JobStore::open`]) or a PostgreSQL
+/// schema ([`JobStore::open_postgres`], feature `postgres`). Same API and semantics on both. Cheap to clone.
 #[derive(Clone)]
 pub struct JobStore {
     pub(crate) inner: Arc<Inner>,
@@ -123,9 +136,13 @@ pub struct JobStore {
 
 impl std::fmt::Debug for JobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobStore")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("JobStore");
+        match &self.inner.backend {
+            Backend::Sqlite(s) => d.field("path", &s.path),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p) => d.field("schema", &p.schema),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -278,7 +295,7 @@ fn job_info(r: &herald_sqlite::rusqlite::Row<'_>) -> herald_sqlite::rusqlite::Re
     })
 }
 
-fn state_name(s: i64) -> &'static str {
+pub(crate) fn state_name(s: i64) -> &'static str {
     match s {
         AVAILABLE => "available",
         SCHEDULED => "scheduled",
@@ -343,19 +360,92 @@ impl JobStore {
             .map_err(|e| JobError::backend(format!("cannot start the job writer: {e}")))?;
         Ok(JobStore {
             inner: Arc::new(Inner {
-                path,
                 config,
-                ops: Mutex::new(Some(tx)),
-                writer: Mutex::new(Some(writer)),
-                read: Arc::new(Mutex::new(read)),
                 wake: Arc::new(Notify::new()),
+                backend: Backend::Sqlite(SqliteBackend {
+                    path,
+                    ops: Mutex::new(Some(tx)),
+                    writer: Mutex::new(Some(writer)),
+                    read: Arc::new(Mutex::new(read)),
+                }),
             }),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Opens (creating when missing) the job tables in the PostgreSQL database a
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=S&pool_size=N]` URL names (`postgresql://` too),
+    /// in schema `S` — by default `herald`, the event store's — with at most `N` connections (default 8), plus
+    /// one that listens for wake-ups. Several processes may open the same schema at once.
+    #[cfg(feature = "postgres")]
+    pub async fn open_postgres(url: &str, config: JobsConfig) -> Result<Self> {
+        let wake = Arc::new(Notify::new());
+        let pg = crate::postgres::PgBackend::open(url, &config, Arc::clone(&wake)).await?;
+        Ok(JobStore {
+            inner: Arc::new(Inner {
+                config,
+                wake,
+                backend: Backend::Postgres(Box::new(pg)),
+            }),
+        })
+    }
+
+    /// Opens the job store a URL names: `sqlite://PATH`, or `postgres://…` / `postgresql://…` (feature
+    /// `postgres`, see [`JobStore::open_postgres`]).
+    pub async fn open_url(url: &str, config: JobsConfig) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(JobError::invalid("sqlite:// URL without a path"));
+            }
+            return Self::open(path, config).await;
+        }
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::open_postgres(url, config).await;
+        }
+        Err(JobError::invalid(format!(
+            "job store URL `{url}` is not sqlite://PATH{}",
+            if cfg!(feature = "postgres") {
+                " or postgres://…"
+            } else {
+                " (PostgreSQL needs herald-jobs' `postgres` feature)"
+            }
+        )))
+    }
+
+    /// The SQLite file, or `None` on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.backend {
+            Backend::Sqlite(s) => Some(&s.path),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL schema holding the job tables, or `None` on SQLite.
+    pub fn postgres_schema(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => None,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p) => Some(&p.schema),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg(&self) -> Option<&crate::postgres::PgBackend> {
+        match &self.inner.backend {
+            Backend::Postgres(p) => Some(p.as_ref()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    fn sqlite(&self) -> Result<&SqliteBackend> {
+        match &self.inner.backend {
+            Backend::Sqlite(s) => Ok(s),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(JobError::backend(
+                "an SQLite operation reached a PostgreSQL job store (a Herald bug)",
+            )),
+        }
     }
 
     /// The store's clock reading, µs since the epoch.
@@ -408,8 +498,9 @@ impl JobStore {
             (ok, reply)
         });
         let op = Op { durable, run };
+        let sqlite = self.sqlite()?;
         {
-            let ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
+            let ops = sqlite.ops.lock().unwrap_or_else(|e| e.into_inner());
             ops.as_ref()
                 .ok_or(JobError::Closed)?
                 .send(op)
@@ -418,8 +509,7 @@ impl JobStore {
         // A dropped reply means the op never ran: the store closed, or the batch transaction failed before
         // reaching it (the writer logged why).
         rx.await.map_err(|_| {
-            let open = self
-                .inner
+            let open = sqlite
                 .ops
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -439,7 +529,7 @@ impl JobStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let read = Arc::clone(&self.inner.read);
+        let read = Arc::clone(&self.sqlite()?.read);
         tokio::task::spawn_blocking(move || {
             let conn = read.lock().unwrap_or_else(|e| e.into_inner());
             f(&conn)
@@ -454,6 +544,12 @@ impl JobStore {
         job.validate()?;
         let now = self.now_micros();
         let id = job.id;
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let ids = pg.insert(std::slice::from_ref(&job), now).await?;
+            self.wake();
+            return Ok(ids.first().copied());
+        }
         let inserted = self
             .write(move |conn| Ok(insert_job(conn, &job, now)?))
             .await?;
@@ -468,6 +564,12 @@ impl JobStore {
             job.validate()?;
         }
         let now = self.now_micros();
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let ids = pg.insert(&jobs, now).await?;
+            self.wake();
+            return Ok(ids);
+        }
         let ids = self
             .write(move |conn| {
                 let mut ids = Vec::with_capacity(jobs.len());
@@ -496,6 +598,11 @@ impl JobStore {
         for job in &jobs {
             job.validate()?;
         }
+        self.sqlite().map_err(|_| {
+            JobError::invalid(
+                "append_with_jobs with an SQLite event store needs an SQLite job store",
+            )
+        })?;
         let clock = Arc::clone(&self.inner.config.clock);
         let result = store
             .append_with(
@@ -526,6 +633,12 @@ impl JobStore {
         limit: usize,
         limits: Arc<Vec<(String, u32)>>,
     ) -> Result<Vec<Claimed>> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg
+                .claim(&self.inner.config, &queue, owner, limit, &limits)
+                .await;
+        }
         let clock = Arc::clone(&self.inner.config.clock);
         let lease = micros(self.inner.config.lease);
         let dead_limits = (
@@ -597,6 +710,10 @@ impl JobStore {
     /// Records finished runs of `owner`'s jobs in one transaction. A completion whose lease was lost (the job
     /// was re-leased after expiry) changes nothing.
     pub(crate) async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.complete(&self.inner.config, owner, done).await;
+        }
         let clock = Arc::clone(&self.inner.config.clock);
         let (dead_max, dead_age) = (
             self.inner.config.dead_max_jobs,
@@ -661,6 +778,10 @@ impl JobStore {
 
     /// Extends the leases of every job `owner` holds.
     pub(crate) async fn renew(&self, owner: Uuid) -> Result<usize> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.renew(&self.inner.config, owner).await;
+        }
         let clock = Arc::clone(&self.inner.config.clock);
         let lease = micros(self.inner.config.lease);
         self.write_progress(move |conn| {
@@ -676,6 +797,12 @@ impl JobStore {
 
     /// Returns every job `owner` still holds to the queue (shutdown after the timeout). The attempt counts.
     pub(crate) async fn release_all(&self, owner: Uuid) -> Result<usize> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let n = pg.release_all(&self.inner.config, owner).await?;
+            self.wake();
+            return Ok(n);
+        }
         let clock = Arc::clone(&self.inner.config.clock);
         let n = self
             .write_progress(move |conn| {
@@ -694,6 +821,10 @@ impl JobStore {
     /// Counts per queue and the dead set's size.
     pub async fn stats(&self) -> Result<Stats> {
         let now = self.now_micros();
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.stats(now).await;
+        }
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT queue, state, run_at <= ?1, count(*) FROM herald_jobs GROUP BY 1, 2, 3 ORDER BY 1",
@@ -747,6 +878,10 @@ impl JobStore {
             }
         };
         let limit = i64::try_from(filter.limit.unwrap_or(100)).unwrap_or(i64::MAX);
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.list(filter.queue, state, limit, None).await;
+        }
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM herald_jobs
@@ -761,6 +896,10 @@ impl JobStore {
 
     /// One live (pending or running) job by id.
     pub async fn job(&self, id: Uuid) -> Result<Option<JobInfo>> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return Ok(pg.list(None, None, 1, Some(id)).await?.pop());
+        }
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
@@ -774,6 +913,10 @@ impl JobStore {
 
     /// The dead set, most recent first.
     pub async fn dead(&self, limit: usize) -> Result<Vec<DeadJob>> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.dead(i64::try_from(limit).unwrap_or(i64::MAX)).await;
+        }
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT job_id, queue, kind, args, metadata, attempt, last_error, errors, enqueued_at, died_at
@@ -801,6 +944,15 @@ impl JobStore {
     /// Moves a dead job back to its queue, ready now, with a fresh attempt count (history kept).
     pub async fn retry_dead(&self, id: Uuid) -> Result<()> {
         let now = self.now_micros();
+        #[cfg(feature = "postgres")]
+        let n = match self.pg() {
+            Some(pg) => pg.retry_dead(Some(id), now).await?,
+            None => {
+                self.write(move |conn| retry_dead_rows(conn, Some(id), now))
+                    .await?
+            }
+        };
+        #[cfg(not(feature = "postgres"))]
         let n = self
             .write(move |conn| retry_dead_rows(conn, Some(id), now))
             .await?;
@@ -814,6 +966,15 @@ impl JobStore {
     /// Moves every dead job back to its queue. Returns how many.
     pub async fn retry_all_dead(&self) -> Result<usize> {
         let now = self.now_micros();
+        #[cfg(feature = "postgres")]
+        let n = match self.pg() {
+            Some(pg) => pg.retry_dead(None, now).await?,
+            None => {
+                self.write(move |conn| retry_dead_rows(conn, None, now))
+                    .await?
+            }
+        };
+        #[cfg(not(feature = "postgres"))]
         let n = self
             .write(move |conn| retry_dead_rows(conn, None, now))
             .await?;
@@ -823,6 +984,13 @@ impl JobStore {
 
     /// Removes a dead job for good.
     pub async fn discard_dead(&self, id: Uuid) -> Result<()> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return match pg.discard_dead(id).await? {
+                0 => Err(JobError::NotFound(id)),
+                _ => Ok(()),
+            };
+        }
         let n = self
             .write(move |conn| {
                 Ok(conn.execute(
@@ -839,6 +1007,10 @@ impl JobStore {
 
     /// Removes a pending job (not a running one). Returns false when there is no such pending job.
     pub async fn cancel(&self, id: Uuid) -> Result<bool> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return Ok(pg.cancel(id).await? == 1);
+        }
         let n = self
             .write(move |conn| {
                 Ok(conn.execute(

@@ -1,5 +1,5 @@
 //! A worker process killed with SIGKILL mid-job loses nothing: its leased jobs run again (next attempt) in
-//! another worker once the lease expires.
+//! another worker once the lease expires. On SQLite and on PostgreSQL.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::eventually;
+use common::{Kind, eventually};
 use herald_jobs::{JobResult, JobStore, JobsConfig, ListFilter, NewJob, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
@@ -25,12 +25,12 @@ fn config() -> JobsConfig {
 #[ignore = "child process of sigkill_mid_job_loses_nothing"]
 async fn crash_child() {
     let (Ok(db), Ok(log)) = (
-        std::env::var("HERALD_JOBS_CRASH_DB"),
+        std::env::var("HERALD_JOBS_CRASH_URL"),
         std::env::var("HERALD_JOBS_CRASH_LOG"),
     ) else {
         return;
     };
-    let jobs = JobStore::open(&db, config()).await.unwrap();
+    let jobs = JobStore::open_url(&db, config()).await.unwrap();
     let stop = CancellationToken::new();
     let _pool = WorkerPool::builder(jobs)
         .queue("default", 4)
@@ -56,11 +56,22 @@ async fn crash_child() {
 }
 
 #[tokio::test]
-async fn sigkill_mid_job_loses_nothing() {
+async fn sigkill_mid_job_loses_nothing_sqlite() {
+    sigkill_mid_job_loses_nothing(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_job_loses_nothing_postgres() {
+    if common::postgres_available("sigkill_mid_job_loses_nothing_postgres").await {
+        sigkill_mid_job_loses_nothing(Kind::Postgres).await;
+    }
+}
+
+async fn sigkill_mid_job_loses_nothing(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("herald.db");
+    let (db, _schema) = common::fresh_url(kind, dir.path());
     let log = dir.path().join("done.log");
-    let jobs = JobStore::open(&db, config()).await.unwrap();
+    let jobs = JobStore::open_url(&db, config()).await.unwrap();
     let all: Vec<NewJob> = (0..JOBS)
         .map(|i| NewJob::raw("work", i.to_string()))
         .collect();
@@ -74,7 +85,7 @@ async fn sigkill_mid_job_loses_nothing() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("HERALD_JOBS_CRASH_DB", &db)
+        .env("HERALD_JOBS_CRASH_URL", &db)
         .env("HERALD_JOBS_CRASH_LOG", &log)
         .stdout(std::process::Stdio::piped())
         .spawn()

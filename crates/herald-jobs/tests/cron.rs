@@ -44,16 +44,9 @@ fn schedules() -> Vec<Periodic> {
     ]
 }
 
-#[tokio::test]
-async fn two_store_handles_racing_enqueue_each_tick_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("herald.db");
-    let a = JobStore::open(&path, JobsConfig::default().full_sync(false))
-        .await
-        .unwrap();
-    let b = JobStore::open(&path, JobsConfig::default().full_sync(false))
-        .await
-        .unwrap();
+async fn two_store_handles_racing_enqueue_each_tick_once(f: common::Fixture) {
+    let a = f.reopen(JobsConfig::default().full_sync(false)).await;
+    let b = f.reopen(JobsConfig::default().full_sync(false)).await;
     let (sa, sb) = (
         Scheduler::new(a.clone(), schedules()),
         Scheduler::new(b.clone(), schedules()),
@@ -100,10 +93,10 @@ async fn two_store_handles_racing_enqueue_each_tick_once() {
 #[tokio::test]
 #[ignore = "child process of cron_exactly_once_across_processes"]
 async fn cron_child() {
-    let Ok(path) = std::env::var("HERALD_JOBS_CRON_DB") else {
+    let Ok(path) = std::env::var("HERALD_JOBS_CRON_URL") else {
         return;
     };
-    let jobs = JobStore::open(&path, JobsConfig::default().full_sync(false))
+    let jobs = JobStore::open_url(&path, JobsConfig::default().full_sync(false))
         .await
         .unwrap();
     let s = Scheduler::new(jobs, schedules());
@@ -117,13 +110,9 @@ async fn cron_child() {
     println!("\nENQUEUED {n}");
 }
 
-#[tokio::test]
-async fn cron_exactly_once_across_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("herald.db");
-    let jobs = JobStore::open(&path, JobsConfig::default().full_sync(false))
-        .await
-        .unwrap();
+async fn cron_exactly_once_across_processes(f: common::Fixture) {
+    let path = f.url.clone();
+    let jobs = f.reopen(JobsConfig::default().full_sync(false)).await;
     let children: Vec<_> = (0..2)
         .map(|_| {
             std::process::Command::new(std::env::current_exe().unwrap())
@@ -134,7 +123,7 @@ async fn cron_exactly_once_across_processes() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env("HERALD_JOBS_CRON_DB", &path)
+                .env("HERALD_JOBS_CRON_URL", &path)
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -168,16 +157,11 @@ async fn cron_exactly_once_across_processes() {
     );
 }
 
-#[tokio::test]
-async fn a_running_scheduler_enqueues_when_the_clock_reaches_a_tick() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_running_scheduler_enqueues_when_the_clock_reaches_a_tick(f: common::Fixture) {
     let clock = herald_jobs::ManualClock::at_micros(JAN_15 + 30_000_000);
-    let jobs = JobStore::open(
-        dir.path().join("herald.db"),
-        JobsConfig::default().clock(clock.clone()).full_sync(false),
-    )
-    .await
-    .unwrap();
+    let jobs = f
+        .reopen(JobsConfig::default().clock(clock.clone()).full_sync(false))
+        .await;
     let stop = tokio_util::sync::CancellationToken::new();
     let task = Scheduler::new(jobs.clone(), schedules())
         .start(std::time::Duration::from_millis(5), stop.clone());
@@ -193,3 +177,9 @@ async fn a_running_scheduler_enqueues_when_the_clock_reaches_a_tick() {
     let all = jobs.list(ListFilter::default()).await.unwrap();
     assert!(all.iter().all(|j| j.kind == "tick"));
 }
+
+both_backends!(
+    two_store_handles_racing_enqueue_each_tick_once,
+    cron_exactly_once_across_processes,
+    a_running_scheduler_enqueues_when_the_clock_reaches_a_tick,
+);

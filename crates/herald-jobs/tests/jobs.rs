@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, fixture};
+use common::{Fixture, eventually};
 use herald_jobs::{
     Backoff, HandlerOptions, JOB_RUN_EVENT, JobResult, JobRun, ListFilter, NewJob, WorkerPool,
 };
@@ -21,9 +21,7 @@ async fn live(jobs: &herald_jobs::JobStore) -> Vec<herald_jobs::JobInfo> {
     jobs.list(ListFilter::default()).await.unwrap()
 }
 
-#[tokio::test]
-async fn runs_jobs_by_priority_then_enqueue_order_and_respects_delays() {
-    let f = fixture().await;
+async fn runs_jobs_by_priority_then_enqueue_order_and_respects_delays(f: Fixture) {
     let mut ids = Vec::new();
     for (i, prio) in [0, 5, 0, 9].into_iter().enumerate() {
         let job = NewJob::raw("echo", format!("{i}")).priority(prio);
@@ -61,9 +59,7 @@ async fn runs_jobs_by_priority_then_enqueue_order_and_respects_delays() {
     pool.join().await;
 }
 
-#[tokio::test]
-async fn failures_follow_the_sidekiq_schedule_then_die_with_their_history() {
-    let f = fixture().await;
+async fn failures_follow_the_sidekiq_schedule_then_die_with_their_history(f: Fixture) {
     let id = f
         .jobs
         .enqueue(NewJob::raw("flaky", "{}").max_attempts(3))
@@ -134,9 +130,7 @@ async fn failures_follow_the_sidekiq_schedule_then_die_with_their_history() {
     pool.join().await;
 }
 
-#[tokio::test]
-async fn retry_discard_and_custom_backoff() {
-    let f = fixture().await;
+async fn retry_discard_and_custom_backoff(f: Fixture) {
     f.jobs.enqueue(NewJob::raw("r", "1")).await.unwrap();
     f.jobs.enqueue(NewJob::raw("d", "2")).await.unwrap();
     f.jobs.enqueue(NewJob::raw("c", "3")).await.unwrap();
@@ -179,9 +173,7 @@ async fn retry_discard_and_custom_backoff() {
     pool.join().await;
 }
 
-#[tokio::test]
-async fn dead_set_retry_one_all_discard_and_limits() {
-    let f = fixture().await;
+async fn dead_set_retry_one_all_discard_and_limits(f: Fixture) {
     let stop = CancellationToken::new();
     for i in 0..5 {
         f.jobs
@@ -220,15 +212,10 @@ async fn dead_set_retry_one_all_discard_and_limits() {
     assert_eq!(stats.dead, 0);
 
     // Size limit: a store keeping at most 2 dead jobs.
-    let g = common::fixture().await;
-    let small = herald_jobs::JobStore::open(
-        g.dir.path().join("herald.db"),
-        herald_jobs::JobsConfig::default()
-            .clock(g.clock.clone())
-            .dead_limits(2, Duration::from_secs(3600)),
-    )
-    .await
-    .unwrap();
+    let g = f.again().await;
+    let small = g
+        .reopen(common::config(&g.clock).dead_limits(2, Duration::from_secs(3600)))
+        .await;
     for i in 0..4 {
         small
             .enqueue(NewJob::raw("bad", format!("{i}")).max_attempts(1))
@@ -257,9 +244,7 @@ async fn dead_set_retry_one_all_discard_and_limits() {
     pool.join().await;
 }
 
-#[tokio::test]
-async fn unique_jobs_enqueue_once_while_pending_or_running() {
-    let f = fixture().await;
+async fn unique_jobs_enqueue_once_while_pending_or_running(f: Fixture) {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let jobs = f.jobs.clone();
@@ -319,9 +304,7 @@ async fn unique_jobs_enqueue_once_while_pending_or_running() {
     pool.join().await;
 }
 
-#[tokio::test]
-async fn same_order_key_runs_one_at_a_time_in_order_even_with_retries() {
-    let f = fixture().await;
+async fn same_order_key_runs_one_at_a_time_in_order_even_with_retries(f: Fixture) {
     let keys = ["a", "b", "c"];
     let mut jobs = Vec::new();
     for seq in 0..30 {
@@ -402,9 +385,7 @@ async fn same_order_key_runs_one_at_a_time_in_order_even_with_retries() {
     }
 }
 
-#[tokio::test]
-async fn concurrency_limit_per_job_type() {
-    let f = fixture().await;
+async fn concurrency_limit_per_job_type(f: Fixture) {
     let jobs = (0..12)
         .map(|i| NewJob::raw("limited", format!("{i}")))
         .collect();
@@ -446,9 +427,7 @@ async fn concurrency_limit_per_job_type() {
     assert_eq!(free_ran.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn shutdown_finishes_running_jobs_and_releases_the_rest() {
-    let f = fixture().await;
+async fn shutdown_finishes_running_jobs_and_releases_the_rest(f: Fixture) {
     let jobs = (0..6)
         .map(|i| NewJob::raw("slow", format!("{i}")))
         .collect();
@@ -508,14 +487,18 @@ async fn shutdown_finishes_running_jobs_and_releases_the_rest() {
     assert_eq!(left.iter().filter(|j| j.attempt == 1).count(), 1);
 }
 
-#[tokio::test]
-async fn every_run_is_an_instrumentation_event() {
-    let f = fixture().await;
+async fn every_run_is_an_instrumentation_event(f: Fixture) {
+    // The notifier is process-global and both backends' tests run at once: each watches its own kinds.
+    let (ok, bad) = (
+        format!("instr-{:?}-ok", f.kind),
+        format!("instr-{:?}-bad", f.kind),
+    );
+    let prefix = format!("instr-{:?}-", f.kind);
     let seen: Arc<Mutex<Vec<(String, String, u32, &'static str)>>> = Arc::default();
     let s2 = seen.clone();
     let _sub = herald_notify::subscribe(JOB_RUN_EVENT, move |e| {
         if let Some(run) = e.payload_as::<JobRun>()
-            && run.kind.starts_with("instr-")
+            && run.kind.starts_with(&prefix)
         {
             s2.lock().unwrap().push((
                 run.kind.clone(),
@@ -526,19 +509,19 @@ async fn every_run_is_an_instrumentation_event() {
         }
     });
     f.jobs
-        .enqueue(NewJob::raw("instr-ok", "{}").queue("q1"))
+        .enqueue(NewJob::raw(ok.clone(), "{}").queue("q1"))
         .await
         .unwrap();
     f.jobs
-        .enqueue(NewJob::raw("instr-bad", "{}").queue("q1").max_attempts(1))
+        .enqueue(NewJob::raw(bad.clone(), "{}").queue("q1").max_attempts(1))
         .await
         .unwrap();
     let stop = CancellationToken::new();
     let pool = WorkerPool::builder(f.jobs.clone())
         .queue("q1", 1)
         .prefetch(0)
-        .handle_raw("instr-ok", |_, _| async { JobResult::Success })
-        .handle_raw("instr-bad", |_, _| async { JobResult::fail("x") })
+        .handle_raw(ok.clone(), |_, _| async { JobResult::Success })
+        .handle_raw(bad.clone(), |_, _| async { JobResult::fail("x") })
         .start(stop.clone());
     eventually("two runs seen", || async {
         seen.lock().unwrap().len() == 2
@@ -550,23 +533,20 @@ async fn every_run_is_an_instrumentation_event() {
     assert_eq!(
         seen,
         [
-            ("instr-ok".to_owned(), "q1".to_owned(), 1, "success"),
-            ("instr-bad".to_owned(), "q1".to_owned(), 1, "dead")
+            (ok, "q1".to_owned(), 1, "success"),
+            (bad, "q1".to_owned(), 1, "dead")
         ]
     );
 }
 
-#[tokio::test]
-async fn lazy_progress_switches_sync_modes_and_still_runs_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = herald_jobs::JobStore::open(
-        dir.path().join("herald.db"),
-        herald_jobs::JobsConfig::default()
-            .full_sync(true)
-            .durable_progress(false),
-    )
-    .await
-    .unwrap();
+async fn lazy_progress_switches_sync_modes_and_still_runs_everything(f: Fixture) {
+    let jobs = f
+        .reopen(
+            herald_jobs::JobsConfig::default()
+                .full_sync(true)
+                .durable_progress(false),
+        )
+        .await;
     let ran = Arc::new(AtomicUsize::new(0));
     let r = ran.clone();
     let stop = CancellationToken::new();
@@ -590,3 +570,16 @@ async fn lazy_progress_switches_sync_modes_and_still_runs_everything() {
     stop.cancel();
     pool.join().await;
 }
+
+both_backends!(
+    runs_jobs_by_priority_then_enqueue_order_and_respects_delays,
+    failures_follow_the_sidekiq_schedule_then_die_with_their_history,
+    retry_discard_and_custom_backoff,
+    dead_set_retry_one_all_discard_and_limits,
+    unique_jobs_enqueue_once_while_pending_or_running,
+    same_order_key_runs_one_at_a_time_in_order_even_with_retries,
+    concurrency_limit_per_job_type,
+    shutdown_finishes_running_jobs_and_releases_the_rest,
+    every_run_is_an_instrumentation_event,
+    lazy_progress_switches_sync_modes_and_still_runs_everything,
+);

@@ -1,26 +1,181 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+//! Shared by the integration tests: one fixture per backend (an SQLite file in a temporary directory, or a
+//! fresh PostgreSQL schema dropped afterwards), and `both_backends!`, which runs a test body on each. When
+//! PostgreSQL is unreachable its tests fail if `CI` is set and skip with a printed reason otherwise.
+
 use std::future::Future;
 use std::time::Duration;
 
 use herald_jobs::{JobStore, JobsConfig, ManualClock};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
 pub struct Fixture {
+    pub kind: Kind,
     pub dir: tempfile::TempDir,
     pub jobs: JobStore,
     pub clock: ManualClock,
+    /// The database URL (`sqlite://…` or `postgres://…?schema=…`).
+    pub url: String,
+    pub schema: Option<TestSchema>,
 }
 
-pub async fn fixture() -> Fixture {
+impl Fixture {
+    /// Another store handle on the same database.
+    pub async fn reopen(&self, config: JobsConfig) -> JobStore {
+        JobStore::open_url(&self.url, config).await.unwrap()
+    }
+
+    /// A new fixture of the same backend (a new file or schema).
+    pub async fn again(&self) -> Fixture {
+        fixture(self.kind, "again").await.expect("available before")
+    }
+}
+
+pub fn config(clock: &ManualClock) -> JobsConfig {
+    JobsConfig::default().clock(clock.clone()).full_sync(false)
+}
+
+/// The test database: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
+pub fn database_url() -> String {
+    std::env::var("HERALD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// A URL (for `kind`) naming a fresh database: a file in `dir`, or a new schema.
+pub fn fresh_url(kind: Kind, dir: &std::path::Path) -> (String, Option<TestSchema>) {
+    match kind {
+        Kind::Sqlite => (
+            format!("sqlite://{}", dir.join("herald.db").display()),
+            None,
+        ),
+        Kind::Postgres => {
+            let schema = TestSchema::new();
+            let base = database_url();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            (format!("{base}{sep}schema={}", schema.name), Some(schema))
+        }
+    }
+}
+
+/// A fresh store of `kind` on a manual clock; `None` when PostgreSQL is unreachable outside CI.
+pub async fn fixture(kind: Kind, test: &str) -> Option<Fixture> {
+    if kind == Kind::Postgres && !postgres_available(test).await {
+        return None;
+    }
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at_micros(1_700_000_000_000_000);
-    let jobs = JobStore::open(
-        dir.path().join("herald.db"),
-        JobsConfig::default().clock(clock.clone()).full_sync(false),
-    )
-    .await
-    .unwrap();
-    Fixture { dir, jobs, clock }
+    let (url, schema) = fresh_url(kind, dir.path());
+    let jobs = JobStore::open_url(&url, config(&clock)).await.unwrap();
+    Some(Fixture {
+        kind,
+        dir,
+        jobs,
+        clock,
+        url,
+        schema,
+    })
+}
+
+/// Runs each named `async fn(Fixture)` once per backend: `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let f = $crate::common::fixture($crate::common::Kind::Sqlite, stringify!($name))
+                        .await
+                        .unwrap();
+                    super::$name(f).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(f) =
+                        $crate::common::fixture($crate::common::Kind::Postgres, stringify!($name)).await
+                    {
+                        super::$name(f).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A schema of its own for one test; dropped (with everything in it) when the guard is dropped.
+#[derive(Debug)]
+pub struct TestSchema {
+    pub name: String,
+}
+
+impl TestSchema {
+    pub fn new() -> Self {
+        TestSchema {
+            name: format!("hj_{}", uuid::Uuid::now_v7().simple()),
+        }
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        // Drop may run inside a Tokio runtime, which cannot block on another one: use a plain thread.
+        let name = self.name.clone();
+        let url = database_url();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                    ))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("note: could not drop test schema {}", self.name);
+        }
+    }
+}
+
+/// Whether PostgreSQL answers. When it does not: panics if `CI` is set, else prints why the test skips.
+pub async fn postgres_available(test: &str) -> bool {
+    let url = database_url();
+    match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok((_client, connection)) => {
+            drop(connection);
+            true
+        }
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{test}: PostgreSQL at {url} is unreachable ({e}); CI requires it (scripts/services.sh starts it)"
+                );
+            }
+            eprintln!(
+                "SKIPPED {test}: PostgreSQL at {url} is unreachable ({e}); set CI=1 to make this fail"
+            );
+            false
+        }
+    }
 }
 
 /// Waits (polling, bounded) until `check` holds: waiting for a condition, never a fixed sleep.
