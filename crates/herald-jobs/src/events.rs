@@ -2,8 +2,9 @@
 //! transaction as the event.
 //!
 //! [`AsyncHandlers`] holds the routes (handler name → event types, queue, options). Install it in the event
-//! store with [`herald_sqlite::SqliteConfig::with_append_hook`]; every append then inserts, inside its own
-//! savepoint, one job per matching (event, route). The job's kind is the handler name, its arguments name the
+//! store — [`AsyncHandlers::hook`] with [`herald_sqlite::SqliteConfig::with_append_hook`], or (feature
+//! `postgres`) `AsyncHandlers::postgres_hook` with `herald_postgres::PostgresConfig::with_append_hook` —
+//! and every append then inserts, inside its own savepoint, one job per matching (event, route). The job's kind is the handler name, its arguments name the
 //! event, and its metadata carries the event's correlation id (the event id when it has none) and the event
 //! id as causation id. A worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`].
 //!
@@ -117,6 +118,9 @@ impl Route {
 pub struct AsyncHandlers {
     routes: Arc<RwLock<Vec<Route>>>,
     clock: Arc<dyn Clock>,
+    /// The job store's PostgreSQL schema (`None` on SQLite).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    schema: Option<String>,
 }
 
 impl AsyncHandlers {
@@ -125,6 +129,7 @@ impl AsyncHandlers {
         AsyncHandlers {
             routes: Arc::new(RwLock::new(Vec::new())),
             clock: Arc::clone(&jobs.config().clock),
+            schema: jobs.postgres_schema().map(str::to_owned),
         }
     }
 
@@ -141,40 +146,51 @@ impl AsyncHandlers {
     pub fn hook(&self) -> Arc<dyn AppendHook> {
         Arc::new(self.clone())
     }
-}
 
-impl AppendHook for AsyncHandlers {
-    fn on_append(
-        &self,
-        tx: &Connection,
-        stream: &str,
-        events: &[AppendedEvent<'_>],
-    ) -> herald_sqlite::rusqlite::Result<()> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        if routes.is_empty() {
-            return Ok(());
+    /// The append hook to give to `herald_postgres::PostgresConfig::with_append_hook` (feature `postgres`).
+    /// The routes must come from a PostgreSQL [`JobStore`] on the event store's database; its jobs go to that
+    /// store's schema.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_hook(&self) -> crate::Result<Arc<dyn herald_postgres::AppendHook>> {
+        match &self.schema {
+            Some(_) => Ok(Arc::new(PostgresHook(self.clone()))),
+            None => Err(crate::JobError::invalid(
+                "a PostgreSQL append hook needs AsyncHandlers made from a PostgreSQL job store",
+            )),
         }
-        let now = self.clock.now_micros();
-        for event in events {
+    }
+
+    /// The jobs for `events` just appended to `stream`, at `now`.
+    fn jobs_for<'e>(
+        &self,
+        stream: &str,
+        events: impl Iterator<Item = (Uuid, &'e str, u64, &'e str)>,
+    ) -> Vec<NewJob> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = Vec::new();
+        if routes.is_empty() {
+            return jobs;
+        }
+        for (id, event_type, position, event_metadata) in events {
             for route in routes
                 .iter()
-                .filter(|r| r.types.is_empty() || r.types.iter().any(|t| t == event.event_type))
+                .filter(|r| r.types.is_empty() || r.types.iter().any(|t| t == event_type))
             {
                 let args = EventJobArgs {
-                    event_id: event.id,
+                    event_id: id,
                     stream: stream.to_owned(),
-                    event_type: event.event_type.to_owned(),
-                    position: event.position,
+                    event_type: event_type.to_owned(),
+                    position,
                 };
                 let correlation = herald_core::event::metadata_uuid(
-                    event.metadata,
+                    event_metadata,
                     herald_core::event::CORRELATION_ID,
                 )
-                .unwrap_or(event.id);
+                .unwrap_or(id);
                 let metadata = serde_json::json!({
                     "correlation_id": correlation.to_string(),
-                    "causation_id": event.id.to_string(),
-                    "event_type": event.event_type,
+                    "causation_id": id.to_string(),
+                    "event_type": event_type,
                     "stream": stream,
                 });
                 let mut job = NewJob::raw(
@@ -188,8 +204,56 @@ impl AppendHook for AsyncHandlers {
                 if route.ordered_by_stream {
                     job = job.order_key(format!("{}:{stream}", route.name));
                 }
-                insert_job(tx, &job, now)?;
+                jobs.push(job);
             }
+        }
+        jobs
+    }
+}
+
+/// [`AsyncHandlers`] as a herald-postgres append hook: one insert statement (arrays) for all the jobs of an
+/// append, sent by the event store's writer inside the append's savepoint.
+#[cfg(feature = "postgres")]
+struct PostgresHook(AsyncHandlers);
+
+#[cfg(feature = "postgres")]
+impl herald_postgres::AppendHook for PostgresHook {
+    fn on_append(
+        &self,
+        stream: &str,
+        events: &[herald_postgres::AppendedEvent<'_>],
+        writes: &mut herald_postgres::HookWrites,
+    ) -> std::result::Result<(), herald_postgres::HookError> {
+        let jobs = self.0.jobs_for(
+            stream,
+            events
+                .iter()
+                .map(|e| (e.id, e.event_type, e.position, e.metadata)),
+        );
+        let Some(schema) = &self.0.schema else {
+            return Err("AsyncHandlers without a PostgreSQL job store".into());
+        };
+        crate::postgres::push_inserts(writes, schema, &jobs, self.0.clock.now_micros())?;
+        Ok(())
+    }
+}
+
+impl AppendHook for AsyncHandlers {
+    fn on_append(
+        &self,
+        tx: &Connection,
+        stream: &str,
+        events: &[AppendedEvent<'_>],
+    ) -> herald_sqlite::rusqlite::Result<()> {
+        let jobs = self.jobs_for(
+            stream,
+            events
+                .iter()
+                .map(|e| (e.id, e.event_type, e.position, e.metadata)),
+        );
+        let now = self.clock.now_micros();
+        for job in &jobs {
+            insert_job(tx, job, now)?;
         }
         Ok(())
     }

@@ -42,8 +42,9 @@
 //!   at a time; `tests/processes.rs` checks two processes of 8 workers over 4,000 jobs), and idle pools are
 //!   woken by `LISTEN`/`NOTIFY` within milliseconds of an enqueue in any process; on SQLite, by this process's
 //!   enqueues at once and other processes' at the next poll.
-//! - **Transactional enqueue.** [`JobStore::append_with_jobs`] and [`AsyncHandlers`] (an append hook) write jobs
-//!   in the same transaction as the events: no event without its jobs, no job for a rolled-back append.
+//! - **Transactional enqueue.** [`JobStore::append_with_jobs`] (`append_with_jobs_postgres`) and
+//!   [`AsyncHandlers`] (an append hook of either event store) write jobs in the same transaction as the
+//!   events: no event without its jobs, no job for a rolled-back append.
 //! - **At-least-once.** A claimed job is leased ([`JobsConfig::lease`]) and the pool renews the lease. If the
 //!   worker dies, the lease expires and the job runs again with the next attempt number; handlers get the job id
 //!   and attempt in [`JobContext`] to be idempotent. A lease expiring on the last attempt sends the job to the
@@ -90,7 +91,7 @@
 //! | cron exactly once per tick across processes | yes | yes |
 //! | several worker processes | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
 //! | wake-up of idle workers on enqueue | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
-//! | transactional enqueue with appends ([`AsyncHandlers`], `append_with_jobs`) | yes | [`insert_jobs_postgres`] in your own transaction |
+//! | transactional enqueue with appends | yes: [`AsyncHandlers::hook`], [`JobStore::append_with_jobs`] | yes: `AsyncHandlers::postgres_hook`, `JobStore::append_with_jobs_postgres` (herald-postgres append hooks), [`insert_jobs_postgres`] in your own transaction |
 //! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
 //! | `herald jobs …` CLI | yes | yes |
 

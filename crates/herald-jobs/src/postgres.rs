@@ -355,6 +355,35 @@ impl InsertArrays {
     }
 }
 
+/// Adds the insert of `jobs` (at `now`) to an append's hook statements.
+pub(crate) fn push_inserts(
+    writes: &mut herald_postgres::HookWrites,
+    schema: &str,
+    jobs: &[NewJob],
+    now: i64,
+) -> std::result::Result<(), herald_postgres::HookError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let a = InsertArrays::new(jobs, now);
+    let params: Vec<herald_postgres::HookParam> = vec![
+        Box::new(a.ids),
+        Box::new(a.queues),
+        Box::new(a.kinds),
+        Box::new(a.args),
+        Box::new(a.metadata),
+        Box::new(a.priorities),
+        Box::new(a.states),
+        Box::new(a.run_at),
+        Box::new(a.max_attempts),
+        Box::new(a.unique_keys),
+        Box::new(a.order_keys),
+        Box::new(a.now),
+    ];
+    writes.push(insert_sql(schema), params)?;
+    Ok(())
+}
+
 /// Inserts `jobs` on `client` — inside the caller's transaction when it is one — in the job tables of
 /// `schema`, at time `now` (µs since the epoch). Returns the ids inserted: a job whose unique key is held by a
 /// pending or running job is skipped. Ready jobs `NOTIFY` the workers when the transaction commits. The

@@ -622,6 +622,42 @@ impl JobStore {
         Ok(result)
     }
 
+    /// [`JobStore::append_with_jobs`] on PostgreSQL (feature `postgres`): appends `events` to `stream` in
+    /// `store` and enqueues `jobs` in the same transaction (an extra statement of the append, inside its
+    /// savepoint): both commit or neither does. This job store must be PostgreSQL on the store's database.
+    #[cfg(feature = "postgres")]
+    pub async fn append_with_jobs_postgres(
+        &self,
+        store: &herald_postgres::PostgresStore,
+        stream: &herald_core::StreamName,
+        events: Vec<herald_core::NewEvent>,
+        expected: herald_core::ExpectedVersion,
+        jobs: Vec<NewJob>,
+    ) -> Result<herald_core::AppendResult> {
+        for job in &jobs {
+            job.validate()?;
+        }
+        let Some(pg) = self.pg() else {
+            return Err(JobError::invalid(
+                "append_with_jobs_postgres needs a PostgreSQL job store",
+            ));
+        };
+        let schema = pg.schema.clone();
+        let clock = Arc::clone(&self.inner.config.clock);
+        let result = store
+            .append_with(
+                stream,
+                events,
+                expected,
+                Box::new(move |_, writes| {
+                    crate::postgres::push_inserts(writes, &schema, &jobs, clock.now_micros())
+                }),
+            )
+            .await?;
+        self.wake();
+        Ok(result)
+    }
+
     /// Claims up to `limit` runnable jobs of `queue` for `owner`: first returns expired leases to the queue (or
     /// the dead set when their attempts are used up) and makes due scheduled jobs available, then leases jobs
     /// by priority and enqueue order, skipping jobs behind an earlier job with the same ordering key and job
