@@ -7,7 +7,9 @@
 //!
 //! Cases: `asn_none`, `asn_exact`, `asn_regex`, `asn_ten` (global notifier, `instrument("user.created",
 //! payload, || ())`, as Ruby's `instrument(name, payload)` without a block), `asn_exact_notify` (the no-work
-//! form), `wisper_one`, `wisper_ten` (listener objects on a publisher), `wisper_global` (a global listener).
+//! form), `wisper_one`, `wisper_ten` (listener objects on a publisher), `wisper_global` (a global listener),
+//! `wisper_one_coarse`, `wisper_ten_coarse` (as `wisper_one`/`wisper_ten` on a bus with
+//! `Timestamps::Coarse`).
 //! Besides the wall-clock rate (`value`, as Ruby reports), each line carries `cpu_rate`: operations per
 //! second of on-CPU time of the benchmark thread (from `/proc/thread-self/schedstat`), which is what to
 //! compare when the machine is shared and the process gets preempted.
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use herald_notify::{Bus, Envelope, Event, Handlers, Listener, Pattern};
+use herald_notify::{Bus, Envelope, Event, Handlers, Listener, Pattern, Timestamps};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
@@ -116,10 +118,19 @@ fn main() {
             };
             (wall, cpu, "events/s")
         }
-        "wisper_one" | "wisper_ten" | "wisper_global" => {
-            let bus = Bus::new();
+        "wisper_one" | "wisper_ten" | "wisper_global" | "wisper_one_coarse"
+        | "wisper_ten_coarse" => {
+            let bus = if case.ends_with("_coarse") {
+                Bus::builder().timestamps(Timestamps::Coarse).build()
+            } else {
+                Bus::new()
+            };
             let publisher = bus.publisher();
-            let n = if case == "wisper_ten" { 10 } else { 1 };
+            let n = if case.starts_with("wisper_ten") {
+                10
+            } else {
+                1
+            };
             let counters: Vec<Arc<Counter>> = (0..n).map(|_| Arc::default()).collect();
             let _subs: Vec<_> = counters
                 .iter()

@@ -8,7 +8,8 @@
 //! with at most a second's delay and never cost a system call on the hot path.
 
 use std::cell::Cell;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
@@ -96,6 +97,72 @@ pub(crate) fn wall_nanos() -> u64 {
 
 const ANCHOR_TTL_NANOS: u64 = 1_000_000_000;
 
+/// How often the coarse clock's ticker thread refreshes the coarse time.
+pub(crate) const COARSE_TICK: Duration = Duration::from_millis(1);
+
+/// The coarse wall-clock time (nanoseconds since the Unix epoch), 0 while no ticker runs. One relaxed
+/// load replaces a counter read (~10 ns on the virtual machines measured) for the buses that opt in.
+static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// How many buses use the coarse clock, and whether the ticker runs: the ticker ends when the count drops
+/// to 0, so an application that never opts in never gets the thread.
+static COARSE_USERS: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+fn coarse_users() -> MutexGuard<'static, (usize, bool)> {
+    COARSE_USERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a user of the coarse clock, starting the ticker thread if needed. `false` if the thread
+/// could not be started (the caller then keeps precise timestamps).
+pub(crate) fn coarse_acquire() -> bool {
+    let mut users = coarse_users();
+    if !users.1 {
+        // Seed the time before any reader can see the ticker as running.
+        COARSE_NOW.fetch_max(wall_nanos(), Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("herald-coarse-clock".into())
+            .spawn(coarse_ticker);
+        if spawned.is_err() {
+            return false;
+        }
+        users.1 = true;
+    }
+    users.0 += 1;
+    true
+}
+
+/// Releases one [`coarse_acquire`].
+pub(crate) fn coarse_release() {
+    let mut users = coarse_users();
+    users.0 = users.0.saturating_sub(1);
+}
+
+fn coarse_ticker() {
+    loop {
+        std::thread::sleep(COARSE_TICK);
+        {
+            let mut users = coarse_users();
+            if users.0 == 0 {
+                users.1 = false;
+                COARSE_NOW.store(0, Ordering::Relaxed);
+                return;
+            }
+        }
+        // `fetch_max`: readers never see the time go back, even when the OS clock is stepped back.
+        COARSE_NOW.fetch_max(wall_nanos(), Ordering::Relaxed);
+    }
+}
+
+/// The coarse wall-clock time in nanoseconds since the Unix epoch: at most one tick (plus the ticker's
+/// scheduling delay) behind, never decreasing. Falls back to [`wall_nanos`] when no ticker runs.
+#[inline]
+pub(crate) fn coarse_wall_nanos() -> u64 {
+    match COARSE_NOW.load(Ordering::Relaxed) {
+        0 => wall_nanos(),
+        nanos => nanos,
+    }
+}
+
 /// Nanoseconds since the Unix epoch as a `SystemTime`.
 #[inline]
 pub(crate) fn from_epoch_nanos(nanos: u64) -> SystemTime {
@@ -130,6 +197,22 @@ mod tests {
         assert!(ours.abs_diff(os) < 50_000_000, "{ours} vs {os}");
         let again = wall_nanos();
         assert!(again.abs_diff(os) < 50_000_000);
+    }
+
+    #[test]
+    fn coarse_clock_tracks_system_time_and_never_goes_back() {
+        assert!(coarse_acquire());
+        let mut last = 0;
+        for _ in 0..5 {
+            let coarse = coarse_wall_nanos();
+            let os = epoch_nanos(SystemTime::now());
+            // One tick plus generous room for a loaded machine.
+            assert!(os.abs_diff(coarse) < 100_000_000, "{coarse} vs {os}");
+            assert!(coarse >= last);
+            last = coarse;
+            std::thread::sleep(COARSE_TICK * 2);
+        }
+        coarse_release();
     }
 
     #[test]

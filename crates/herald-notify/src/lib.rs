@@ -70,7 +70,7 @@ mod tlcache;
 pub use bus::{
     Batch, BoxError, Bus, BusBuilder, Delivery, DomainEvent, Envelope, ErasedEnvelope, ErrorPolicy,
     EventContext, EventMeta, HandlerError, HandlerFailure, HandlerResult, Handlers, Listener,
-    PublishError, PublishOptions, Published, Publisher, StorePublisher, StoredAt,
+    PublishError, PublishOptions, Published, Publisher, StorePublisher, StoredAt, Timestamps,
 };
 pub use instrument::{
     ErrorInfo, Event, Notifier, NotifierBuilder, Outcome, Pattern, Payload, SpanSubscriber,

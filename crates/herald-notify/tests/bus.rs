@@ -630,3 +630,56 @@ async fn zero_capacity_async_listener_is_refused() {
     let bus = Bus::new();
     let _ = bus.subscribe_async(0, |_: Arc<Envelope<UserRegistered>>| async {});
 }
+
+#[test]
+fn coarse_timestamps_keep_ids_causation_and_time_close_to_the_os_clock() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let bus = Bus::builder()
+        .timestamps(herald_notify::Timestamps::Coarse)
+        .build();
+    let seen: Arc<Mutex<Vec<EventMeta>>> = Arc::default();
+    let s = seen.clone();
+    let inner = bus.clone();
+    let _a = bus.subscribe(move |e: &Envelope<UserRegistered>| {
+        inner
+            .try_publish(WelcomeSent { user_id: e.user_id })
+            .map(|_| ())
+    });
+    let _b = bus.subscribe(move |e: &Envelope<WelcomeSent>| {
+        s.lock().unwrap().push(e.meta().clone());
+    });
+    let mut last = UNIX_EPOCH;
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..200 {
+        let before = SystemTime::now();
+        let delivery = bus.try_publish(UserRegistered { user_id: i }).unwrap();
+        let meta = delivery.meta;
+        // Never decreasing, and within one tick plus a loaded machine's scheduling delay of the OS clock.
+        assert!(meta.occurred_at >= last);
+        last = meta.occurred_at;
+        let gap = before
+            .duration_since(meta.occurred_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(gap < Duration::from_millis(200), "{gap:?}");
+        // The id's millisecond is the timestamp's.
+        let (secs, nanos) = meta.id.get_timestamp().unwrap().to_unix();
+        let id_ms = secs * 1000 + u64::from(nanos / 1_000_000);
+        let at_ms = u64::try_from(
+            meta.occurred_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        assert_eq!(id_ms, at_ms);
+        assert!(ids.insert(meta.id));
+        let welcome = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(welcome.causation_id, Some(meta.id));
+        assert_eq!(welcome.correlation_id, meta.id);
+        assert!(ids.insert(welcome.id));
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+}

@@ -165,7 +165,7 @@ impl Batch<'_> {
 
     /// Adds an event with explicit metadata.
     pub fn event_with<E: DomainEvent>(mut self, event: E, options: PublishOptions) -> Self {
-        let meta = Bus::meta_for::<E>(options);
+        let meta = self.publisher.bus.meta_for::<E>(options);
         self.events.push(Box::new(Typed(Envelope { meta, event })));
         self
     }
