@@ -86,7 +86,7 @@ enum Command {
         #[arg(long = "type")]
         types: Vec<String>,
     },
-    /// Inspect and manage durable jobs (SQLite): stats, list, dead, retry, retry-all, discard.
+    /// Inspect and manage durable jobs (SQLite, PostgreSQL): stats, list, dead, retry, retry-all, discard.
     #[cfg(feature = "sqlite")]
     Jobs(crate::jobs_cli::JobsArgs),
 }

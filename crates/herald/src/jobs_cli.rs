@@ -1,8 +1,11 @@
-//! `herald jobs …`: inspect and manage the durable job queue (herald-jobs) in a SQLite database.
+//! `herald jobs …`: inspect and manage the durable job queue (herald-jobs) in a SQLite database, or a
+//! PostgreSQL one (`postgres://…[?schema=S]`, the job tables in the event store's schema) with the `postgres`
+//! feature.
 //!
 //! Output: with `--json`, one JSON value a line (`stats` one object, `list`/`dead` one job a line, the
 //! operations one result object); without, the same lines as short text. Exit codes as everywhere: 4 for an
-//! unknown job id, 5 for bad input (a state that does not exist, a non-SQLite database URL), 1 otherwise.
+//! unknown job id, 5 for bad input (a state that does not exist, a database URL that is neither SQLite nor
+//! PostgreSQL), 1 otherwise.
 
 use clap::{Args, Subcommand};
 use herald_core::Error;
@@ -72,15 +75,26 @@ fn parse_id(text: &str) -> Result<Uuid, CliError> {
 }
 
 async fn open(database: &str) -> Result<JobStore, CliError> {
-    if !database.starts_with("sqlite://") {
-        return Err(CliError::Store(Error::invalid(format!(
-            "herald jobs needs a sqlite:// database (got `{database}`)"
-        ))));
+    if database.starts_with("sqlite://") {
+        let url: herald_sqlite::SqliteUrl = database.parse()?;
+        return JobStore::open(&url.path, JobsConfig::default())
+            .await
+            .map_err(cli_error);
     }
-    let url: herald_sqlite::SqliteUrl = database.parse()?;
-    JobStore::open(&url.path, JobsConfig::default())
-        .await
-        .map_err(cli_error)
+    #[cfg(feature = "postgres")]
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return JobStore::open_postgres(database, JobsConfig::default())
+            .await
+            .map_err(cli_error);
+    }
+    Err(CliError::Store(Error::invalid(format!(
+        "herald jobs needs a sqlite://{} database (got `{database}`)",
+        if cfg!(feature = "postgres") {
+            " or postgres://"
+        } else {
+            ""
+        }
+    ))))
 }
 
 /// Runs a `herald jobs` command; returns the lines to print.

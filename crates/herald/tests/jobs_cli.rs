@@ -1,16 +1,16 @@
-//! `herald jobs …` through the real binary: stats, list, dead, retry, retry-all, discard, exit codes.
+//! `herald jobs …` through the real binary: stats, list, dead, retry, retry-all, discard, exit codes; on
+//! SQLite and (feature `postgres`) on PostgreSQL, in a fresh schema.
 
-use std::path::Path;
 use std::process::Command;
 
 use herald_jobs::{JobResult, JobStore, JobsConfig, NewJob, WorkerPool};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn herald(db: &Path, args: &[&str]) -> (i32, Vec<Value>, String) {
+fn herald(db: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("--database")
-        .arg(format!("sqlite://{}", db.display()))
+        .arg(db)
         .arg("jobs")
         .args(args)
         .output()
@@ -32,8 +32,8 @@ fn herald(db: &Path, args: &[&str]) -> (i32, Vec<Value>, String) {
 }
 
 /// Two dead jobs (queue `mail`) and three pending (two `default`, one scheduled in `mail`).
-async fn seed(db: &Path) {
-    let jobs = JobStore::open(db, JobsConfig::default().full_sync(false))
+async fn seed(db: &str) {
+    let jobs = JobStore::open_url(db, JobsConfig::default().full_sync(false))
         .await
         .unwrap();
     for i in 0..2 {
@@ -69,10 +69,23 @@ async fn seed(db: &Path) {
 #[tokio::test]
 async fn jobs_commands_report_and_manage_the_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("herald.db");
-    seed(&db).await;
+    let db = format!("sqlite://{}", dir.path().join("herald.db").display());
+    commands_report_and_manage_the_queue(&db).await;
+}
 
-    let (code, stats, _) = herald(&db, &["stats", "--json"]);
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn jobs_commands_report_and_manage_the_queue_on_postgres() {
+    let Some(schema) = postgres::Schema::create().await else {
+        return;
+    };
+    commands_report_and_manage_the_queue(&schema.url()).await;
+}
+
+async fn commands_report_and_manage_the_queue(db: &str) {
+    seed(db).await;
+
+    let (code, stats, _) = herald(db, &["stats", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(stats[0]["dead"], 2);
     let queues = stats[0]["queues"].as_array().unwrap();
@@ -81,50 +94,112 @@ async fn jobs_commands_report_and_manage_the_queue() {
     assert_eq!(queues[1]["queue"], "mail");
     assert_eq!(queues[1]["scheduled"], 1);
 
-    let (code, list, _) = herald(&db, &["list", "--json", "--queue", "default"]);
+    let (code, list, _) = herald(db, &["list", "--json", "--queue", "default"]);
     assert_eq!(code, 0);
     let kinds: Vec<_> = list.iter().map(|j| j["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["a", "b"]);
-    let (_, scheduled, _) = herald(&db, &["list", "--json", "--state", "scheduled"]);
+    let (_, scheduled, _) = herald(db, &["list", "--json", "--state", "scheduled"]);
     assert_eq!(scheduled.len(), 1);
     assert_eq!(scheduled[0]["kind"], "later");
 
-    let (code, dead, _) = herald(&db, &["dead", "--json"]);
+    let (code, dead, _) = herald(db, &["dead", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0]["last_error"], "mailbox full");
     let first = dead[0]["id"].as_str().unwrap().to_owned();
     let second = dead[1]["id"].as_str().unwrap().to_owned();
 
-    let (code, out, _) = herald(&db, &["retry", &first, "--json"]);
+    let (code, out, _) = herald(db, &["retry", &first, "--json"]);
     assert_eq!((code, out[0]["retried"].clone()), (0, Value::Bool(true)));
-    let (code, _, _) = herald(&db, &["discard", &second, "--json"]);
+    let (code, _, _) = herald(db, &["discard", &second, "--json"]);
     assert_eq!(code, 0);
-    let (_, stats, _) = herald(&db, &["stats", "--json"]);
+    let (_, stats, _) = herald(db, &["stats", "--json"]);
     assert_eq!(stats[0]["dead"], 0);
     assert_eq!(stats[0]["queues"][1]["available"], 1);
 
     // Text output.
-    let (code, _, text) = herald(&db, &["stats"]);
+    let (code, _, text) = herald(db, &["stats"]);
     assert_eq!(code, 0);
     assert!(text.contains("queue default: 2 available"), "{text}");
 
     // Errors: unknown id 4, bad id or state 5, retry-all on an empty dead set is fine.
-    let (code, _, err) = herald(&db, &["retry", &second]);
+    let (code, _, err) = herald(db, &["retry", &second]);
     assert_eq!(code, 4, "{err}");
-    let (code, _, _) = herald(&db, &["discard", "nope"]);
+    let (code, _, _) = herald(db, &["discard", "nope"]);
     assert_eq!(code, 5);
-    let (code, _, _) = herald(&db, &["list", "--state", "dead"]);
+    let (code, _, _) = herald(db, &["list", "--state", "dead"]);
     assert_eq!(code, 5);
-    let (code, out, _) = herald(&db, &["retry-all", "--json"]);
+    let (code, out, _) = herald(db, &["retry-all", "--json"]);
     assert_eq!((code, out[0]["count"].clone()), (0, Value::from(0)));
 }
 
 #[test]
-fn jobs_need_a_sqlite_database() {
+fn jobs_need_a_sqlite_or_postgres_database() {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["--database", "memory://", "jobs", "stats"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    /// The server the tests use: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
+    fn server_url() -> String {
+        std::env::var("HERALD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+    }
+
+    /// A schema of its own, dropped when the test ends; `None` (reason printed) when PostgreSQL cannot be
+    /// reached outside CI. In CI an unreachable server fails the test.
+    pub(super) struct Schema {
+        name: String,
+    }
+
+    impl Schema {
+        pub(super) async fn create() -> Option<Self> {
+            let name = format!("herald_jobs_cli_{}", uuid::Uuid::now_v7().simple());
+            match tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await {
+                Ok(_) => Some(Schema { name }),
+                Err(e) if std::env::var_os("CI").is_some() => {
+                    panic!("PostgreSQL at {} is required in CI: {e}", server_url())
+                }
+                Err(e) => {
+                    eprintln!("skipped: PostgreSQL at {} unreachable: {e}", server_url());
+                    None
+                }
+            }
+        }
+
+        pub(super) fn url(&self) -> String {
+            let server = server_url();
+            let separator = if server.contains('?') { '&' } else { '?' };
+            format!("{server}{separator}schema={}", self.name)
+        }
+    }
+
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            // Drop runs inside the test's runtime, which cannot block on another: use a plain thread.
+            let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                runtime.block_on(async {
+                    let (client, connection) =
+                        tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+                            .await
+                            .ok()?;
+                    tokio::spawn(connection);
+                    client.batch_execute(&sql).await.ok()
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Some(()))) {
+                eprintln!("note: could not drop test schema {}", self.name);
+            }
+        }
+    }
 }
