@@ -683,3 +683,49 @@ fn coarse_timestamps_keep_ids_causation_and_time_close_to_the_os_clock() {
         }
     }
 }
+
+#[test]
+fn the_context_is_restored_after_each_nested_publish() {
+    let bus = Bus::new();
+    let seen: Arc<Mutex<Vec<EventMeta>>> = Arc::default();
+    let inner = bus.clone();
+    let _a = bus.subscribe(move |e: &Envelope<UserRegistered>| {
+        // Two follow-ups: the second must still be caused by this event, not by the first follow-up.
+        inner.try_publish(WelcomeSent { user_id: e.user_id })?;
+        inner
+            .try_publish(AuditLogged { user_id: e.user_id })
+            .map(|_| ())
+    });
+    let s = seen.clone();
+    let inner = bus.clone();
+    let _b = bus.subscribe(move |e: &Envelope<WelcomeSent>| {
+        s.lock().unwrap().push(e.meta().clone());
+        inner.try_publish(AuditLogged { user_id: 0 }).map(|_| ())
+    });
+    let s = seen.clone();
+    let _c = bus.subscribe(move |e: &Envelope<AuditLogged>| {
+        s.lock().unwrap().push(e.meta().clone());
+    });
+
+    let outer = EventContext::new(Uuid::from_u128(1), Uuid::from_u128(2));
+    let root = outer.enter(|| {
+        let root = bus.try_publish(UserRegistered { user_id: 7 }).unwrap().meta;
+        assert_eq!(EventContext::current(), Some(outer));
+        root
+    });
+    assert_eq!(EventContext::current(), None);
+    assert_eq!(root.causation_id, Some(outer.event_id));
+    assert_eq!(root.correlation_id, outer.correlation_id);
+
+    let seen = seen.lock().unwrap();
+    let [welcome, audit_of_welcome, audit_of_root] = &seen[..] else {
+        panic!("{seen:?}");
+    };
+    assert_eq!(welcome.causation_id, Some(root.id));
+    assert_eq!(audit_of_welcome.causation_id, Some(welcome.id));
+    assert_eq!(audit_of_root.causation_id, Some(root.id));
+    assert!(
+        seen.iter()
+            .all(|m| m.correlation_id == outer.correlation_id)
+    );
+}

@@ -31,21 +31,36 @@ pub struct EventContext {
     pub correlation_id: Uuid,
 }
 
+// The thread's context is kept as a flag plus the ids rather than as an `Option<EventContext>`: entering
+// and leaving a context around every sync dispatch then touches one byte when there was no context
+// before (a root publish, the common case), instead of saving and restoring 33 bytes, whose reload
+// right after the save stalled on store forwarding (about 3 ns of a ~28 ns publish).
 thread_local! {
-    static THREAD_CONTEXT: Cell<Option<EventContext>> = const { Cell::new(None) };
+    static THREAD_CONTEXT_SET: Cell<bool> = const { Cell::new(false) };
+    static THREAD_CONTEXT: Cell<EventContext> = const {
+        Cell::new(EventContext { event_id: Uuid::nil(), correlation_id: Uuid::nil() })
+    };
 }
 
 tokio::task_local! {
     static TASK_CONTEXT: EventContext;
 }
 
+/// Restores the context that was current before [`EventContext::enter_guard`]: `None` when there was none.
 struct Restore(Option<EventContext>);
 
 impl Drop for Restore {
+    #[inline]
     fn drop(&mut self) {
-        let prev = self.0;
-        // Ignore failure: the thread-local is gone only during thread teardown.
-        let _ = THREAD_CONTEXT.try_with(|c| c.set(prev));
+        // Ignore failures: the thread-locals are gone only during thread teardown.
+        match self.0 {
+            None => {
+                let _ = THREAD_CONTEXT_SET.try_with(|c| c.set(false));
+            }
+            Some(prev) => {
+                let _ = THREAD_CONTEXT.try_with(|c| c.set(prev));
+            }
+        }
     }
 }
 
@@ -69,11 +84,10 @@ impl EventContext {
     /// The innermost context active on this thread (sync handler) or in this task (async listener).
     #[inline]
     pub fn current() -> Option<Self> {
-        THREAD_CONTEXT
-            .try_with(Cell::get)
-            .ok()
-            .flatten()
-            .or_else(|| TASK_CONTEXT.try_with(|c| *c).ok())
+        if THREAD_CONTEXT_SET.try_with(Cell::get).unwrap_or(false) {
+            return THREAD_CONTEXT.try_with(Cell::get).ok();
+        }
+        TASK_CONTEXT.try_with(|c| *c).ok()
     }
 
     /// Runs `f` with this context current on this thread.
@@ -86,7 +100,13 @@ impl EventContext {
     /// Makes this context current on this thread until the guard drops (never across an `.await`).
     #[inline]
     pub(crate) fn enter_guard(self) -> impl Drop {
-        Restore(THREAD_CONTEXT.with(|c| c.replace(Some(self))))
+        let was_set = THREAD_CONTEXT_SET.with(|c| c.replace(true));
+        THREAD_CONTEXT.with(|c| {
+            // Read the previous ids only when there were some (nested publishes).
+            let prev = was_set.then(|| c.get());
+            c.set(self);
+            Restore(prev)
+        })
     }
 
     /// Runs `fut` with this context current in the task, across `.await` points.
