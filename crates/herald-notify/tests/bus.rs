@@ -729,3 +729,70 @@ fn the_context_is_restored_after_each_nested_publish() {
             .all(|m| m.correlation_id == outer.correlation_id)
     );
 }
+
+/// Handlers: ok, panic, error, (another publisher's local listener), panic, ok.
+fn mixed_bus(policy: ErrorPolicy) -> (Bus, Log, Vec<herald_notify::Subscription>) {
+    let bus = Bus::builder()
+        .error_policy(policy)
+        .panic_reporter(|_| {})
+        .build();
+    let l = log();
+    let mut subs = Vec::new();
+    let l1 = l.clone();
+    subs.push(bus.subscribe(move |_: &Envelope<UserRegistered>| push(&l1, "a")));
+    let l2 = l.clone();
+    subs.push(bus.subscribe(move |_: &Envelope<UserRegistered>| -> () {
+        push(&l2, "b");
+        panic!("b broke")
+    }));
+    let l3 = l.clone();
+    subs.push(
+        bus.subscribe(move |_: &Envelope<UserRegistered>| -> Result<(), String> {
+            push(&l3, "c");
+            Err("c failed".to_owned())
+        }),
+    );
+    let other = bus.publisher();
+    let l4 = l.clone();
+    subs.push(other.subscribe(move |_: &Envelope<UserRegistered>| push(&l4, "not mine")));
+    let l5 = l.clone();
+    subs.push(bus.subscribe(move |_: &Envelope<UserRegistered>| -> () {
+        push(&l5, "e");
+        panic!("e broke")
+    }));
+    let l6 = l.clone();
+    subs.push(bus.subscribe(move |_: &Envelope<UserRegistered>| push(&l6, "f")));
+    (bus, l, subs)
+}
+
+#[test]
+fn panics_and_errors_among_many_handlers_are_isolated_in_order() {
+    let (bus, l, _subs) = mixed_bus(ErrorPolicy::RunAll);
+    for _ in 0..3 {
+        let err = bus.try_publish(UserRegistered { user_id: 1 }).unwrap_err();
+        assert_eq!(taken(&l), ["a", "b", "c", "e", "f"]);
+        let PublishError::Handlers {
+            failures, delivery, ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(delivery.handled, 5);
+        let messages: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(matches!(&failures[0].error, HandlerError::Panicked(m) if m == "b broke"));
+        assert!(
+            matches!(&failures[1].error, HandlerError::Failed(e) if e.to_string() == "c failed")
+        );
+        assert!(matches!(&failures[2].error, HandlerError::Panicked(m) if m == "e broke"));
+        // The context is left as it was.
+        assert_eq!(EventContext::current(), None);
+    }
+    assert_eq!(bus.panics_caught(), 6);
+
+    let (bus, l, _subs) = mixed_bus(ErrorPolicy::StopAtFirst);
+    let err = bus.try_publish(UserRegistered { user_id: 1 }).unwrap_err();
+    assert_eq!(taken(&l), ["a", "b"]);
+    assert_eq!(err.failures().len(), 1);
+    assert_eq!(bus.panics_caught(), 1);
+}

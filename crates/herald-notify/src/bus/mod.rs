@@ -786,21 +786,30 @@ impl Bus {
             PanicPolicy::Propagate => f(env).map_err(HandlerError::Failed),
             PanicPolicy::Isolate => match catch_unwind(AssertUnwindSafe(|| f(env))) {
                 Ok(r) => r.map_err(HandlerError::Failed),
-                Err(panic) => {
-                    self.inner.panics.fetch_add(1, Ordering::Relaxed);
-                    let message = panic_message(&*panic);
-                    report(
-                        self.inner.reporter.as_ref(),
-                        PanicReport {
-                            event: env.meta().event_type.to_owned(),
-                            subscription: entry.id,
-                            message: message.clone(),
-                        },
-                    );
-                    Err(HandlerError::Panicked(message))
-                }
+                Err(panic) => Err(self.caught(entry, env, &*panic)),
             },
         }
+    }
+
+    /// Counts and reports a panic caught in `entry`'s handler.
+    #[cold]
+    fn caught(
+        &self,
+        entry: &Entry,
+        env: &dyn ErasedEnvelope,
+        panic: &(dyn std::any::Any + Send),
+    ) -> HandlerError {
+        self.inner.panics.fetch_add(1, Ordering::Relaxed);
+        let message = panic_message(panic);
+        report(
+            self.inner.reporter.as_ref(),
+            PanicReport {
+                event: env.meta().event_type.to_owned(),
+                subscription: entry.id,
+                message: message.clone(),
+            },
+        );
+        HandlerError::Panicked(message)
     }
 
     /// Delivers to one sync entry; returns `false` when the publish must stop (stop-at-first).
@@ -862,16 +871,74 @@ impl Bus {
         let mut handled = 0;
         let mut failures = Vec::new();
         ctx.enter(|| {
-            for entry in entries {
-                if let Kind::Sync(f) = &entry.kind
-                    && entry.deliverable(from)
-                    && !self.sync_step(entry, f, env, &mut handled, &mut failures)
-                {
+            if entries.len() < 2 || self.inner.panic_policy == PanicPolicy::Propagate {
+                // One handler at most, or no isolation: nothing to batch.
+                for entry in entries {
+                    if let Kind::Sync(f) = &entry.kind
+                        && entry.deliverable(from)
+                        && !self.sync_step(entry, f, env, &mut handled, &mut failures)
+                    {
+                        break;
+                    }
+                }
+                return;
+            }
+            // One `catch_unwind` around the whole loop rather than one per handler (~1 ns per handler
+            // less with 10 handlers): `next` tells which handler panicked, and the loop resumes after it.
+            // (With one handler the per-call form is as cheap: its closure moves less state.)
+            let mut next = 0;
+            while next < entries.len() {
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    self.run_sync(entries, env, from, &mut handled, &mut failures, &mut next);
+                }));
+                let Err(panic) = run else { break };
+                let entry = &entries[next];
+                let error = self.caught(entry, env, &*panic);
+                failures.push(HandlerFailure {
+                    subscription: entry.id,
+                    listener: entry.label.clone(),
+                    error,
+                });
+                if self.inner.error_policy == ErrorPolicy::StopAtFirst {
                     break;
                 }
+                next += 1;
             }
         });
         (handled, failures)
+    }
+
+    /// Runs the sync handlers of `entries` from index `*next` on, without catching panics; on a panic,
+    /// `*next` is the index of the handler that panicked. Returns when every handler ran, or at the first
+    /// failure under [`ErrorPolicy::StopAtFirst`].
+    #[inline]
+    fn run_sync(
+        &self,
+        entries: &[Arc<Entry>],
+        env: &dyn ErasedEnvelope,
+        from: Option<u64>,
+        handled: &mut usize,
+        failures: &mut Vec<HandlerFailure>,
+        next: &mut usize,
+    ) {
+        while let Some(entry) = entries.get(*next) {
+            if let Kind::Sync(f) = &entry.kind
+                && entry.deliverable(from)
+            {
+                *handled += 1;
+                if let Err(error) = f(env) {
+                    failures.push(HandlerFailure {
+                        subscription: entry.id,
+                        listener: entry.label.clone(),
+                        error: HandlerError::Failed(error),
+                    });
+                    if self.inner.error_policy == ErrorPolicy::StopAtFirst {
+                        return;
+                    }
+                }
+            }
+            *next += 1;
+        }
     }
 
     pub(crate) fn try_publish_from<E: DomainEvent>(
