@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::group::{GroupState, GroupView, Heartbeat, MembershipStore};
 
 /// Stores checkpoints by name.
 #[async_trait]
@@ -23,10 +24,12 @@ pub trait CheckpointStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
 }
 
-/// Checkpoints in memory: for tests, and for subscriptions whose read model is in memory too.
+/// Checkpoints in memory: for tests, and for subscriptions whose read model is in memory too. Also the
+/// [`MembershipStore`] of dynamic consumer groups whose members share this object (one process).
 #[derive(Debug, Default)]
 pub struct InMemoryCheckpointStore {
     checkpoints: Mutex<BTreeMap<String, u64>>,
+    groups: Mutex<BTreeMap<String, GroupState>>,
 }
 
 impl InMemoryCheckpointStore {
@@ -63,5 +66,23 @@ impl CheckpointStore for InMemoryCheckpointStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), *v))
             .collect())
+    }
+}
+
+#[async_trait]
+impl MembershipStore for InMemoryCheckpointStore {
+    async fn heartbeat(&self, group: &str, beat: &Heartbeat) -> Result<GroupView> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let state = groups.entry(group.to_owned()).or_default();
+        state.beat(beat);
+        Ok(state.view())
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = groups.get_mut(group) {
+            state.leave(member);
+        }
+        Ok(())
     }
 }

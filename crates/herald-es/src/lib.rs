@@ -8,7 +8,8 @@
 //! | [`codec`] | [`EventSet`] (typed events, stable type names, schema versions), [`Upcasters`], [`Codec`] |
 //! | [`snapshot`] | [`SnapshotStore`], [`SnapshotPolicy`], in-memory and in-the-event-store snapshots |
 //! | [`bus`] | [`CommandBus`], middleware (logging, correlation, validation, timing) |
-//! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups ([`GroupMember`]) |
+//! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups: static ([`GroupMember`]) or with members joining and leaving at run time ([`DynamicGroup`]) |
+//! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations), [`Clock`], [`ManualClock`], [`Assignment`] |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
 //! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
@@ -116,7 +117,9 @@
 //! - Snapshots only speed loading up: any doubt (schema version, corrupt JSON, a stream rewritten since) falls
 //!   back to full replay.
 //! - Subscriptions are at least once and in order (per scope; per stream within a consumer group), resume
-//!   after their checkpoint, and have no gap or duplicate at the history/live seam.
+//!   after their checkpoint, and have no gap or duplicate at the history/live seam. Dynamic consumer groups
+//!   keep one owner per stream at a time across rebalances (eager, stop-the-world; see
+//!   [`subscription`](subscription#dynamic-membership)).
 //!   [`sqlite::SqliteProjection`] is exactly once for its read model (read model + checkpoint in one
 //!   transaction).
 //! - Stored events are never rewritten: upcasting happens on read.
@@ -125,7 +128,8 @@
 //!
 //! Everything runs on `Arc<dyn EventStore>`; the test suite runs each behaviour on the in-memory, SQLite and
 //! PostgreSQL stores. [`SnapshotStore`] has in-memory, SQLite and in-the-event-store
-//! ([`EventStoreSnapshotStore`], any backend) implementations; [`CheckpointStore`] and transactional
+//! ([`EventStoreSnapshotStore`], any backend) implementations; [`CheckpointStore`], [`MembershipStore`]
+//! (dynamic consumer groups: the checkpoint stores implement it, in the same database) and transactional
 //! projections (read model + checkpoint in one transaction) have in-memory, SQLite (feature `sqlite`) and
 //! PostgreSQL (feature `postgres`) implementations. Both transactional projections are tested across a
 //! real SIGKILL of the process running them.
@@ -142,6 +146,7 @@ pub mod bus;
 pub mod checkpoint;
 pub mod codec;
 mod error;
+pub mod group;
 pub mod metadata;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -158,6 +163,10 @@ pub use bus::{BusError, Command, CommandBus, CommandHandler, Middleware};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
 pub use codec::{Codec, Envelope, EventSet, SCHEMA_VERSION, Upcasters};
 pub use error::{EsError, Result};
+pub use group::{
+    Assignment, Clock, DynamicGroup, GroupView, Heartbeat, ManualClock, MembershipStore,
+    SystemClock,
+};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};

@@ -1,5 +1,6 @@
-//! PostgreSQL implementations: checkpoints and transactional projections, in the herald-postgres store's
-//! schema, in tables of their own (`herald_es_checkpoints` plus the read model's tables). Each opens its own
+//! PostgreSQL implementations: checkpoints, dynamic group membership and transactional projections, in the
+//! herald-postgres store's schema, in tables of their own (`herald_es_checkpoints`, `herald_es_groups`,
+//! `herald_es_group_members`, plus the read model's tables). Each opens its own
 //! connection with `search_path` set to that schema, so a read model's unqualified table names land there;
 //! herald-postgres's tables are never touched.
 //!
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
 use crate::error::{EsError, Result};
+use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
 use crate::subscription::{BoxError, Feed, validate_name};
 
 fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> EsError {
@@ -60,6 +62,18 @@ async fn connect(connection: &str, schema: &str) -> Result<Client> {
                  name       TEXT        PRIMARY KEY,
                  cursor     BIGINT      NOT NULL,
                  updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS herald_es_groups (
+                 name       TEXT   PRIMARY KEY,
+                 generation BIGINT NOT NULL,
+                 members    TEXT[] NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS herald_es_group_members (
+                 group_name   TEXT   NOT NULL,
+                 member       TEXT   NOT NULL,
+                 expires_at   BIGINT NOT NULL,
+                 acknowledged BIGINT NOT NULL,
+                 PRIMARY KEY (group_name, member)
              );"
         ))
         .await
@@ -92,7 +106,9 @@ async fn save_checkpoint(
     .map(|_| ())
 }
 
-/// Checkpoints in table `herald_es_checkpoints` of a PostgreSQL schema.
+/// Checkpoints in table `herald_es_checkpoints` of a PostgreSQL schema; also the [`MembershipStore`] of dynamic
+/// consumer groups (tables `herald_es_groups` and `herald_es_group_members`; each heartbeat is one
+/// transaction holding the group's row lock, so members on several machines agree on one generation).
 pub struct PostgresCheckpointStore {
     client: Mutex<Client>,
 }
@@ -153,6 +169,107 @@ impl CheckpointStore for PostgresCheckpointStore {
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
             .collect())
+    }
+}
+
+fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl PostgresCheckpointStore {
+    /// Loads a group under its row lock, applies `f` and stores it, in one transaction.
+    async fn update_group<R>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&mut GroupState) -> R,
+    ) -> Result<R> {
+        let err = pg_error("updating a consumer group");
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(&err)?;
+        // The row exists before it is locked, so two first heartbeats serialise on it too.
+        tx.execute(
+            "INSERT INTO herald_es_groups (name, generation, members) VALUES ($1, 0, '{}')
+             ON CONFLICT (name) DO NOTHING",
+            &[&group],
+        )
+        .await
+        .map_err(&err)?;
+        let row = tx
+            .query_one(
+                "SELECT generation, members FROM herald_es_groups WHERE name = $1 FOR UPDATE",
+                &[&group],
+            )
+            .await
+            .map_err(&err)?;
+        let mut state = GroupState {
+            generation: from_sql(row.get(0)),
+            members: row.get(1),
+            ..GroupState::default()
+        };
+        for row in tx
+            .query(
+                "SELECT member, expires_at, acknowledged FROM herald_es_group_members WHERE group_name = $1",
+                &[&group],
+            )
+            .await
+            .map_err(&err)?
+        {
+            state.leases.insert(
+                row.get(0),
+                Lease {
+                    expires_at: from_sql(row.get(1)),
+                    acknowledged: from_sql(row.get(2)),
+                },
+            );
+        }
+        let out = f(&mut state);
+        tx.execute(
+            "UPDATE herald_es_groups SET generation = $2, members = $3 WHERE name = $1",
+            &[&group, &to_sql(state.generation), &state.members],
+        )
+        .await
+        .map_err(&err)?;
+        tx.execute(
+            "DELETE FROM herald_es_group_members WHERE group_name = $1",
+            &[&group],
+        )
+        .await
+        .map_err(&err)?;
+        for (member, lease) in &state.leases {
+            tx.execute(
+                "INSERT INTO herald_es_group_members (group_name, member, expires_at, acknowledged)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &group,
+                    member,
+                    &to_sql(lease.expires_at),
+                    &to_sql(lease.acknowledged),
+                ],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl MembershipStore for PostgresCheckpointStore {
+    async fn heartbeat(&self, group: &str, beat: &Heartbeat) -> Result<GroupView> {
+        self.update_group(group, |state| {
+            state.beat(beat);
+            state.view()
+        })
+        .await
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        self.update_group(group, |state| state.leave(member)).await
     }
 }
 

@@ -1,6 +1,6 @@
-//! SQLite implementations: snapshots, checkpoints and transactional projections, in the event store's own
-//! database file, in tables of their own (`herald_es_snapshots`, `herald_es_checkpoints`, plus the read model's
-//! tables). Each opens its own connection to the file; herald-sqlite's tables are never touched, and nothing
+//! SQLite implementations: snapshots, checkpoints, dynamic group membership and transactional projections, in
+//! the event store's own database file, in tables of their own (`herald_es_snapshots`, `herald_es_checkpoints`,
+//! `herald_es_groups`, `herald_es_group_members`, plus the read model's tables). Each opens its own connection to the file; herald-sqlite's tables are never touched, and nothing
 //! here depends on its internals.
 //!
 //! Open the herald-sqlite `SqliteStore` on the file **first**: it creates the
@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::CheckpointStore;
 use crate::error::{EsError, Result};
+use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::subscription::{BoxError, Feed, validate_name};
 
@@ -37,6 +38,18 @@ CREATE TABLE IF NOT EXISTS herald_es_checkpoints (
     name       TEXT    PRIMARY KEY,
     cursor     INTEGER NOT NULL,
     updated_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS herald_es_groups (
+    name       TEXT    PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    members    TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS herald_es_group_members (
+    group_name   TEXT    NOT NULL,
+    member       TEXT    NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL,
+    PRIMARY KEY (group_name, member)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS herald_es_snapshots (
     stream         TEXT    PRIMARY KEY,
@@ -111,7 +124,9 @@ impl Db {
     }
 }
 
-/// Checkpoints in table `herald_es_checkpoints` of a Herald SQLite database.
+/// Checkpoints in table `herald_es_checkpoints` of a Herald SQLite database; also the [`MembershipStore`] of
+/// dynamic consumer groups (tables `herald_es_groups` and `herald_es_group_members`, one transaction per
+/// heartbeat, shared by every process opening the file).
 #[derive(Clone)]
 pub struct SqliteCheckpointStore {
     db: Db,
@@ -199,6 +214,123 @@ fn save_checkpoint(c: &Connection, name: &str, cursor: u64) -> rusqlite::Result<
         params![name, cursor as i64],
     )?;
     Ok(())
+}
+
+fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn load_group(tx: &Transaction<'_>, group: &str) -> Result<GroupState> {
+    let err = db_error("loading a consumer group");
+    let row: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT generation, members FROM herald_es_groups WHERE name = ?1",
+            [group],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(&err)?;
+    let mut state = GroupState::default();
+    if let Some((generation, members)) = row {
+        state.generation = from_sql(generation);
+        state.members = serde_json::from_str(&members)
+            .map_err(|e| EsError::storage("loading a consumer group", e))?;
+    }
+    let mut stmt = tx
+        .prepare(
+            "SELECT member, expires_at, acknowledged FROM herald_es_group_members WHERE group_name = ?1",
+        )
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map([group], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Lease {
+                    expires_at: from_sql(r.get(1)?),
+                    acknowledged: from_sql(r.get(2)?),
+                },
+            ))
+        })
+        .map_err(&err)?;
+    for row in rows {
+        let (member, lease) = row.map_err(&err)?;
+        state.leases.insert(member, lease);
+    }
+    Ok(state)
+}
+
+fn store_group(tx: &Transaction<'_>, group: &str, state: &GroupState) -> Result<()> {
+    let err = db_error("saving a consumer group");
+    let members = serde_json::to_string(&state.members)
+        .map_err(|e| EsError::storage("saving a consumer group", e))?;
+    tx.execute(
+        "INSERT INTO herald_es_groups (name, generation, members) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET generation = excluded.generation, members = excluded.members",
+        params![group, to_sql(state.generation), members],
+    )
+    .map_err(&err)?;
+    tx.execute(
+        "DELETE FROM herald_es_group_members WHERE group_name = ?1",
+        [group],
+    )
+    .map_err(&err)?;
+    for (member, lease) in &state.leases {
+        tx.execute(
+            "INSERT INTO herald_es_group_members (group_name, member, expires_at, acknowledged)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                group,
+                member,
+                to_sql(lease.expires_at),
+                to_sql(lease.acknowledged)
+            ],
+        )
+        .map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// Loads a group, applies `f` and stores it, in one immediate (write-locked) transaction.
+fn update_group<R>(
+    c: &mut Connection,
+    group: &str,
+    f: impl FnOnce(&mut GroupState) -> R,
+) -> Result<R> {
+    let err = db_error("updating a consumer group");
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    let mut state = load_group(&tx, group)?;
+    let out = f(&mut state);
+    store_group(&tx, group, &state)?;
+    tx.commit().map_err(&err)?;
+    Ok(out)
+}
+
+#[async_trait]
+impl MembershipStore for SqliteCheckpointStore {
+    async fn heartbeat(&self, group: &str, beat: &Heartbeat) -> Result<GroupView> {
+        let (group, beat) = (group.to_owned(), beat.clone());
+        self.db
+            .call(move |c| {
+                update_group(c, &group, |state| {
+                    state.beat(&beat);
+                    state.view()
+                })
+            })
+            .await
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let (group, member) = (group.to_owned(), member.to_owned());
+        self.db
+            .call(move |c| update_group(c, &group, |state| state.leave(&member)))
+            .await
+    }
 }
 
 /// Snapshots in table `herald_es_snapshots` of a Herald SQLite database.

@@ -20,10 +20,15 @@
 //!
 //! # Consumer groups
 //!
-//! `count` members share a category (or the global log). Each reads the whole scope and handles only the
-//! streams it owns: member `index` owns stream `s` when `stable_hash(s) % count == index` ([`stable_hash`]
-//! is FNV-1a 64 of the stream name: the same on every machine and Rust version). One stream always has one
-//! owner, so per-stream order holds. Each member keeps its own checkpoint, named `{name}#{index}of{count}`.
+//! Members share a category (or the global log). Each reads the whole scope and handles only the streams it
+//! owns: member `index` of `count` owns stream `s` when `stable_hash(s) % count == index` ([`stable_hash`] is
+//! FNV-1a 64 of the stream name: the same on every machine and Rust version). One stream has one owner at a
+//! time, so per-stream order holds. There are two ways to say who the members are.
+//!
+//! ## Static membership
+//!
+//! [`Subscription::member`] with a [`GroupMember`] `(index, count)` fixed by configuration. Each member keeps
+//! its own checkpoint, named `{name}#{index}of{count}`.
 //!
 //! **Membership changes (join, leave) are done by restart:** stop every member, start the new set with the new
 //! `count`. A member whose checkpoint does not exist yet starts from the *safe point* of the previous
@@ -32,9 +37,53 @@
 //! it may be handled again by a new owner (at least once, as always), none are lost. Running two generations at
 //! once is not detected and breaks per-stream order: do not.
 //!
+//! ## Dynamic membership
+//!
+//! [`Subscription::dynamic_group`] with a [`DynamicGroup`]: members join and leave while the others run, and
+//! [`Subscription::run`] rebalances by itself. The group is named after the subscription.
+//!
+//! - **Registration.** Each member registers in a [`MembershipStore`](crate::MembershipStore) — the
+//!   checkpoint store's own database: [`InMemoryCheckpointStore`](crate::InMemoryCheckpointStore),
+//!   `sqlite::SqliteCheckpointStore` and `postgres::PostgresCheckpointStore` implement it — with a lease it
+//!   renews every heartbeat. A member whose run ends (cancelled, or stopped by an error) deregisters; a member
+//!   that dies (SIGKILL, a lost machine, its task aborted) is dropped by the next heartbeat of another member
+//!   after its lease ended. Leases are measured on a [`Clock`](crate::Clock) (tests use
+//!   [`ManualClock`](crate::ManualClock)).
+//! - **Generations.** Every change of the live member set bumps the group's *generation*. A generation's
+//!   members, sorted by id, give each its `(index, count)`; [`Subscription::assignment`] publishes it.
+//! - **Rebalance: eager, stop-the-world.** On a new generation every member stops handling before its next
+//!   event (a batch boundary at worst: the check runs before every event), saves its checkpoint and
+//!   acknowledges the generation in its next heartbeat. A member starts handling under a generation only
+//!   when *every* member of it has acknowledged it; a member that dies instead of acknowledging is dropped
+//!   when its lease ends, which makes a new generation without it. A member also stops handling when its own
+//!   lease ends without renewal (it cannot reach the store), because the others may then drop it. So no two
+//!   members handle the same stream at the same time, and per-stream order holds across rebalances. This is
+//!   the simple, safe choice; its cost is that the whole group pauses for about one heartbeat per change (a
+//!   lease, when a member dies), even members whose streams did not move.
+//! - **Where members resume.** Checkpoints are per generation: `{name}#{index}of{count}@{generation}`. The
+//!   first member to start a generation records its *start*, `{name}#start@{generation}of{count}`: the lowest
+//!   final checkpoint of the previous generation that started (every event at or below it was handled), or,
+//!   for a group's first generation, the static safe point above (so a static group can become a dynamic
+//!   one). Every member reads from the start and skips, as already handled, the events of a stream at or below
+//!   the final checkpoint of that stream's owner in an earlier generation. After a clean join or leave,
+//!   nothing is handled twice; after a member dies, the events it handled after its last checkpoint (at most
+//!   one batch) are handled again by the streams' new owners. Nothing is lost either way (at least once, as
+//!   always). Records of old generations are deleted once a later start covers them.
+//! - **Failures.** A membership store error ends [`Subscription::run`] with [`EsError::Storage`] (the
+//!   member leaves if it can); the caller restarts it, as for any store error. A handler error ends this
+//!   member's run and it leaves: the stream's new owner gets the failed event again, so a poison event stops
+//!   each member in turn until it is dealt with (park it in the handler).
+//! - **Assumptions.** Member ids are unique within the group. Members read the same time to within a small
+//!   fraction of the lease (one process, or synchronised clocks). One handler call finishes well within the
+//!   lease: a member checks its lease before each event, not during one. Use the membership store of the
+//!   database that holds the checkpoints (generation numbers name them).
+//!
+//! ## Costs
+//!
 //! Every member reads the whole scope and skips what it does not own, so reads grow with the member count;
 //! the handlers' work is what gets divided. That suits handlers that cost more than a read (I/O, remote
-//! calls), which is what groups are for.
+//! calls), which is what groups are for. A dynamic member adds one heartbeat (one small transaction) per
+//! heartbeat interval, and each rebalance rereads the scope from the generation's start.
 
 use std::sync::Arc;
 
@@ -48,6 +97,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::codec::{Codec, Envelope, EventSet};
 use crate::error::{EsError, Result};
+use crate::group::{self, Assignment, DynamicGroup, GroupKey};
 
 /// A boxed error from user handlers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -197,9 +247,11 @@ pub struct Subscription {
     name: String,
     query: ReadQuery,
     group: Option<GroupMember>,
+    dynamic: Option<DynamicGroup>,
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
     progress: watch::Sender<Option<u64>>,
+    assignment: watch::Sender<Assignment>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -208,6 +260,7 @@ impl std::fmt::Debug for Subscription {
             .field("name", &self.name)
             .field("scope", &self.query.scope)
             .field("group", &self.group)
+            .field("dynamic", &self.dynamic)
             .finish_non_exhaustive()
     }
 }
@@ -245,9 +298,11 @@ impl Subscription {
             name,
             query,
             group: None,
+            dynamic: None,
             store,
             checkpoints,
             progress: watch::channel(None).0,
+            assignment: watch::channel(Assignment::Idle).0,
         })
     }
 
@@ -304,15 +359,69 @@ impl Subscription {
         Ok(self)
     }
 
-    /// Makes this subscription one member of a consumer group (category or global scope only).
+    /// Makes this subscription one member of a static consumer group (category or global scope only).
     pub fn member(mut self, member: GroupMember) -> Result<Self> {
-        if matches!(self.query.scope, ReadScope::Stream(_)) {
-            return Err(EsError::InvalidInput(
-                "consumer groups share a category or the global log, not one stream".into(),
-            ));
+        self.check_group_scope()?;
+        if self.dynamic.is_some() {
+            return Err(EsError::InvalidInput(format!(
+                "subscription `{}` is already a dynamic group member; a member is static or dynamic, not both",
+                self.name
+            )));
         }
         self.group = Some(member);
         Ok(self)
+    }
+
+    /// Makes this subscription a member of a consumer group whose members join and leave at run time (category
+    /// or global scope only); the group is named after the subscription. See
+    /// [dynamic membership](crate::subscription#dynamic-membership).
+    pub fn dynamic_group(mut self, group: DynamicGroup) -> Result<Self> {
+        self.check_group_scope()?;
+        if self.group.is_some() {
+            return Err(EsError::InvalidInput(format!(
+                "subscription `{}` is already a static group member; a member is static or dynamic, not both",
+                self.name
+            )));
+        }
+        self.dynamic = Some(group);
+        Ok(self)
+    }
+
+    fn check_group_scope(&self) -> Result<()> {
+        if matches!(self.query.scope, ReadScope::Stream(_)) {
+            return Err(EsError::InvalidInput(format!(
+                "subscription `{}`: consumer groups share a category or the global log, not one stream",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A receiver of what this dynamic group member does: [`Assignment::Rebalancing`] while a generation
+    /// settles, [`Assignment::Active`] with its generation, index and count while it handles events,
+    /// [`Assignment::Idle`] outside [`Subscription::run`] (and always for other subscriptions).
+    pub fn assignment(&self) -> watch::Receiver<Assignment> {
+        self.assignment.subscribe()
+    }
+
+    pub(crate) fn assignment_sender(&self) -> &watch::Sender<Assignment> {
+        &self.assignment
+    }
+
+    pub(crate) fn progress_sender(&self) -> &watch::Sender<Option<u64>> {
+        &self.progress
+    }
+
+    pub(crate) fn checkpoint_store(&self) -> Arc<dyn CheckpointStore> {
+        self.checkpoints.clone()
+    }
+
+    pub(crate) fn event_store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub(crate) fn query(&self) -> &ReadQuery {
+        &self.query
     }
 
     /// The subscription's name.
@@ -320,7 +429,9 @@ impl Subscription {
         &self.name
     }
 
-    /// The key its checkpoint is stored under (`name`, or `name#IofN` for a group member).
+    /// The key its checkpoint is stored under (`name`, or `name#IofN` for a static group member). A dynamic
+    /// member has one checkpoint per generation, `name#IofN@G` (and each generation's start point,
+    /// `name#start@GofN`); this returns `name` for it.
     pub fn checkpoint_key(&self) -> String {
         match &self.group {
             Some(member) => member.key(&self.name),
@@ -334,15 +445,21 @@ impl Subscription {
         self.progress.subscribe()
     }
 
-    /// Deletes this subscription's checkpoint: the next run starts from the beginning.
+    /// Deletes this subscription's checkpoint: the next run starts from the beginning. For a dynamic group
+    /// member, deletes every dynamic checkpoint of the group (stop every member first).
     pub async fn reset(&self) -> Result<()> {
-        self.checkpoints.delete(&self.checkpoint_key()).await?;
+        if self.dynamic.is_some() {
+            group::reset(&*self.checkpoints, &self.name).await?;
+        } else {
+            self.checkpoints.delete(&self.checkpoint_key()).await?;
+        }
         self.progress.send_replace(None);
         Ok(())
     }
 
-    /// The cursor the next run resumes after (`None`: from the beginning), with the group rule of the module
-    /// docs for a member without a checkpoint.
+    /// The cursor the next run resumes after (`None`: from the beginning), with the static group rule of the
+    /// module docs for a member without a checkpoint. (A dynamic member's start depends on the generation it
+    /// joins; see [dynamic membership](crate::subscription#dynamic-membership).)
     pub async fn start_cursor(&self) -> Result<Option<u64>> {
         let key = self.checkpoint_key();
         if let Some(cursor) = self.checkpoints.load(&key).await? {
@@ -352,22 +469,14 @@ impl Subscription {
             return Ok(None);
         };
         let prefix = format!("{}#", self.name);
-        let mut generations: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
-        for (k, cursor) in self.checkpoints.list(&prefix).await? {
-            let Some((_, count)) = k[prefix.len()..].split_once("of") else {
-                continue;
-            };
-            if let Ok(count) = count.parse::<u32>()
-                && count != member.count
-            {
-                generations.entry(count).or_default().push(cursor);
-            }
-        }
-        let safe = generations
-            .iter()
-            .filter(|(count, cursors)| cursors.len() == **count as usize)
-            .filter_map(|(_, cursors)| cursors.iter().min().copied())
-            .max();
+        let listed: Vec<(GroupKey, u64)> = self
+            .checkpoints
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, c)| GroupKey::parse(&k[prefix.len()..]).map(|key| (key, c)))
+            .collect();
+        let safe = group::static_safe_point(&listed, Some(member.count));
         if safe.is_some() {
             tracing::info!(subscription = %key, safe_point = ?safe, "new group member starts from the previous generation's safe point");
         }
@@ -388,6 +497,9 @@ impl Subscription {
         handler: &H,
         cancel: &CancellationToken,
     ) -> Result<SubscriptionStats> {
+        if let Some(dynamic) = &self.dynamic {
+            return group::run(self, dynamic, handler, cancel).await;
+        }
         let key = self.checkpoint_key();
         let start = self.start_cursor().await?;
         let mut query = self.query.clone();

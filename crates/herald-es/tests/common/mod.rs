@@ -8,7 +8,7 @@ use herald_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
 use herald_es::sqlite::{SqliteCheckpointStore, SqliteSnapshotStore};
 use herald_es::{
     Aggregate, CheckpointStore, EventSet, EventStoreSnapshotStore, InMemoryCheckpointStore,
-    InMemorySnapshotStore, Snapshot, SnapshotStore,
+    InMemorySnapshotStore, MembershipStore, Snapshot, SnapshotStore,
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +134,8 @@ pub struct Fixture {
     sqlite_snapshots: Option<SqliteSnapshotStore>,
     store_snapshots: Option<Arc<EventStoreSnapshotStore>>,
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Dynamic consumer group membership, in the same database as `checkpoints` (the same object).
+    pub memberships: Arc<dyn MembershipStore>,
     /// Drops the PostgreSQL test schema last, after the store.
     _schema: Option<PgSchema>,
 }
@@ -172,6 +174,7 @@ impl Drop for PgSchema {
 
 impl Fixture {
     pub async fn memory() -> Self {
+        let checkpoints = Arc::new(InMemoryCheckpointStore::new());
         Fixture {
             store: Arc::new(herald_memory::InMemoryStore::new()),
             path: None,
@@ -179,14 +182,16 @@ impl Fixture {
             memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
             sqlite_snapshots: None,
             store_snapshots: None,
-            checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+            checkpoints: checkpoints.clone(),
+            memberships: checkpoints,
             _schema: None,
         }
     }
 
     /// The PostgreSQL backend in a fresh schema (`HERALD_TEST_POSTGRES_URL`, default the local `test`
-    /// database), with snapshots in the event store ([`EventStoreSnapshotStore`]) and in-memory checkpoints
-    /// (herald-es has no PostgreSQL checkpoint store yet). `None` (skip, printed) when the server is unreachable, unless `CI` is set.
+    /// database), with snapshots in the event store ([`EventStoreSnapshotStore`]) and checkpoints and group
+    /// membership in the same schema ([`herald_es::postgres::PostgresCheckpointStore`]). `None` (skip,
+    /// printed) when the server is unreachable, unless `CI` is set.
     pub async fn postgres(test: &str) -> Option<Self> {
         let url = std::env::var("HERALD_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
@@ -199,6 +204,11 @@ impl Fixture {
         match herald_postgres::PostgresStore::open(&url, config).await {
             Ok(store) => {
                 let store: Arc<dyn EventStore> = Arc::new(store);
+                let checkpoints = Arc::new(
+                    herald_es::postgres::PostgresCheckpointStore::connect(&url, &schema.name)
+                        .await
+                        .unwrap(),
+                );
                 Some(Fixture {
                     store_snapshots: Some(Arc::new(EventStoreSnapshotStore::new(store.clone()))),
                     store,
@@ -206,7 +216,8 @@ impl Fixture {
                     backend: "postgres",
                     memory_snapshots: None,
                     sqlite_snapshots: None,
-                    checkpoints: Arc::new(InMemoryCheckpointStore::new()),
+                    checkpoints: checkpoints.clone(),
+                    memberships: checkpoints,
                     _schema: Some(schema),
                 })
             }
@@ -224,10 +235,12 @@ impl Fixture {
     pub async fn sqlite() -> Self {
         let store = herald_sqlite::SqliteStore::open_temporary().await.unwrap();
         let path = store.path().to_path_buf();
+        let checkpoints = Arc::new(SqliteCheckpointStore::open(&path).await.unwrap());
         Fixture {
             store: Arc::new(store),
             sqlite_snapshots: Some(SqliteSnapshotStore::open(&path).await.unwrap()),
-            checkpoints: Arc::new(SqliteCheckpointStore::open(&path).await.unwrap()),
+            checkpoints: checkpoints.clone(),
+            memberships: checkpoints,
             path: Some(path),
             backend: "sqlite",
             memory_snapshots: None,

@@ -1,0 +1,552 @@
+//! Dynamic consumer groups: members join, leave and die at run time (in-memory, SQLite, PostgreSQL).
+//!
+//! Every handler call records (stream, version, member, generation, index, count) in handler order and keeps
+//! an in-flight map per stream, so each test checks: no event lost, per-stream order across every rebalance,
+//! one owner per stream per generation (the one the hash assigns), and never two members handling one stream
+//! at the same moment. Lease expiry is driven by a [`ManualClock`], so no test sleeps for a lease.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::Fixture;
+use herald_core::{
+    EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, RecordedEvent, StreamName,
+};
+use herald_es::{
+    Assignment, BoxError, CancellationToken, DynamicGroup, EsError, EventHandler, GroupMember,
+    ManualClock, Subscription, SubscriptionStats,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LEASE: Duration = Duration::from_secs(30);
+/// Real time between heartbeats: rebalances settle in a few of them.
+const HEARTBEAT: Duration = Duration::from_millis(10);
+/// A deadline for each wait, so a broken protocol fails the test instead of hanging it.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Handled {
+    id: uuid::Uuid,
+    stream: String,
+    version: u64,
+    member: String,
+    generation: u64,
+    index: u32,
+    count: u32,
+}
+
+#[derive(Default)]
+struct Shared {
+    log: Mutex<Vec<Handled>>,
+    in_flight: Mutex<HashMap<String, String>>,
+    overlaps: Mutex<Vec<String>>,
+}
+
+/// Records what it handles, and any moment two members handle the same stream at once.
+struct Tracker {
+    member: String,
+    assignment: watch::Receiver<Assignment>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl EventHandler for Tracker {
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        let Assignment::Active { generation, member } = *self.assignment.borrow() else {
+            return Err(format!("{} handled an event while not active", self.member).into());
+        };
+        if let Some(other) = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap()
+            .insert(event.stream.clone(), self.member.clone())
+        {
+            self.shared.overlaps.lock().unwrap().push(format!(
+                "{} handled by {other} and {} at once",
+                event.stream, self.member
+            ));
+        }
+        // Give a second owner, if there were one, the chance to run inside this handler call.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.shared.log.lock().unwrap().push(Handled {
+            id: event.id,
+            stream: event.stream.clone(),
+            version: event.version,
+            member: self.member.clone(),
+            generation,
+            index: member.index(),
+            count: member.count(),
+        });
+        self.shared.in_flight.lock().unwrap().remove(&event.stream);
+        Ok(())
+    }
+}
+
+struct Member {
+    id: String,
+    sub: Arc<Subscription>,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<SubscriptionStats, EsError>>,
+}
+
+fn group(f: &Fixture, clock: &ManualClock, id: &str) -> DynamicGroup {
+    DynamicGroup::new(f.memberships.clone(), id)
+        .unwrap()
+        .lease(LEASE)
+        .unwrap()
+        .heartbeat(HEARTBEAT)
+        .unwrap()
+        .clock(Arc::new(clock.clone()))
+}
+
+fn start(f: &Fixture, clock: &ManualClock, shared: &Arc<Shared>, id: &str) -> Member {
+    let sub = Arc::new(
+        Subscription::category("billing", "acct", f.store.clone(), f.checkpoints.clone())
+            .unwrap()
+            .batch_size(8)
+            .unwrap()
+            .dynamic_group(group(f, clock, id))
+            .unwrap(),
+    );
+    let tracker = Tracker {
+        member: id.to_owned(),
+        assignment: sub.assignment(),
+        shared: shared.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (sub, cancel) = (sub.clone(), cancel.clone());
+        async move { sub.run(&tracker, &cancel).await }
+    });
+    Member {
+        id: id.to_owned(),
+        sub,
+        cancel,
+        task,
+    }
+}
+
+fn active(a: &Assignment) -> Option<(u64, GroupMember)> {
+    match *a {
+        Assignment::Active { generation, member } => Some((generation, member)),
+        _ => None,
+    }
+}
+
+/// Waits until exactly `members` form one settled generation and each has checkpointed `target` (0: no
+/// event yet); returns the generation. Signals only (assignment and progress watches), under a deadline.
+async fn settle(members: &[&Member], target: u64) -> u64 {
+    let count = members.len() as u32;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            // The newest generation of this size any member is in; wait for every member to reach it.
+            let mut newest = 0;
+            for m in members {
+                let a = *m
+                    .sub
+                    .assignment()
+                    .wait_for(|a| {
+                        active(a).is_some_and(|(g, mm)| mm.count() == count && g >= newest)
+                    })
+                    .await
+                    .unwrap();
+                newest = newest.max(active(&a).unwrap().0);
+            }
+            for m in members {
+                m.sub
+                    .assignment()
+                    .wait_for(|a| {
+                        active(a).is_some_and(|(g, mm)| mm.count() == count && g >= newest)
+                    })
+                    .await
+                    .unwrap();
+            }
+            for m in members.iter().filter(|_| target > 0) {
+                m.sub
+                    .progress()
+                    .wait_for(|p| p.is_some_and(|p| p >= target))
+                    .await
+                    .unwrap();
+            }
+            let same = members
+                .iter()
+                .all(|m| active(&m.sub.assignment().borrow()).is_some_and(|(g, _)| g == newest));
+            let indexes: BTreeSet<u32> = members
+                .iter()
+                .filter_map(|m| active(&m.sub.assignment().borrow()).map(|(_, mm)| mm.index()))
+                .collect();
+            if same && indexes.len() == members.len() {
+                return newest;
+            }
+        }
+    })
+    .await
+    .expect("the group did not settle before the deadline")
+}
+
+async fn stop(member: Member) -> SubscriptionStats {
+    member.cancel.cancel();
+    member.task.await.unwrap().unwrap()
+}
+
+async fn append(store: &dyn EventStore, stream: &str, n: usize) -> u64 {
+    store
+        .append(
+            &StreamName::new(stream).unwrap(),
+            (0..n)
+                .map(|i| NewEvent::new("Deposited").with_data(format!("{i}")))
+                .collect(),
+            ExpectedVersion::Any,
+        )
+        .await
+        .unwrap()
+        .last_position
+}
+
+/// Appends to `acct-0..streams` round-robin until `stop`, then returns how many appends it made.
+fn writer(store: Arc<dyn EventStore>, streams: usize, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) || n < 20 {
+            append(&*store, &format!("acct-{}", n % streams), 1).await;
+            n += 1;
+            tokio::task::yield_now().await;
+        }
+        n
+    })
+}
+
+async fn category(f: &Fixture) -> Vec<RecordedEvent> {
+    f.store
+        .read_to_vec(ReadQuery::category("acct"))
+        .await
+        .unwrap()
+}
+
+/// The checks every test makes. `exactly_once`: clean joins and leaves hand over without redelivery.
+fn check(shared: &Shared, all: &[RecordedEvent], exactly_once: bool) -> Vec<Handled> {
+    let overlaps = shared.overlaps.lock().unwrap().clone();
+    assert!(overlaps.is_empty(), "concurrent handling: {overlaps:?}");
+    let log = shared.log.lock().unwrap().clone();
+    let handled: BTreeSet<_> = log.iter().map(|h| h.id).collect();
+    let missing: Vec<_> = all.iter().filter(|e| !handled.contains(&e.id)).collect();
+    assert!(missing.is_empty(), "{} events lost", missing.len());
+    if exactly_once {
+        assert_eq!(log.len(), all.len(), "no event handled twice");
+    }
+    // Per-stream order across the whole run: each stream's versions, in handler order, only ever go to the next
+    // version, or back (a redelivery) when the stream changes hands.
+    let mut last: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    for h in &log {
+        match last.get(h.stream.as_str()) {
+            None => assert_eq!(h.version, 0, "{} starts at version 0", h.stream),
+            Some(&(v, member)) => {
+                if exactly_once || member == h.member {
+                    assert_eq!(h.version, v + 1, "order in {} ({h:?})", h.stream);
+                } else {
+                    assert!(h.version <= v + 1, "gap in {} ({h:?})", h.stream);
+                }
+            }
+        }
+        last.insert(&h.stream, (h.version, &h.member));
+    }
+    // One owner per stream per generation, the one the hash names.
+    let mut owners: BTreeMap<(u64, &str), &str> = BTreeMap::new();
+    for h in &log {
+        let assigned = GroupMember::new(h.index, h.count).unwrap();
+        assert!(assigned.owns(&h.stream), "{h:?} not owned");
+        let owner = owners.entry((h.generation, &h.stream)).or_insert(&h.member);
+        assert_eq!(
+            *owner, h.member,
+            "two owners of {} in generation {}",
+            h.stream, h.generation
+        );
+    }
+    log
+}
+
+async fn two_members_share_a_category(f: Fixture) {
+    let clock = ManualClock::new(1_000_000);
+    let shared = Arc::new(Shared::default());
+    let a = start(&f, &clock, &shared, "member-a");
+    let b = start(&f, &clock, &shared, "member-b");
+    let generation = settle(&[&a, &b], 0).await;
+    for i in 0..20 {
+        append(&*f.store, &format!("acct-{i}"), 5).await;
+        append(&*f.store, &format!("other-{i}"), 1).await;
+    }
+    let all = category(&f).await;
+    settle(&[&a, &b], all.last().unwrap().position).await;
+    // Live events after the catch-up.
+    for i in 0..20 {
+        append(&*f.store, &format!("acct-{i}"), 1).await;
+    }
+    let all = category(&f).await;
+    settle(&[&a, &b], all.last().unwrap().position).await;
+    let (sa, sb) = (stop(a).await, stop(b).await);
+    let log = check(&shared, &all, true);
+    let by_member: BTreeSet<&str> = log.iter().map(|h| h.member.as_str()).collect();
+    assert_eq!(by_member.len(), 2, "20 streams spread over both members");
+    assert_eq!(sa.handled + sb.handled, all.len() as u64);
+    // One generation throughout; members sorted by id: member-a has index 0.
+    assert!(log.iter().all(|h| h.generation == generation
+        && h.count == 2
+        && (h.index == 0) == (h.member == "member-a")));
+}
+
+async fn a_third_member_joins_mid_stream(f: Fixture) {
+    for i in 0..25 {
+        append(&*f.store, &format!("acct-{i}"), 4).await;
+    }
+    let clock = ManualClock::new(1_000_000);
+    let shared = Arc::new(Shared::default());
+    let a = start(&f, &clock, &shared, "member-a");
+    let b = start(&f, &clock, &shared, "member-b");
+    let first = settle(&[&a, &b], category(&f).await.last().unwrap().position).await;
+    // Writes keep coming while the third member joins and the group rebalances.
+    let writing = Arc::new(AtomicBool::new(false));
+    let w = writer(f.store.clone(), 25, writing.clone());
+    let c = start(&f, &clock, &shared, "member-c");
+    let head = category(&f).await.last().unwrap().position;
+    let second = settle(&[&a, &b, &c], head).await;
+    assert!(second > first, "the join started a new generation");
+    writing.store(true, Ordering::Relaxed);
+    let appended = w.await.unwrap();
+    let all = category(&f).await;
+    settle(&[&a, &b, &c], all.last().unwrap().position).await;
+    for m in [a, b, c] {
+        stop(m).await;
+    }
+    let log = check(&shared, &all, true);
+    assert!(appended >= 20);
+    let last_generation: BTreeSet<&str> = log
+        .iter()
+        .filter(|h| h.generation == second)
+        .map(|h| h.member.as_str())
+        .collect();
+    assert!(
+        last_generation.contains("member-c"),
+        "the new member handles streams: {last_generation:?}"
+    );
+}
+
+async fn a_member_leaves_cleanly(f: Fixture) {
+    let clock = ManualClock::new(1_000_000);
+    let shared = Arc::new(Shared::default());
+    let a = start(&f, &clock, &shared, "member-a");
+    let b = start(&f, &clock, &shared, "member-b");
+    let c = start(&f, &clock, &shared, "member-c");
+    settle(&[&a, &b, &c], 0).await;
+    for i in 0..25 {
+        append(&*f.store, &format!("acct-{i}"), 4).await;
+    }
+    let first = settle(&[&a, &b, &c], category(&f).await.last().unwrap().position).await;
+    let writing = Arc::new(AtomicBool::new(false));
+    let w = writer(f.store.clone(), 25, writing.clone());
+    let c_id = c.id.clone();
+    let stats = stop(c).await;
+    assert!(stats.handled > 0);
+    let head = category(&f).await.last().unwrap().position;
+    let second = settle(&[&a, &b], head).await;
+    assert!(second > first);
+    writing.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    let all = category(&f).await;
+    settle(&[&a, &b], all.last().unwrap().position).await;
+    for m in [a, b] {
+        stop(m).await;
+    }
+    let log = check(&shared, &all, true);
+    // The streams the leaver owned moved to the survivors.
+    let left: BTreeSet<&str> = log
+        .iter()
+        .filter(|h| h.member == c_id)
+        .map(|h| h.stream.as_str())
+        .collect();
+    assert!(!left.is_empty());
+    assert!(
+        log.iter()
+            .any(|h| left.contains(h.stream.as_str()) && h.generation >= second)
+    );
+    assert!(
+        log.iter()
+            .filter(|h| h.generation >= second)
+            .all(|h| h.member != c_id)
+    );
+}
+
+async fn a_dead_member_is_replaced_after_its_lease(f: Fixture) {
+    let clock = ManualClock::new(1_000_000);
+    let shared = Arc::new(Shared::default());
+    let a = start(&f, &clock, &shared, "member-a");
+    let b = start(&f, &clock, &shared, "member-b");
+    let c = start(&f, &clock, &shared, "member-c");
+    settle(&[&a, &b, &c], 0).await;
+    for i in 0..25 {
+        append(&*f.store, &format!("acct-{i}"), 4).await;
+    }
+    let first = settle(&[&a, &b, &c], category(&f).await.last().unwrap().position).await;
+    let c_member = active(&c.sub.assignment().borrow()).unwrap().1;
+    // Member c dies: its task (and with it its heartbeats) is aborted; it never leaves the group.
+    c.task.abort();
+    assert!(c.task.await.unwrap_err().is_cancelled());
+    for i in 0..25 {
+        append(&*f.store, &format!("acct-{i}"), 2).await;
+    }
+    let all = category(&f).await;
+    let head = all.last().unwrap().position;
+    // The survivors read past the new events but leave c's streams alone while its lease lasts.
+    for m in [&a, &b] {
+        tokio::time::timeout(
+            DEADLINE,
+            m.sub.progress().wait_for(|p| p.is_some_and(|p| p >= head)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(active(&m.sub.assignment().borrow()).unwrap().0, first);
+    }
+    let orphans: BTreeSet<uuid::Uuid> = all
+        .iter()
+        .filter(|e| c_member.owns(&e.stream))
+        .map(|e| e.id)
+        .collect();
+    assert!(!orphans.is_empty());
+    assert!(
+        !shared
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.member != "member-c" && orphans.contains(&h.id)),
+        "nobody takes a stream over before the owner's lease ends"
+    );
+    // The lease ends: the survivors drop c, rebalance and handle its streams.
+    clock.advance(LEASE + Duration::from_millis(1));
+    let second = settle(&[&a, &b], head).await;
+    assert!(second > first);
+    for m in [a, b] {
+        stop(m).await;
+    }
+    let log = check(&shared, &all, true);
+    let handled_orphans: BTreeSet<uuid::Uuid> = log
+        .iter()
+        .filter(|h| h.member != "member-c" && h.generation > first)
+        .map(|h| h.id)
+        .collect();
+    let after_death: Vec<_> = all
+        .iter()
+        .rev()
+        .take(50)
+        .filter(|e| orphans.contains(&e.id))
+        .collect();
+    assert!(!after_death.is_empty());
+    assert!(after_death.iter().all(|e| handled_orphans.contains(&e.id)));
+}
+
+async fn static_groups_still_work_next_to_dynamic_keys(f: Fixture) {
+    // Dynamic checkpoint keys share the `name#` prefix; the static safe point must ignore them.
+    f.checkpoints.save("billing#0of2", 10).await.unwrap();
+    f.checkpoints.save("billing#1of2", 20).await.unwrap();
+    f.checkpoints.save("billing#0of3@4", 99).await.unwrap();
+    f.checkpoints.save("billing#start@4of3", 5).await.unwrap();
+    let sub = Subscription::category("billing", "acct", f.store.clone(), f.checkpoints.clone())
+        .unwrap()
+        .member(GroupMember::new(0, 4).unwrap())
+        .unwrap();
+    assert_eq!(sub.start_cursor().await.unwrap(), Some(10));
+    // Resetting a dynamic member removes the dynamic keys only.
+    let clock = ManualClock::new(0);
+    let dynamic = Subscription::category("billing", "acct", f.store.clone(), f.checkpoints.clone())
+        .unwrap()
+        .dynamic_group(group(&f, &clock, "m"))
+        .unwrap();
+    dynamic.reset().await.unwrap();
+    let left: Vec<String> = f
+        .checkpoints
+        .list("billing#")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, ["billing#0of2", "billing#1of2"]);
+}
+
+on_both_backends!(
+    two_members_share_a_category,
+    a_third_member_joins_mid_stream,
+    a_member_leaves_cleanly,
+    a_dead_member_is_replaced_after_its_lease,
+    static_groups_still_work_next_to_dynamic_keys,
+);
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_a_named_error() {
+    let f = Fixture::memory().await;
+    let m = || f.memberships.clone();
+    for bad in ["", "a\nb"] {
+        let err = DynamicGroup::new(m(), bad).unwrap_err();
+        assert!(
+            matches!(err, EsError::InvalidInput(ref s) if s.contains("member id")),
+            "{err}"
+        );
+    }
+    let err = DynamicGroup::new(m(), "x".repeat(201)).unwrap_err();
+    assert!(err.to_string().contains("member id"));
+    let g = DynamicGroup::new(m(), "m").unwrap();
+    assert!(
+        g.clone()
+            .lease(Duration::from_millis(1))
+            .unwrap_err()
+            .to_string()
+            .contains("lease")
+    );
+    assert!(g.clone().lease(Duration::from_secs(100_000)).is_err());
+    let err = g.clone().heartbeat(Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("heartbeat"), "{err}");
+    assert!(
+        g.clone()
+            .lease(Duration::from_secs(1))
+            .unwrap()
+            .heartbeat(Duration::from_millis(400))
+            .is_ok()
+    );
+    // A shorter lease must not leave an explicit heartbeat too long for it.
+    assert!(
+        g.clone()
+            .heartbeat(Duration::from_secs(1))
+            .unwrap()
+            .lease(Duration::from_secs(2))
+            .is_err()
+    );
+    let stream = StreamName::new("acct-1").unwrap();
+    let err = Subscription::stream("s", stream, f.store.clone(), f.checkpoints.clone())
+        .unwrap()
+        .dynamic_group(g.clone())
+        .unwrap_err();
+    assert!(err.to_string().contains("subscription `s`"), "{err}");
+    let err = Subscription::category("s", "acct", f.store.clone(), f.checkpoints.clone())
+        .unwrap()
+        .member(GroupMember::new(0, 2).unwrap())
+        .unwrap()
+        .dynamic_group(g.clone())
+        .unwrap_err();
+    assert!(err.to_string().contains("static or dynamic"), "{err}");
+    let err = Subscription::category("s", "acct", f.store.clone(), f.checkpoints.clone())
+        .unwrap()
+        .dynamic_group(g)
+        .unwrap()
+        .member(GroupMember::new(0, 2).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("static or dynamic"), "{err}");
+}
