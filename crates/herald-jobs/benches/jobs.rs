@@ -1,9 +1,11 @@
-//! Job-queue throughput and latency on SQLite, every job durably committed (`synchronous = FULL`).
+//! Job-queue throughput and latency on SQLite or PostgreSQL, every job durably committed (SQLite
+//! `synchronous = FULL`, PostgreSQL `synchronous_commit = on`).
 //!
 //! `cargo bench -p herald-jobs --bench jobs` (env: `JOBS_N` drain size, default 100000; `JOBS_SINGLE`
 //! one-by-one enqueues, default 5000; `JOBS_SAMPLES` latency samples, default 500; `JOBS_DIR` where the
-//! database goes, default a temporary directory). Prints `RESULT {"metric":…,"value":…}` lines like the
-//! Sidekiq scripts in `shared/bench/ruby`.
+//! database goes, default a temporary directory; `JOBS_BACKEND=postgres` runs on PostgreSQL at `JOBS_PG_URL`
+//! (default `postgres://root@127.0.0.1:5432/test`), each part in a fresh schema dropped afterwards). Prints
+//! `RESULT {"metric":…,"value":…}` lines like the Sidekiq scripts in `shared/bench/ruby`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,17 +26,51 @@ fn result(metric: &str, value: f64, unit: &str) {
     println!(r#"RESULT {{"metric":"{metric}","value":{value:.3},"unit":"{unit}"}}"#);
 }
 
+fn postgres() -> Option<String> {
+    (std::env::var("JOBS_BACKEND").is_ok_and(|b| b == "postgres")).then(|| {
+        std::env::var("JOBS_PG_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+    })
+}
+
+/// Runs one statement on a connection of its own (schema setup and cleanup).
+async fn pg_execute(url: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+fn schema_of(name: &str) -> String {
+    format!("hjbench_{}", name.trim_end_matches(".db").replace('-', "_"))
+}
+
 async fn open(dir: &std::path::Path, name: &str) -> JobStore {
     let full = std::env::var("JOBS_SYNC").map_or(true, |s| s != "normal");
     let lazy = std::env::var("JOBS_PROGRESS").is_ok_and(|p| p == "lazy");
-    JobStore::open(
-        dir.join(name),
-        JobsConfig::default()
-            .full_sync(full)
-            .durable_progress(!lazy),
-    )
-    .await
-    .expect("open")
+    let config = JobsConfig::default()
+        .full_sync(full)
+        .durable_progress(!lazy);
+    match postgres() {
+        Some(url) => {
+            let schema = schema_of(name);
+            pg_execute(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            JobStore::open_postgres(&format!("{url}{sep}schema={schema}"), config)
+                .await
+                .expect("open")
+        }
+        None => JobStore::open(dir.join(name), config).await.expect("open"),
+    }
+}
+
+/// Drops a part's PostgreSQL schema (the SQLite files go with the temporary directory).
+async fn close(jobs: JobStore) {
+    if let (Some(url), Some(schema)) = (postgres(), jobs.postgres_schema().map(str::to_owned)) {
+        drop(jobs);
+        pg_execute(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+    }
 }
 
 fn noop(i: usize) -> NewJob {
@@ -81,6 +117,7 @@ async fn drain(dir: &std::path::Path, n: usize, concurrency: usize) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     pool.join().await;
+    close(jobs).await;
     n as f64 / elapsed
 }
 
@@ -158,6 +195,8 @@ async fn enqueue(dir: &std::path::Path, n: usize, single: usize) {
         n as f64 / t.elapsed().as_secs_f64(),
         "jobs/s",
     );
+    close(jobs).await;
+    close(bulk).await;
 }
 
 async fn latency(dir: &std::path::Path, samples: usize) {
@@ -183,6 +222,7 @@ async fn latency(dir: &std::path::Path, samples: usize) {
     }
     stop.cancel();
     pool.join().await;
+    close(jobs).await;
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     result("latency_p50_ms", pct(0.50).as_secs_f64() * 1000.0, "ms");

@@ -549,17 +549,24 @@ impl PgBackend {
         let lease_end = now + micros(config.lease);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut client = self.progress_client().await?;
-        self.maintain(&client, config, now).await?;
         let rows = if limits.is_empty() {
-            let claim = client
-                .prepare_cached(&self.sql.claim)
-                .await
-                .map_err(backend)?;
-            client
-                .query(&claim, &[&queue, &limit, &lease_end, &owner])
-                .await
-                .map_err(backend)?
+            // Housekeeping and the claim pipelined: one round trip (statements run in order, so the claim
+            // sees what the housekeeping made available).
+            // Prepared (cached) before sending, so the statements go out in this order.
+            let (claim, ..) = futures::try_join!(
+                client.prepare_cached(&self.sql.claim),
+                client.prepare_cached(&self.sql.expire_dead),
+                client.prepare_cached(&self.sql.expire),
+                client.prepare_cached(&self.sql.promote),
+            )
+            .map_err(backend)?;
+            let params: [&(dyn ToSql + Sync); 4] = [&queue, &limit, &lease_end, &owner];
+            let (_, rows) = futures::try_join!(self.maintain(&client, config, now), async {
+                client.query(&claim, &params).await.map_err(backend)
+            },)?;
+            rows
         } else {
+            self.maintain(&client, config, now).await?;
             let (candidates, count, take) = (
                 client.prepare_cached(&self.sql.candidates).await,
                 client.prepare_cached(&self.sql.count_running).await,
