@@ -1,4 +1,5 @@
-//! Domain-event bus cost: typed publish to 0, 1 and 10 sync listeners, and async listener throughput.
+//! Domain-event bus cost: typed publish to 0, 1 and 10 sync listeners (precise and coarse timestamps), and
+//! async listener throughput.
 //!
 //! Run: `cargo bench -p herald-notify --bench bus -- --warm-up-time 1 --measurement-time 3`
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use herald_notify::{Bus, Envelope, Handlers, Listener};
+use herald_notify::{Bus, Envelope, Handlers, Listener, Timestamps};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,15 +55,21 @@ fn bench_sync(c: &mut Criterion) {
     });
 
     // Wisper's `one`/`ten` cases subscribe listener objects on the publisher instance: local listeners.
-    for n in [1usize, 10] {
-        let bus = Bus::new();
+    // `_coarse`: the same on a bus with `Timestamps::Coarse`.
+    for (n, timestamps, suffix) in [
+        (1usize, Timestamps::Precise, ""),
+        (10, Timestamps::Precise, ""),
+        (1, Timestamps::Coarse, "_coarse"),
+        (10, Timestamps::Coarse, "_coarse"),
+    ] {
+        let bus = Bus::builder().timestamps(timestamps).build();
         let publisher = bus.publisher();
         let counters: Vec<Arc<Counter>> = (0..n).map(|_| Arc::new(Counter::default())).collect();
         let _subs: Vec<_> = counters
             .iter()
             .map(|c| publisher.subscribe_listener(c.clone()))
             .collect();
-        g.bench_function(format!("publish_{n}_local_listeners"), |b| {
+        g.bench_function(format!("publish_{n}_local_listeners{suffix}"), |b| {
             b.iter(|| publisher.try_publish(event()).is_ok())
         });
     }

@@ -9,7 +9,7 @@
 //! payload, || ())`, as Ruby's `instrument(name, payload)` without a block), `asn_exact_notify` (the no-work
 //! form), `wisper_one`, `wisper_ten` (listener objects on a publisher), `wisper_global` (a global listener),
 //! `wisper_one_coarse`, `wisper_ten_coarse` (as `wisper_one`/`wisper_ten` on a bus with
-//! `Timestamps::Coarse`).
+//! `Timestamps::Coarse`); `coarse_idle MILLIS`: the coarse clock's ticker thread's CPU time while idle.
 //! Besides the wall-clock rate (`value`, as Ruby reports), each line carries `cpu_rate`: operations per
 //! second of on-CPU time of the benchmark thread (from `/proc/thread-self/schedstat`), which is what to
 //! compare when the machine is shared and the process gets preempted.
@@ -157,6 +157,33 @@ fn main() {
                 );
             }
             (wall, cpu, "broadcasts/s")
+        }
+        "coarse_idle" => {
+            // What the coarse clock's ticker costs when nothing is published: its on-CPU time over
+            // ITERATIONS milliseconds of sleep, reported per second.
+            let _bus = Bus::builder().timestamps(Timestamps::Coarse).build();
+            std::thread::sleep(std::time::Duration::from_millis(iters));
+            let ticker_ns = std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "herald-coarse-c")
+                })
+                .and_then(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .expect("ticker thread");
+            let secs = iters as f64 / 1e3;
+            println!(
+                "RESULT {}",
+                serde_json::json!({
+                    "metric": "herald_coarse_idle",
+                    "ticker_cpu_us_per_s": (ticker_ns as f64 / 1e3 / secs).round(),
+                    "ticker_cpu_share": ticker_ns as f64 / 1e9 / secs,
+                })
+            );
+            return;
         }
         other => panic!("unknown case {other}"),
     };
