@@ -22,11 +22,14 @@
 //!
 //! - **Writes** go to one writer task per store handle that owns a dedicated connection and commits concurrent
 //!   requests together: one transaction (one WAL flush) per batch, each request with its own checks and its
-//!   own result; requests arriving while a batch runs join it. An append is one statement whatever its size:
-//!   a multi-row `INSERT … SELECT FROM unnest($arrays)` that checks the expected version and the ids and
-//!   writes the events, their stream entries and the stream's version (only a refused append reads why); the
-//!   appends of a batch are pipelined, one round trip for all of them.
-//!   Replies are sent only after `COMMIT` returns.
+//!   own result. Appends are multi-row `INSERT … SELECT FROM unnest($arrays)` statements that check each
+//!   append's expected version and ids and write the events, their stream entries and the stream's version
+//!   (only a refused append reads why); the appends of a batch to distinct streams share **one statement**,
+//!   so a batch of 16 one-event appends costs the server one statement, not 16. A batch of appends is **one
+//!   round trip** (head lock, appends, head update and `COMMIT` pipelined); when fewer requests are queued
+//!   than in the previous batch, the writer takes two round trips instead and lets latecomers join before
+//!   `COMMIT`, so concurrent writers keep sharing one WAL flush. Replies are sent only after `COMMIT` returns
+//!   (and the commit is announced, below).
 //! - **Reads** use a pool of connections ([`PostgresConfig::pool_size`], opened on demand); each page is one
 //!   statement.
 //! - **Schema**: tables live in [`PostgresConfig::schema`] (default `herald`), created on open by embedded,
@@ -36,8 +39,11 @@
 //!   in a savepoint of its own, so they commit with the append or not at all and a failing hook fails that
 //!   append only. Hooks return statements rather than awaiting the connection, so a hooked append costs two
 //!   round trips whatever the hooks write; appends without hooks are not affected.
-//! - **Live feed**: writers `NOTIFY` in their transaction; every store handle keeps one connection that
-//!   `LISTEN`s and moves [`EventStore::watch_head`] when another process commits, within milliseconds.
+//! - **Live feed**: after each `COMMIT` and before replying, the writer sends `NOTIFY` on a connection of its
+//!   own (not inside the write transaction: a notifying commit holds PostgreSQL's global notify lock through
+//!   its WAL flush; that session sets `synchronous_commit = off`, since a lost notification costs only a
+//!   poll); every store handle keeps one connection that `LISTEN`s and moves [`EventStore::watch_head`] when
+//!   another process commits, within milliseconds. An acknowledged append has always been announced.
 //!   [`EventStoreExt::follow`](herald_core::EventStoreExt::follow) also polls every 100 ms as a fallback.
 //!
 //! # Why global positions have no gaps
@@ -70,8 +76,8 @@
 //!
 //! # Connections
 //!
-//! Each store handle uses one write connection, one listening connection and up to `pool_size` read
-//! connections. TLS is not built in (`NoTls`): use it on trusted networks or through a local proxy.
+//! Each store handle uses one write connection, one notifying connection (opened at the first commit), one
+//! listening connection and up to `pool_size` read connections. TLS is not built in (`NoTls`): use it on trusted networks or through a local proxy.
 
 mod config;
 pub mod hook;
@@ -198,6 +204,7 @@ impl PostgresStore {
             channel,
             instance,
             hooks: config.append_hooks.0.clone(),
+            last_batch: 0,
         };
         tokio::spawn(writer.run(write_client));
         tracing::debug!(schema = %config.schema, migrations = schema::latest_version(), "opened herald-postgres store");

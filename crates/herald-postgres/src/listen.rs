@@ -1,9 +1,10 @@
 //! The live feed across processes: a dedicated connection that `LISTEN`s on the store's channel and bumps the
 //! head when another process (or another store handle) commits.
 //!
-//! Writers `NOTIFY` inside their transaction, so PostgreSQL delivers the notification only after `COMMIT`, in
-//! commit order; by then the events are visible to every new snapshot. The payload is the writer's instance id
-//! and the new end of the log; the listener skips its own handle's notifications (its writer already moved
+//! Writers `NOTIFY` after their `COMMIT` returned (on a connection of their own, before acknowledging the
+//! appends), so by the time a notification arrives its events are visible to every new snapshot. The payload
+//! is the writer's instance id and the new end of the log; notifications of different writers may arrive in
+//! any order, so the head only ever moves forward (`max`); the listener skips its own handle's notifications (its writer already moved
 //! the head). If the connection breaks, the listener reconnects with a backoff and bumps the head once, so
 //! followers re-read whatever they may have missed; followers also poll (`FOLLOW_POLL_INTERVAL`) meanwhile.
 

@@ -15,8 +15,13 @@
 //! a single multi-row statement (arrays through `unnest`) that checks the expected version and that none of
 //! its ids is stored, takes the positions after the log's end as it finds it (the end moves with every append
 //! of the transaction, so a refused append leaves no hole), and writes the events, their stream entries and
-//! the stream's version only when the checks hold. Consecutive appends of a batch are sent pipelined: one
-//! round trip for all of them. Only a refused append then reads why (version conflict, idempotent retry,
+//! the stream's version only when the checks hold. Consecutive appends to distinct streams with distinct ids
+//! share one statement (the checks and positions per append, in request order); an append that meets a stream
+//! or id of the current statement starts the next one, so it sees the earlier writes. The statements of a run
+//! are sent pipelined: one round trip for all of them. When a batch holds only plain appends and at least as
+//! many requests as the previous batch, the lock, the appends, the head update and `COMMIT` all go in that one
+//! round trip; otherwise a second round trip (head update and `COMMIT`) follows, and requests that arrived
+//! meanwhile join the batch first. Only a refused append then reads why (version conflict, idempotent retry,
 //! duplicate). Links and deletes read their checks, then write. No `SAVEPOINT` per request: the checks rule
 //! out every constraint a write could break (nobody else writes while the head is locked), and more than 64
 //! subtransactions in one transaction would slow every snapshot on the server. A statement that fails anyway
@@ -26,8 +31,9 @@
 //! beforehand; a hook error rolls back to it and fails that append only. Its two round trips are: savepoint and
 //! append statement pipelined; then every hook statement and the `RELEASE`, pipelined. A store without hooks
 //! pays nothing for them.
-//! Replies go out after `COMMIT` succeeds; if the transaction fails, every request of the batch gets the
-//! error (nothing of the batch was written).
+//! Replies go out after `COMMIT` succeeds and the commit has been announced (`NOTIFY` on a connection of its
+//! own, see [`Writer::announce`]); if the transaction fails, every request of the batch gets the error
+//! (nothing of the batch was written).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,14 +107,69 @@ struct Statements {
     version: Statement,
     ids: Statement,
     append: Statement,
+    append_many: Statement,
     link_ids: Statement,
     link: Statement,
     delete: Statement,
     set_head: Statement,
-    notify: Statement,
 }
 
 const LOCK_HEAD: &str = "BEGIN; SELECT position FROM head FOR UPDATE";
+
+/// Several appends in one statement (to distinct streams, with distinct ids: see [`append_run`]). Per append
+/// (`$1`–`$5`: stream, category, expected-version kind and value, event count) and per event (`$6`–`$11`:
+/// which append, index in it, id, type, data, metadata). Each append is checked on its own exactly as the
+/// one-append statement does; the accepted ones take consecutive positions after the log's end in their
+/// order, so a refused one leaves no hole. One row per append, in order: the last version and first position
+/// written (NULL when refused), the stream's version found, whether an id was already stored, its ordinal.
+const APPEND_MANY: &str = "
+    WITH ev AS (
+        SELECT * FROM unnest($6::integer[], $7::bigint[], $8::uuid[], $9::text[], $10::text[], $11::text[])
+                 AS t(a, i, id, event_type, data, metadata)
+    ), taken AS (
+        SELECT DISTINCT ev.a FROM ev
+        WHERE ev.id IN (SELECT id FROM events WHERE id = ANY($8::uuid[]))
+    ), tail AS (
+        SELECT coalesce(max(position), 0) AS p FROM events
+    ), clock AS (
+        SELECT greatest(recorded_at, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) AS t
+        FROM head
+    ), req AS (
+        SELECT r.a::integer AS a, r.stream, r.category, r.kind, r.exact, r.n, s.version AS v,
+               (tk.a IS NOT NULL) AS any_taken
+        FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::bigint[])
+               WITH ORDINALITY AS r(stream, category, kind, exact, n, a)
+        LEFT JOIN streams s ON s.name = r.stream
+        LEFT JOIN taken tk ON tk.a = r.a
+    ), accepted AS (
+        SELECT a, stream, category, v, n, (sum(n) OVER (ORDER BY a) - n)::bigint AS before
+        FROM req
+        WHERE NOT any_taken
+          AND coalesce(v, -1) <= 9223372036854775807 - n
+          AND CASE kind
+                WHEN 0 THEN true
+                WHEN 1 THEN v IS NULL
+                WHEN 2 THEN v IS NOT NULL
+                ELSE v IS NOT DISTINCT FROM exact
+              END
+    ), ins AS (
+        INSERT INTO events
+            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+        SELECT tail.p + acc.before + ev.i, ev.id, acc.stream, coalesce(acc.v + 1, 0) + ev.i - 1,
+               acc.category, ev.event_type, ev.data, ev.metadata, clock.t
+        FROM accepted acc JOIN ev ON ev.a = acc.a, tail, clock
+        RETURNING stream, version, position
+    ), entries AS (
+        INSERT INTO stream_entries (stream, version, position, is_link)
+        SELECT stream, version, position, false FROM ins
+    ), upsert AS (
+        INSERT INTO streams (name, version)
+        SELECT acc.stream, coalesce(acc.v + 1, 0) + acc.n - 1 FROM accepted acc
+        ON CONFLICT (name) DO UPDATE SET version = excluded.version
+    )
+    SELECT coalesce(acc.v + 1, 0) + acc.n - 1, tail.p + acc.before + 1, r.v, r.any_taken, r.a
+    FROM req r LEFT JOIN accepted acc ON acc.a = r.a, tail
+    ORDER BY r.a";
 
 impl Statements {
     async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
@@ -169,6 +230,7 @@ impl Statements {
                             (SELECT v FROM current), (SELECT any_taken FROM taken)",
                 )
                 .await?,
+            append_many: client.prepare(APPEND_MANY).await?,
             link_ids: client
                 .prepare(
                     "SELECT e.id, e.position,
@@ -202,12 +264,30 @@ impl Statements {
                      RETURNING position",
                 )
                 .await?,
-            notify: client
-                .prepare(
-                    "SELECT pg_notify($1::text, $2::text || ' ' || (SELECT position FROM head))",
-                )
-                .await?,
         })
+    }
+}
+
+/// The connection that announces commits to other processes' listeners (see [`Writer::announce`]).
+struct Notifier {
+    client: Client,
+    notify: Statement,
+}
+
+impl Notifier {
+    async fn open(pg: &Config) -> std::result::Result<Self, String> {
+        let client = schema::connect(pg).await.map_err(|e| e.to_string())?;
+        // The notification's own transaction needs no durability (a lost one is covered by the followers'
+        // polling), so it must not wait for a WAL flush of its own: per-session setting, this connection only.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(|e| backend(e).to_string())?;
+        let notify = client
+            .prepare("SELECT pg_notify($1::text, $2::text)")
+            .await
+            .map_err(|e| backend(e).to_string())?;
+        Ok(Notifier { client, notify })
     }
 }
 
@@ -249,6 +329,8 @@ pub(crate) struct Writer {
     pub(crate) instance: String,
     /// The store's append hooks (see [`crate::hook`]).
     pub(crate) hooks: Vec<Arc<dyn AppendHook>>,
+    /// Requests in the previous batch: how many concurrent writers to expect (see [`Writer::commit_batch`]).
+    pub(crate) last_batch: usize,
 }
 
 impl Writer {
@@ -260,6 +342,7 @@ impl Writer {
                 None
             }
         };
+        let mut notifier: Option<Notifier> = None;
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Some(first) = self.requests.recv().await {
             batch.push(first);
@@ -283,9 +366,39 @@ impl Writer {
                 };
             }
             let Some(c) = conn.as_ref() else { continue };
-            self.commit_batch(c, &mut batch).await;
+            self.commit_batch(c, &mut batch, &mut notifier).await;
         }
         tracing::debug!("herald-postgres writer stopped");
+    }
+
+    /// Tells the listeners of every process that the log now ends at `last_position`, after `COMMIT` and
+    /// before any reply: an acknowledged append is always announced, even if this process exits right after.
+    ///
+    /// Not in the batch transaction: a notifying commit holds PostgreSQL's global notify lock through its WAL
+    /// flush, which would add to the time the head row stays locked (and serialise with every other notifying
+    /// transaction of the database). The notification goes on a connection of its own, in a transaction that
+    /// does not wait for a flush (`synchronous_commit = off` for that session): one short round trip. If it
+    /// fails, the append still succeeded; followers find the events by polling.
+    async fn announce(&self, notifier: &mut Option<Notifier>, last_position: u64) {
+        if notifier.as_ref().is_none_or(|n| n.client.is_closed()) {
+            match Notifier::open(&self.pg).await {
+                Ok(n) => *notifier = Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "herald-postgres cannot open its notifier connection; other processes will see the commit by polling");
+                    *notifier = None;
+                    return;
+                }
+            }
+        }
+        let Some(n) = notifier.as_ref() else { return };
+        let payload = format!("{} {last_position}", self.instance);
+        if let Err(e) = n
+            .client
+            .execute(&n.notify, &[&self.channel, &payload])
+            .await
+        {
+            tracing::warn!(error = %backend(e), "herald-postgres could not notify a commit; other processes will see it by polling");
+        }
     }
 
     async fn reconnect(&self) -> std::result::Result<Connection, String> {
@@ -298,11 +411,17 @@ impl Writer {
 
     /// Runs `batch` in one transaction. Requests that arrive while it runs join it (up to `max_batch`), so
     /// the batch grows with the load: callers woken by the previous commit are not left for the next one.
-    async fn commit_batch(&mut self, conn: &Connection, batch: &mut Vec<Request>) {
+    async fn commit_batch(
+        &mut self,
+        conn: &Connection,
+        batch: &mut Vec<Request>,
+        notifier: &mut Option<Notifier>,
+    ) {
         let started = std::time::Instant::now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let requests = &mut self.requests;
-        let (max_batch, instance, channel) = (self.max_batch, &self.instance, &self.channel);
+        let max_batch = self.max_batch;
+        let last_batch = self.last_batch;
         let hooks = &self.hooks[..];
         let result = async {
             // The head lock and the first appends go out together (one round trip): the appends stamp their
@@ -311,9 +430,33 @@ impl Writer {
                 .iter()
                 .take_while(|r| is_plain_append(r, hooks))
                 .count();
+            if first_run == batch.len() && batch.len() >= last_batch {
+                // Only plain appends, and at least as many as last time (nobody is likely still on the way:
+                // otherwise the two-round-trip path below lets latecomers join before COMMIT, so that
+                // concurrent writers keep sharing one commit instead of splitting into alternating small
+                // batches). The whole transaction is one round trip. Lock, appends, head update and
+                // COMMIT are pipelined; each append checks its own rules server-side, so nothing needs an
+                // answer before COMMIT. (Requests arriving meanwhile form the next batch.) If any statement
+                // fails, PostgreSQL turns the COMMIT into a rollback, and that error fails the batch below.
+                // A refused append reads why after the commit (events are never removed; a stream deleted
+                // meanwhile reads as a retry that came after the delete), and a failure to read it fails that
+                // append alone: the others are committed.
+                let (tail, appended, set, committed) = tokio::join!(
+                    lock_head(&conn.client),
+                    append_run(conn, &batch[..], Reasons::AfterCommit),
+                    conn.client.query_one(&conn.statements.set_head, &[]),
+                    conn.client.batch_execute("COMMIT"),
+                );
+                tail?;
+                outcomes.extend(appended?);
+                let last_position = set.map_err(backend)?.get::<_, i64>(0) as u64;
+                committed.map_err(backend)?;
+                let changed = outcomes.iter().filter(|o| o.changed()).count() as u64;
+                return Ok::<_, Error>((last_position, changed));
+            }
             let (tail, first) = tokio::join!(
                 lock_head(&conn.client),
-                append_run(conn, &batch[..first_run]),
+                append_run(conn, &batch[..first_run], Reasons::InTransaction),
             );
             let tail = tail?;
             outcomes.extend(first?);
@@ -326,7 +469,10 @@ impl Writer {
                         .take_while(|r| is_plain_append(r, hooks))
                         .count();
                     if run > 0 {
-                        outcomes.extend(append_run(conn, &batch[next..next + run]).await?);
+                        outcomes.extend(
+                            append_run(conn, &batch[next..next + run], Reasons::InTransaction)
+                                .await?,
+                        );
                         next += run;
                     } else if matches!(batch[next], Request::Append { .. }) {
                         outcomes.push(append_hooked(conn, &mut batch[next], hooks).await?);
@@ -354,20 +500,18 @@ impl Writer {
                     .map_err(backend)?;
                 return Ok((tail.next_position - 1, 0));
             }
-            let notify_params: [&(dyn ToSql + Sync); 2] = [channel, instance];
-            // Pipelined: one round trip. NOTIFY is delivered to listeners only if and when COMMIT succeeds.
-            let (set, notified, committed) = tokio::join!(
+            // Pipelined: one round trip.
+            let (set, committed) = tokio::join!(
                 conn.client.query_one(&conn.statements.set_head, &[]),
-                conn.client.execute(&conn.statements.notify, &notify_params),
                 conn.client.batch_execute("COMMIT"),
             );
             let last_position = set.map_err(backend)?.get::<_, i64>(0) as u64;
-            notified.map_err(backend)?;
             committed.map_err(backend)?;
             Ok::<_, Error>((last_position, changed))
         }
         .await;
         let size = batch.len();
+        self.last_batch = size;
         self.counters
             .requests
             .fetch_add(size as u64, Ordering::Relaxed);
@@ -376,6 +520,7 @@ impl Writer {
         match result {
             Ok((last_position, changed)) => {
                 if changed > 0 {
+                    self.announce(notifier, last_position).await;
                     self.head.send_modify(|h| {
                         h.position = h.position.max(last_position);
                         h.commits += changed;
@@ -564,11 +709,26 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
-/// Runs consecutive appends, their statements pipelined (one round trip). Each statement checks its own
-/// expected version and ids and takes the positions after the log's end as it finds it, so a refused append
-/// leaves no hole for the next. Their order inside the pipeline is not guaranteed; they were concurrent
-/// requests, so any order is a valid one. Refused appends then read why (idempotent retry or duplicate).
-async fn append_run(conn: &Connection, run: &[Request]) -> Result<Vec<Outcome>> {
+/// Runs consecutive appends, pipelined (one round trip for all). Appends to distinct streams with distinct ids
+/// share one statement ([`APPEND_MANY`]): the server plans and runs one statement for the lot instead of one
+/// per append, which is most of the cost of a batch of small appends. An append to a stream (or with an id)
+/// already in the current statement starts the next statement, so it sees the earlier one's writes, exactly
+/// as if the appends ran one by one in this order (they were concurrent requests: any order is a valid one).
+/// Each append checks its own expected version and ids; refused appends then read why (idempotent retry or
+/// duplicate).
+/// When a refused append reads why it was refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reasons {
+    /// Inside the batch transaction: a failed read aborts the transaction, so it must fail the batch.
+    InTransaction,
+    /// After the batch committed: a failed read fails that append only.
+    AfterCommit,
+}
+
+async fn append_run(conn: &Connection, run: &[Request], reasons: Reasons) -> Result<Vec<Outcome>> {
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut args = Vec::with_capacity(run.len());
     for request in run {
         let Request::Append {
@@ -582,19 +742,135 @@ async fn append_run(conn: &Connection, run: &[Request]) -> Result<Vec<Outcome>> 
         };
         args.push((AppendArgs::new(stream, events, *expected), *expected));
     }
-    let params: Vec<_> = args.iter().map(|(a, _)| a.params()).collect();
-    let rows = futures::future::join_all(
-        params
-            .iter()
-            .map(|p| conn.client.query_one(&conn.statements.append, p)),
-    )
-    .await;
+    // Split into statements: a new one whenever an append meets a stream or id of the current one.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut streams = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut start = 0;
+    for (i, (a, _)) in args.iter().enumerate() {
+        let clash = streams.contains(a.stream) || a.ids.iter().any(|id| ids.contains(id));
+        if clash {
+            groups.push(start..i);
+            start = i;
+            streams.clear();
+            ids.clear();
+        }
+        streams.insert(a.stream);
+        ids.extend(a.ids.iter().copied());
+    }
+    groups.push(start..args.len());
+    let many: Vec<ManyArgs> = groups
+        .iter()
+        .filter(|g| g.len() > 1)
+        .map(|g| ManyArgs::new(&args[g.clone()]))
+        .collect();
+    let mut many_params = many.iter().map(ManyArgs::params);
+    let one_params: Vec<_> = groups
+        .iter()
+        .filter(|g| g.len() == 1)
+        .map(|g| args[g.start].0.params())
+        .collect();
+    let mut one_params = one_params.iter();
+    // Sent in order (join_all polls, and so sends, in order); answered in order.
+    let pending: Vec<_> = groups
+        .iter()
+        .map(|g| {
+            if g.len() == 1 {
+                let p = one_params.next().map_or(&[][..], |p| &p[..]);
+                futures::future::Either::Left(async move {
+                    conn.client.query(&conn.statements.append, p).await
+                })
+            } else {
+                let p = many_params.next().unwrap_or_default();
+                futures::future::Either::Right(async move {
+                    conn.client.query(&conn.statements.append_many, &p).await
+                })
+            }
+        })
+        .collect();
+    let answers = futures::future::join_all(pending).await;
     let mut outcomes = Vec::with_capacity(run.len());
-    for ((args, expected), row) in args.iter().zip(rows) {
-        let (outcome, _) = append_outcome(conn, args, *expected, row.map_err(backend)?).await?;
-        outcomes.push(Outcome::Append(outcome));
+    for (group, rows) in groups.iter().zip(answers) {
+        let rows = rows.map_err(backend)?;
+        if rows.len() != group.len() {
+            return Err(Error::backend(format!(
+                "internal: {} appends answered with {} rows",
+                group.len(),
+                rows.len()
+            )));
+        }
+        for ((args, expected), row) in args[group.clone()].iter().zip(rows) {
+            let (outcome, _) = append_outcome(conn, args, *expected, row, reasons).await?;
+            outcomes.push(Outcome::Append(outcome));
+        }
     }
     Ok(outcomes)
+}
+
+/// The arguments of one [`APPEND_MANY`] statement.
+struct ManyArgs<'a> {
+    streams: Vec<&'a str>,
+    categories: Vec<&'a str>,
+    kinds: Vec<i32>,
+    exacts: Vec<i64>,
+    counts: Vec<i64>,
+    event_append: Vec<i32>,
+    event_index: Vec<i64>,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    data: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+}
+
+impl<'a> ManyArgs<'a> {
+    fn new(appends: &[(AppendArgs<'a>, ExpectedVersion)]) -> Self {
+        let events: usize = appends.iter().map(|(a, _)| a.ids.len()).sum();
+        let mut m = ManyArgs {
+            streams: Vec::with_capacity(appends.len()),
+            categories: Vec::with_capacity(appends.len()),
+            kinds: Vec::with_capacity(appends.len()),
+            exacts: Vec::with_capacity(appends.len()),
+            counts: Vec::with_capacity(appends.len()),
+            event_append: Vec::with_capacity(events),
+            event_index: Vec::with_capacity(events),
+            ids: Vec::with_capacity(events),
+            types: Vec::with_capacity(events),
+            data: Vec::with_capacity(events),
+            metadata: Vec::with_capacity(events),
+        };
+        for (ordinal, (a, _)) in appends.iter().enumerate() {
+            m.streams.push(a.stream);
+            m.categories.push(a.category);
+            m.kinds.push(a.kind);
+            m.exacts.push(a.exact);
+            m.counts.push(a.count);
+            for i in 0..a.ids.len() {
+                m.event_append.push(ordinal as i32 + 1);
+                m.event_index.push(i as i64 + 1);
+            }
+            m.ids.extend_from_slice(&a.ids);
+            m.types.extend_from_slice(&a.types);
+            m.data.extend_from_slice(&a.data);
+            m.metadata.extend_from_slice(&a.metadata);
+        }
+        m
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.streams,
+            &self.categories,
+            &self.kinds,
+            &self.exacts,
+            &self.counts,
+            &self.event_append,
+            &self.event_index,
+            &self.ids,
+            &self.types,
+            &self.data,
+            &self.metadata,
+        ]
+    }
 }
 
 /// What the append statement's row says: the append's result, and whether it wrote its events (`false` for
@@ -604,6 +880,7 @@ async fn append_outcome(
     args: &AppendArgs<'_>,
     expected: ExpectedVersion,
     row: tokio_postgres::Row,
+    reasons: Reasons,
 ) -> Result<(Result<AppendResult>, bool)> {
     let last_version: Option<i64> = row.get(0);
     let first_position: Option<i64> = row.get(1);
@@ -623,7 +900,11 @@ async fn append_outcome(
             }),
             true,
         ),
-        _ if any_taken => (refused_ids(conn, stream, &args.ids).await?, false),
+        _ if any_taken => match refused_ids(conn, stream, &args.ids).await {
+            Ok(outcome) => (outcome, false),
+            Err(e) if reasons == Reasons::AfterCommit => (Err(e), false),
+            Err(e) => return Err(e),
+        },
         _ => {
             let current = current.map(|v| v as u64);
             let refused = match expected.check(stream, current) {
@@ -675,7 +956,14 @@ async fn append_hooked(
         conn.client.query_one(&conn.statements.append, &params),
     );
     savepoint.map_err(backend)?;
-    let (outcome, written) = append_outcome(conn, &args, *expected, row.map_err(backend)?).await?;
+    let (outcome, written) = append_outcome(
+        conn,
+        &args,
+        *expected,
+        row.map_err(backend)?,
+        Reasons::InTransaction,
+    )
+    .await?;
     let result = match outcome {
         Ok(result) if written => result,
         other => {

@@ -1,0 +1,152 @@
+//! Group commit with several appends per statement: appends that land in one batch (same streams, clashing
+//! ids, conflicting expectations, idempotent retries) get exactly the results they would get one by one,
+//! and the global log stays gap-free.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::{
+    AppendResult, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery,
+    StreamName,
+};
+use uuid::Uuid;
+
+fn stream(name: &str) -> StreamName {
+    StreamName::new(name).unwrap()
+}
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent::new("E").with_data(format!(r#"{{"i":{i}}}"#)))
+        .collect()
+}
+
+/// Sends all `appends` at once (so the writer batches them) and returns their results in order.
+async fn burst(
+    store: &Arc<herald_postgres::PostgresStore>,
+    appends: Vec<(&'static str, Vec<NewEvent>, ExpectedVersion)>,
+) -> Vec<herald_core::Result<AppendResult>> {
+    futures::future::join_all(appends.into_iter().map(|(name, events, expected)| {
+        let store = Arc::clone(store);
+        async move { store.append(&stream(name), events, expected).await }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mixed_appends_behaves_as_if_run_one_by_one() {
+    if !support::postgres_available("a_burst_of_mixed_appends_behaves_as_if_run_one_by_one").await {
+        return;
+    }
+    let (store, _schema) = support::fresh_store(|c| c).await;
+    let store = Arc::new(store);
+    let existing = events(2);
+    let first = store
+        .append(&stream("a"), existing.clone(), ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    assert_eq!(first.last_position, 2);
+
+    let shared = NewEvent::new("Shared").with_id(Uuid::now_v7());
+    for round in 0..20 {
+        let before = store.write_stats();
+        let results = burst(
+            &store,
+            vec![
+                // The same stream three times: each sees the one before.
+                ("b", events(1), ExpectedVersion::Any),
+                ("b", events(2), ExpectedVersion::Any),
+                ("b", events(1), ExpectedVersion::Any),
+                // Two racing to create one stream: exactly one wins.
+                ("c", events(1), ExpectedVersion::NoStream),
+                ("c", events(1), ExpectedVersion::NoStream),
+                // A stale expectation, a matching one, one on a missing stream.
+                ("a", events(1), ExpectedVersion::Exact(0)),
+                ("d", events(3), ExpectedVersion::Any),
+                ("e", events(1), ExpectedVersion::StreamExists),
+                // An idempotent retry of the first append, and an append reusing its ids elsewhere.
+                ("a", existing.clone(), ExpectedVersion::NoStream),
+                ("f", vec![existing[0].clone()], ExpectedVersion::Any),
+                // Two appends sharing an id in one burst: the first stores it, the second repeats it (an
+                // idempotent retry when it targets the same stream at the same place, else a duplicate).
+                ("g", vec![shared.clone()], ExpectedVersion::Any),
+                ("h", vec![shared.clone()], ExpectedVersion::Any),
+            ],
+        )
+        .await;
+        let after = store.write_stats();
+        let (requests, transactions) = (
+            after.requests - before.requests,
+            after.transactions - before.transactions,
+        );
+        assert_eq!(requests, 12);
+        assert!(transactions <= 12);
+
+        let ok = |i: usize| results[i].as_ref().unwrap_or_else(|e| panic!("{i}: {e}"));
+        // Stream b: three appends, contiguous versions in request order.
+        let b0 = (round * 4) as u64;
+        assert_eq!(
+            (
+                ok(0).first_version,
+                ok(1).first_version,
+                ok(2).first_version
+            ),
+            (b0, b0 + 1, b0 + 3)
+        );
+        // Stream c: only the first round creates it, and then only one of the two.
+        let c_wins = results[3..5].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(c_wins, usize::from(round == 0), "round {round}");
+        for r in &results[3..5] {
+            if let Err(e) = r {
+                assert!(matches!(e, Error::WrongExpectedVersion { .. }), "{e}");
+            }
+        }
+        assert!(matches!(
+            results[5],
+            Err(Error::WrongExpectedVersion { .. })
+        ));
+        assert_eq!(ok(6).last_version - ok(6).first_version, 2);
+        assert!(matches!(
+            results[7],
+            Err(Error::WrongExpectedVersion { .. })
+        ));
+        assert_eq!(
+            ok(8),
+            &first,
+            "idempotent retry answers the original result"
+        );
+        assert!(matches!(results[9], Err(Error::DuplicateEvent { .. })));
+        // Later rounds repeat g's append exactly: idempotent retries of the first.
+        assert_eq!((ok(10).first_version, ok(10).stream.as_str()), (0, "g"));
+        assert!(matches!(results[11], Err(Error::DuplicateEvent { .. })));
+    }
+    // The bursts were batched (several appends per transaction, so per statement), or this test proved
+    // nothing about batches.
+    let stats = store.write_stats();
+    assert!(
+        stats.transactions * 2 < stats.requests,
+        "too few appends shared a transaction: {stats:?}"
+    );
+    // The log: gap-free, every event where its append said.
+    let all = store.read_to_vec(ReadQuery::all()).await.unwrap();
+    let mut by_position = HashMap::new();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.position, i as u64 + 1, "hole in the global order");
+        by_position.insert(e.position, e);
+    }
+    assert_eq!(store.watch_head().borrow().position, all.len() as u64);
+    assert_eq!(
+        store.stream_version(&stream("b")).await.unwrap(),
+        Some(20 * 4 - 1)
+    );
+    let b = store
+        .read_to_vec(ReadQuery::stream(stream("b")))
+        .await
+        .unwrap();
+    for (v, e) in b.iter().enumerate() {
+        assert_eq!(e.version, v as u64);
+        assert_eq!(by_position[&e.position].id, e.id);
+    }
+}
