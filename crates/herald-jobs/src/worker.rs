@@ -304,8 +304,12 @@ struct Shared {
 }
 
 struct QueueState {
-    /// Claimed jobs of this queue whose completion is not yet committed.
+    /// Claimed jobs of this queue not yet finished (waiting for a slot or running). A finished job leaves
+    /// at once, before its completion is committed, so the next claim overlaps that commit (on SQLite they
+    /// often share one transaction): a cycle costs one commit's wait instead of two.
     in_flight: AtomicUsize,
+    /// Signalled when a job finishes and when completions are committed (which may unblock jobs of the same
+    /// ordering key or a type at its concurrency limit).
     freed: Notify,
 }
 
@@ -384,6 +388,8 @@ async fn fetcher(
                     Some(_permit) if !shared.shutdown.is_cancelled() => run_job(&shared, job).await,
                     _ => Finish::Release,
                 };
+                state.in_flight.fetch_sub(1, Ordering::AcqRel);
+                state.freed.notify_waiters();
                 let _ = done.send((
                     Completion {
                         row,
@@ -527,9 +533,14 @@ async fn completer(
                 }
             }
         }
+        // Finished jobs already left `in_flight`; their committed completions may unblock others.
+        let mut notified: Vec<*const QueueState> = Vec::new();
         for state in states {
-            state.in_flight.fetch_sub(1, Ordering::AcqRel);
-            state.freed.notify_waiters();
+            let key = Arc::as_ptr(&state);
+            if !notified.contains(&key) {
+                notified.push(key);
+                state.freed.notify_waiters();
+            }
         }
     }
 }
