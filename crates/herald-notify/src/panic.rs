@@ -27,6 +27,7 @@ impl PanicPolicy {
         }
     }
 
+    #[inline]
     pub(crate) fn from_u8(v: u8) -> Self {
         if v == 1 {
             PanicPolicy::Propagate

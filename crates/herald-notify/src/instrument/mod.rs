@@ -259,11 +259,13 @@ impl Notifier {
     }
 
     /// The process-global notifier used by the crate-level functions.
+    #[inline]
     pub fn global() -> &'static Notifier {
         &GLOBAL
     }
 
     /// The current panic policy.
+    #[inline]
     pub fn panic_policy(&self) -> PanicPolicy {
         PanicPolicy::from_u8(self.inner.policy.load(Ordering::Relaxed))
     }
@@ -565,6 +567,7 @@ impl Notifier {
             .unwrap_or_else(|_| Rc::new(self.compute(name)))
     }
 
+    #[inline(always)]
     fn deliver(&self, sub: &Sub, name: &str, f: impl FnOnce()) {
         match self.panic_policy() {
             PanicPolicy::Propagate => f(),
