@@ -979,11 +979,10 @@ impl Bus {
         if !matched.any_async {
             // The report's copy of the metadata is made now, from the values just computed, rather than
             // moved out of the envelope after delivery (same store-forwarding stall as above).
-            let report = meta.clone();
             let envelope = Envelope { meta, event };
             let (handled, failures) =
                 self.dispatch_sync_only(&matched.entries, &envelope, ctx, from);
-            return Self::finish(report, handled, 0, failures);
+            return Self::finish(envelope.meta, handled, 0, failures);
         }
         let envelope = Envelope { meta, event };
         self.try_dispatch_queued(from, &matched, envelope)
