@@ -18,8 +18,8 @@ use herald_core::{
     EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, RecordedEvent, StreamName,
 };
 use herald_es::{
-    Assignment, BoxError, CancellationToken, DynamicGroup, EsError, EventHandler, GroupMember,
-    ManualClock, Subscription, SubscriptionStats,
+    Assignment, BoxError, CancellationToken, CheckpointStore, DynamicGroup, EsError, EventHandler,
+    GroupMember, ManualClock, Subscription, SubscriptionStats,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -612,4 +612,315 @@ async fn bad_configuration_is_refused_with_a_named_error() {
         .member(GroupMember::new(0, 2).unwrap())
         .unwrap_err();
     assert!(err.to_string().contains("static or dynamic"), "{err}");
+}
+
+const CHILD_ENV: &str = "HERALD_ES_GROUP_CHILD_DB";
+/// A real lease: separate processes cannot share a manual clock, so this test waits one lease (1 s) for
+/// the dead member to be dropped. It waits on signals (progress, assignment, the child's output), never
+/// sleeps.
+const REAL_LEASE: Duration = Duration::from_secs(1);
+const KILL_BATCH: usize = 5;
+
+async fn sqlite_member(
+    path: &std::path::Path,
+    id: &str,
+) -> (Arc<dyn EventStore>, Arc<Subscription>) {
+    let store: Arc<dyn EventStore> = Arc::new(
+        herald_sqlite::SqliteStore::open(path, herald_sqlite::SqliteConfig::default())
+            .await
+            .unwrap(),
+    );
+    let checkpoints = Arc::new(
+        herald_es::sqlite::SqliteCheckpointStore::open(path)
+            .await
+            .unwrap(),
+    );
+    let group = DynamicGroup::new(checkpoints.clone(), id)
+        .unwrap()
+        .lease(REAL_LEASE)
+        .unwrap()
+        .heartbeat(Duration::from_millis(50))
+        .unwrap();
+    let sub = Subscription::category("billing", "acct", store.clone(), checkpoints)
+        .unwrap()
+        .batch_size(KILL_BATCH)
+        .unwrap()
+        .dynamic_group(group)
+        .unwrap();
+    (store, Arc::new(sub))
+}
+
+/// The child: one group member that appends `stream version` per handled event to a file and reports its
+/// assignment and progress on stdout, until it is killed.
+#[test]
+#[ignore = "child process of a_member_killed_with_sigkill_is_replaced"]
+fn group_kill_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use std::io::Write;
+        let path = std::path::PathBuf::from(path);
+        let (_store, sub) = sqlite_member(&path, "member-child").await;
+        let log = path.with_extension("child.log");
+        let handler = herald_es::handler_fn(move |e: RecordedEvent| {
+            let log = log.clone();
+            async move {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?;
+                file.write_all(format!("{} {}\n", e.stream, e.version).as_bytes())?;
+                // Tells the parent an event is done beyond the last checkpoint: its cue to kill.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "handled {}", e.position)?;
+                out.flush()?;
+                Ok::<(), BoxError>(())
+            }
+        });
+        let (mut progress, mut assignment) = (sub.progress(), sub.assignment());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = progress.changed() => if r.is_err() { break },
+                    r = assignment.changed() => if r.is_err() { break },
+                }
+                let mut out = std::io::stdout().lock();
+                if let Some((g, m)) = active(&assignment.borrow_and_update()) {
+                    let _ = writeln!(out, "active {g} {} {}", m.index(), m.count());
+                }
+                if let Some(p) = *progress.borrow_and_update() {
+                    let _ = writeln!(out, "progress {p}");
+                }
+                let _ = out.flush();
+            }
+        });
+        sub.run(&handler, &CancellationToken::new()).await.unwrap();
+    });
+}
+
+/// A member in another process is SIGKILLed mid-stream while events are written: the survivors drop it
+/// when its lease ends, take its streams over, and nothing is lost; what is handled twice is only what the
+/// dead member handled after its last checkpoint, in its own streams; per-stream order holds across the
+/// handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_with_sigkill_is_replaced() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("group.db");
+    let shared = Arc::new(Shared::default());
+    let mut members = Vec::new();
+    let mut store = None;
+    for id in ["member-a", "member-b"] {
+        let (s, sub) = sqlite_member(&path, id).await;
+        store = Some(s);
+        let tracker = Tracker {
+            member: id.to_owned(),
+            assignment: sub.assignment(),
+            shared: shared.clone(),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let (sub, cancel) = (sub.clone(), cancel.clone());
+            async move { sub.run(&tracker, &cancel).await }
+        });
+        members.push(Member {
+            id: id.to_owned(),
+            sub,
+            cancel,
+            task,
+        });
+    }
+    let store = store.unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "group_kill_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut child_progress = 0u64;
+    let mut child_active = None;
+    let mut next_line = async || {
+        tokio::time::timeout(DEADLINE, lines.recv())
+            .await
+            .expect("the child went quiet")
+            .expect("the child exited")
+    };
+    // The three members settle (the child is index 2 of 3: ids sort a, b, child).
+    while child_active.is_none_or(|(_, _, n)| n != 3) {
+        let line = next_line().await;
+        if let Some(rest) = after(&line, "active ") {
+            let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+            child_active = Some((v[0], v[1], v[2]));
+        }
+    }
+    let (generation, child_index, _) = child_active.unwrap();
+    assert_eq!(child_index, 2);
+    let refs: Vec<&Member> = members.iter().collect();
+    tokio::time::timeout(DEADLINE, async {
+        for m in &refs {
+            m.sub
+                .assignment()
+                .wait_for(|a| active(a).is_some_and(|(g, _)| g == generation))
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // History, then live writes while the child works through it; kill it mid-stream.
+    for i in 0..30 {
+        append(&*store, &format!("acct-{i}"), 10).await;
+    }
+    let writing = Arc::new(AtomicBool::new(false));
+    let w = writer(store.clone(), 30, writing.clone());
+    let midway = category_of(&*store).await.last().unwrap().position / 2;
+    while child_progress < midway {
+        if let Some(p) = after(&next_line().await, "progress ") {
+            child_progress = p.parse().unwrap();
+        }
+    }
+    // Kill it right after it handled an event it has not checkpointed yet (the checkpoint may still win the
+    // race; then nothing is redelivered).
+    loop {
+        let line = next_line().await;
+        if let Some(p) = after(&line, "progress ") {
+            child_progress = p.parse().unwrap();
+        } else if let Some(p) = after(&line, "handled ")
+            && p.parse::<u64>().unwrap() > child_progress
+        {
+            break;
+        }
+    }
+    child.0.kill().unwrap();
+    assert!(!child.0.wait().unwrap().success());
+    writing.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    let child_member = GroupMember::new(2, 3).unwrap();
+    let child_checkpoint = herald_es::sqlite::SqliteCheckpointStore::open(&path)
+        .await
+        .unwrap()
+        .load(&format!("billing#2of3@{generation}"))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let all = category_of(&*store).await;
+    let second = settle(&refs, all.last().unwrap().position).await;
+    assert!(second > generation);
+    drop(refs);
+    for m in members {
+        stop(m).await;
+    }
+
+    // The child's handling (all before its death) then the survivors', in order.
+    let child_log = std::fs::read_to_string(path.with_extension("child.log")).unwrap_or_default();
+    let mut handled: Vec<(String, u64, String)> = child_log
+        .lines()
+        .map(|l| {
+            let (s, v) = l.split_once(' ').unwrap();
+            (s.to_owned(), v.parse().unwrap(), "member-child".to_owned())
+        })
+        .collect();
+    assert!(
+        !handled.is_empty(),
+        "the child handled events before it died"
+    );
+    let overlaps = shared.overlaps.lock().unwrap().clone();
+    assert!(overlaps.is_empty(), "{overlaps:?}");
+    handled.extend(
+        shared
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| (h.stream.clone(), h.version, h.member.clone())),
+    );
+    let mut counts: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for (s, v, _) in &handled {
+        *counts.entry((s.clone(), *v)).or_default() += 1;
+    }
+    for e in &all {
+        let n = counts
+            .get(&(e.stream.clone(), e.version))
+            .copied()
+            .unwrap_or(0);
+        assert!(n >= 1, "{}@{} lost", e.stream, e.version);
+        if n > 1 {
+            assert!(
+                child_member.owns(&e.stream),
+                "only the dead member's streams are redelivered"
+            );
+            assert!(
+                e.position > child_checkpoint,
+                "only after its last checkpoint"
+            );
+        }
+    }
+    let redelivered = counts.values().filter(|n| **n > 1).count();
+    assert!(
+        redelivered <= KILL_BATCH,
+        "at most one batch redelivered: {redelivered}"
+    );
+    let mut last: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    for (s, v, m) in &handled {
+        if let Some(&(pv, pm)) = last.get(s.as_str()) {
+            if pm == m {
+                assert_eq!(*v, pv + 1, "order in {s}");
+            } else {
+                assert!(*v <= pv + 1, "gap in {s}");
+            }
+        } else {
+            assert_eq!(*v, 0);
+        }
+        last.insert(s, (*v, m));
+    }
+    eprintln!(
+        "killed at child progress {child_progress} (checkpoint {child_checkpoint}); {} events, {redelivered} redelivered",
+        all.len()
+    );
+}
+
+/// What follows `tag` in a line of the child's output (libtest may print its own text before it).
+fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
+    line.find(tag).map(|at| line[at + tag.len()..].trim())
+}
+
+/// Kills the child if the test fails before it does, so no member outlives its test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn category_of(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    store
+        .read_to_vec(ReadQuery::category("acct"))
+        .await
+        .unwrap()
 }
