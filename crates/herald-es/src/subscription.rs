@@ -78,6 +78,52 @@
 //!   lease: a member checks its lease before each event, not during one. Use the membership store of the
 //!   database that holds the checkpoints (generation numbers name them).
 //!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use herald_core::EventStore;
+//! use herald_es::{
+//!     Assignment, CancellationToken, DynamicGroup, InMemoryCheckpointStore, Subscription, handler_fn,
+//! };
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store: Arc<dyn EventStore> = Arc::new(herald_memory::InMemoryStore::new());
+//! // Checkpoints and membership in one database (the SQLite and PostgreSQL checkpoint stores are both, too).
+//! let checkpoints = Arc::new(InMemoryCheckpointStore::new());
+//! let member = |id: &str| -> herald_es::Result<Arc<Subscription>> {
+//!     let group = DynamicGroup::new(checkpoints.clone(), id)?
+//!         .lease(Duration::from_secs(10))?
+//!         .heartbeat(Duration::from_millis(20))?;
+//!     Ok(Arc::new(
+//!         Subscription::category("mailer", "cart", store.clone(), checkpoints.clone())?
+//!             .dynamic_group(group)?,
+//!     ))
+//! };
+//! let cancel = CancellationToken::new();
+//! let mut runs = Vec::new();
+//! let mut members = Vec::new();
+//! for id in ["host-a", "host-b"] {
+//!     let (sub, cancel) = (member(id)?, cancel.clone());
+//!     members.push(sub.clone());
+//!     runs.push(tokio::spawn(async move {
+//!         sub.run(&handler_fn(|_event| async { Ok(()) }), &cancel).await
+//!     }));
+//! }
+//! // Both settle into one generation of two members (host-a is index 0: ids are sorted).
+//! let now = members[0]
+//!     .assignment()
+//!     .wait_for(|a| matches!(a, Assignment::Active { member, .. } if member.count() == 2))
+//!     .await?
+//!     .clone();
+//! assert!(matches!(now, Assignment::Active { member, .. } if member.index() == 0));
+//! cancel.cancel(); // both leave the group
+//! for run in runs {
+//!     run.await??;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # }).unwrap();
+//! ```
+//!
 //! ## Costs
 //!
 //! Every member reads the whole scope and skips what it does not own, so reads grow with the member count;

@@ -515,6 +515,54 @@ async fn rapid_churn_under_live_writes(f: Fixture) {
     );
 }
 
+/// The membership store itself, on each backend: leases, expiry, acknowledgements, leave, generations that
+/// never go back.
+async fn membership_store_keeps_leases_and_generations(f: Fixture) {
+    use herald_es::Heartbeat;
+    let m = &f.memberships;
+    let beat = |member: &str, now: u64, acknowledged: u64| Heartbeat {
+        member: member.into(),
+        now,
+        expires_at: now + 100,
+        acknowledged,
+    };
+    let v = m.heartbeat("g", &beat("b", 1000, 0)).await.unwrap();
+    assert_eq!(
+        (v.generation, v.members.clone(), v.settled),
+        (1, vec!["b".to_owned()], false)
+    );
+    let v = m.heartbeat("g", &beat("a", 1010, 0)).await.unwrap();
+    assert_eq!(
+        (v.generation, v.members.clone()),
+        (2, vec!["a".to_owned(), "b".to_owned()])
+    );
+    assert!(!m.heartbeat("g", &beat("a", 1020, 2)).await.unwrap().settled);
+    let v = m.heartbeat("g", &beat("b", 1030, 2)).await.unwrap();
+    assert!(v.settled && v.generation == 2);
+    // Another group is independent.
+    assert_eq!(
+        m.heartbeat("h", &beat("a", 1030, 0))
+            .await
+            .unwrap()
+            .generation,
+        1
+    );
+    // b's lease ends at 1130; a heartbeat at 1130 drops it.
+    let v = m.heartbeat("g", &beat("a", 1129, 2)).await.unwrap();
+    assert_eq!(v.generation, 2);
+    let v = m.heartbeat("g", &beat("a", 1130, 2)).await.unwrap();
+    assert_eq!(
+        (v.generation, v.members.clone(), v.settled),
+        (3, vec!["a".to_owned()], false)
+    );
+    m.leave("g", "a").await.unwrap();
+    m.leave("g", "nobody").await.unwrap();
+    m.leave("unknown-group", "a").await.unwrap();
+    // Empty now, but the generation goes on (checkpoint keys carry it).
+    let v = m.heartbeat("g", &beat("c", 2000, 0)).await.unwrap();
+    assert_eq!((v.generation, v.members), (5, vec!["c".to_owned()]));
+}
+
 async fn static_groups_still_work_next_to_dynamic_keys(f: Fixture) {
     // Dynamic checkpoint keys share the `name#` prefix; the static safe point must ignore them.
     f.checkpoints.save("billing#0of2", 10).await.unwrap();
@@ -550,6 +598,7 @@ on_both_backends!(
     a_member_leaves_cleanly,
     a_dead_member_is_replaced_after_its_lease,
     rapid_churn_under_live_writes,
+    membership_store_keeps_leases_and_generations,
     static_groups_still_work_next_to_dynamic_keys,
 );
 
