@@ -67,7 +67,7 @@
 //!
 //! | feature | default | what |
 //! | --- | --- | --- |
-//! | `postgres` | no | the PostgreSQL backend: [`JobStore::open_postgres`], `postgres://` in [`JobStore::open_url`], [`insert_jobs_postgres`] |
+//! | `postgres` | no | the PostgreSQL backend: `JobStore::open_postgres`, `postgres://` in [`JobStore::open_url`], `insert_jobs_postgres` |
 //!
 //! SQLite is always there (herald-sqlite: the job tables live in the event store's SQLite file).
 //!
@@ -91,7 +91,7 @@
 //! | cron exactly once per tick across processes | yes | yes |
 //! | several worker processes | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
 //! | wake-up of idle workers on enqueue | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
-//! | transactional enqueue with appends | yes: [`AsyncHandlers::hook`], [`JobStore::append_with_jobs`] | yes: `AsyncHandlers::postgres_hook`, `JobStore::append_with_jobs_postgres` (herald-postgres append hooks), [`insert_jobs_postgres`] in your own transaction |
+//! | transactional enqueue with appends | yes: [`AsyncHandlers::hook`], [`JobStore::append_with_jobs`] | yes: `AsyncHandlers::postgres_hook`, `JobStore::append_with_jobs_postgres` (herald-postgres append hooks), `insert_jobs_postgres` in your own transaction |
 //! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
 //! | `herald jobs …` CLI | yes | yes |
 

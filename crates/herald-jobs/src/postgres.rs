@@ -13,9 +13,12 @@
 //! - **Per-type limits.** Counting running jobs and leasing more must not race between processes: a claim that
 //!   involves limited types takes one transaction-scoped advisory lock per limited type (in name order), then
 //!   counts and leases in the same transaction.
-//! - **Wake-ups.** Enqueues `NOTIFY` the schema's channel in their own statement, so the notification leaves at
-//!   commit; each store handle keeps one connection `LISTEN`ing and wakes its pool's fetchers. Pools still
-//!   poll (their poll interval) for scheduled jobs coming due and expired leases.
+//! - **Wake-ups.** After an enqueue commits, a notifier task sends one `NOTIFY` on the schema's channel
+//!   (coalescing the enqueues that committed meanwhile): not inside the enqueue's transaction, because
+//!   PostgreSQL serialises the commits of notifying transactions, which would undo group commit for
+//!   concurrent enqueuers. Transactional enqueues (append hooks, [`insert_jobs_postgres`]) notify inside the
+//!   transaction, delivered at commit. Each store handle keeps one connection `LISTEN`ing and wakes its
+//!   pool's fetchers. Pools still poll (their poll interval) for scheduled jobs coming due and expired leases.
 //! - **Durability.** `synchronous_commit` stays on: every enqueue, claim and completion is flushed before it
 //!   is acknowledged. [`crate::JobsConfig::full_sync`]`(false)` turns it off for every statement of the
 //!   store; [`crate::JobsConfig::durable_progress`]`(false)` only for claims, completions and renewals (their
@@ -146,6 +149,20 @@ struct Sql {
 /// index, and a `NOTIFY` in the same statement when a job is ready now (delivered at commit).
 fn insert_sql(s: &str) -> String {
     format!(
+        "{} SELECT job_id FROM ins WHERE (SELECT count(*) FROM woke) >= 0",
+        insert_cte(s)
+    )
+}
+
+/// [`insert_sql`] without the `NOTIFY`, for the store's own enqueues: PostgreSQL serialises the commits of
+/// transactions that notify (a lock held through the commit's WAL flush), which would undo group commit for
+/// concurrent enqueuers. Their wake-up goes out right after the commit instead ([`notifier`]).
+fn insert_quiet_sql(s: &str) -> String {
+    format!("{} SELECT job_id, state FROM ins", insert_cte(s))
+}
+
+fn insert_cte(s: &str) -> String {
+    format!(
         "WITH ins AS (
             INSERT INTO {s}.herald_jobs (job_id, queue, kind, args, metadata, priority, state, run_at, attempt,
                 max_attempts, unique_key, order_key, errors, enqueued_at)
@@ -160,8 +177,7 @@ fn insert_sql(s: &str) -> String {
             RETURNING job_id, state
          ), woke AS (
             SELECT pg_notify('herald_jobs_{s}', '') FROM ins WHERE state = 0 LIMIT 1
-         )
-         SELECT job_id FROM ins WHERE (SELECT count(*) FROM woke) >= 0"
+         )"
     )
 }
 
@@ -176,7 +192,7 @@ impl Sql {
         let dead_columns = "job_id, queue, kind, args, metadata, priority, attempt, max_attempts, unique_key, \
                             order_key, last_error, errors, enqueued_at, died_at";
         Sql {
-            insert: insert_sql(s),
+            insert: insert_quiet_sql(s),
             expire_dead: format!(
                 "WITH gone AS (
                     DELETE FROM {s}.herald_jobs WHERE id IN (
@@ -467,8 +483,12 @@ pub(crate) struct PgBackend {
     /// Claims, completions, renewals (the same pool unless `durable_progress` is off).
     progress: Pool,
     sql: Sql,
+    /// Asks the notifier to `NOTIFY` the workers of every process (coalesced).
+    ready: Arc<Notify>,
     /// Dropping it stops the listener.
     _stop_listener: oneshot::Sender<()>,
+    /// Dropping it stops the notifier.
+    _stop_notifier: oneshot::Sender<()>,
 }
 
 impl PgBackend {
@@ -506,12 +526,23 @@ impl PgBackend {
         drop(client);
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(listen(pg, format!("herald_jobs_{schema}"), wake, stop_rx));
+        let sql = Sql::new(&schema);
+        let ready = Arc::new(Notify::new());
+        let (stop_notifier, notifier_stop) = oneshot::channel();
+        tokio::spawn(notifier(
+            main.clone(),
+            sql.notify.clone(),
+            Arc::clone(&ready),
+            notifier_stop,
+        ));
         Ok(PgBackend {
-            sql: Sql::new(&schema),
+            sql,
             schema,
             pool: main,
             progress,
+            ready,
             _stop_listener: stop_tx,
+            _stop_notifier: stop_notifier,
         })
     }
 
@@ -534,6 +565,12 @@ impl PgBackend {
             .query(&statement, &arrays.params())
             .await
             .map_err(backend)?;
+        if rows
+            .iter()
+            .any(|r| i64::from(r.get::<_, i16>(1)) == AVAILABLE)
+        {
+            self.ready.notify_one();
+        }
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -1100,6 +1137,25 @@ async fn migrate(client: &mut Object, schema: &str) -> Result<()> {
         );
     }
     tx.commit().await.map_err(backend)
+}
+
+/// Sends one `NOTIFY` on the schema's channel after enqueues committed (however many asked since the last
+/// one: `Notify` keeps a single permit), until `stop` fires or is dropped. A failed notify is logged; idle
+/// workers then find the jobs at their next poll.
+async fn notifier(pool: Pool, sql: String, ready: Arc<Notify>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = ready.notified() => {}
+        }
+        let sent = match pool.get().await {
+            Ok(client) => client.execute(sql.as_str(), &[]).await.map_err(backend),
+            Err(e) => Err(pool_error(e)),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "herald-jobs: NOTIFY after an enqueue failed; workers will poll");
+        }
+    }
 }
 
 /// Keeps a connection `LISTEN`ing on the schema's job channel and wakes the fetchers on every notification;

@@ -128,7 +128,7 @@ impl Drop for SqliteBackend {
 }
 
 /// The durable job queue, in the event store's database: an SQLite file ([`JobStore::open`]) or a PostgreSQL
-/// schema ([`JobStore::open_postgres`], feature `postgres`). Same API and semantics on both. Cheap to clone.
+/// schema (`JobStore::open_postgres`, feature `postgres`). Same API and semantics on both. Cheap to clone.
 #[derive(Clone)]
 pub struct JobStore {
     pub(crate) inner: Arc<Inner>,
@@ -390,7 +390,7 @@ impl JobStore {
     }
 
     /// Opens the job store a URL names: `sqlite://PATH`, or `postgres://…` / `postgresql://…` (feature
-    /// `postgres`, see [`JobStore::open_postgres`]).
+    /// `postgres`, see `JobStore::open_postgres`).
     pub async fn open_url(url: &str, config: JobsConfig) -> Result<Self> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {

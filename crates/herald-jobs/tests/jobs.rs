@@ -265,11 +265,20 @@ async fn unique_jobs_enqueue_once_while_pending_or_running(f: Fixture) {
     let stop = CancellationToken::new();
     let pool = WorkerPool::builder(f.jobs.clone())
         .queue("default", 4)
-        .handle_raw("u", move |_, _| {
+        .handle_raw("u", move |_, ctx| {
             let (tx, gate) = (started_tx.clone(), Arc::clone(&g2));
             async move {
+                // Wait on the gate registered before reporting the start, so the test's opening of the gate
+                // is never missed; shutdown also opens it (the job enqueued last may start before the pool
+                // stops).
+                let opened = gate.notified();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
                 tx.send(()).unwrap();
-                gate.notified().await;
+                tokio::select! {
+                    () = opened => {}
+                    () = ctx.shutdown.cancelled() => {}
+                }
                 JobResult::Success
             }
         })
