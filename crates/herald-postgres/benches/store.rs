@@ -193,6 +193,64 @@ impl Bench {
         rate(transactions * rows, start.elapsed())
     }
 
+    /// Like [`Bench::raw_transactions`], but each transaction is one round trip: `BEGIN`, (lock,) insert,
+    /// (head update,) `COMMIT` pipelined, as Herald's writer sends an append-only batch. The pair with and
+    /// without the head statements is the cost of Herald's serialisation measured the way Herald pays it.
+    async fn raw_pipelined(&self, transactions: usize, rows: usize, serialise: bool) -> f64 {
+        let insert = self
+            .raw
+            .prepare(
+                "INSERT INTO raw_events
+                   (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+                 SELECT nextval('raw_positions'), t.id, $2, 0, 'order', 'OrderPlaced', $3, $4, 0
+                 FROM unnest($1::uuid[]) AS t(id)",
+            )
+            .await
+            .unwrap();
+        let lock = self
+            .raw
+            .prepare("SELECT position FROM raw_head FOR UPDATE")
+            .await
+            .unwrap();
+        let set = self
+            .raw
+            .prepare("UPDATE raw_head SET position = position + $1")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        for _ in 0..transactions {
+            let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
+            let n = rows as i64;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&ids, &"raw-3", &DATA, &METADATA];
+            let (begun, locked, inserted, set, committed) = tokio::join!(
+                self.raw.batch_execute("BEGIN"),
+                async {
+                    if serialise {
+                        self.raw.query_one(&lock, &[]).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                },
+                self.raw.execute(&insert, &params),
+                async {
+                    if serialise {
+                        self.raw.execute(&set, &[&n]).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                },
+                self.raw.batch_execute("COMMIT"),
+            );
+            begun.unwrap();
+            locked.unwrap();
+            inserted.unwrap();
+            set.unwrap();
+            committed.unwrap();
+        }
+        rate(transactions * rows, start.elapsed())
+    }
+
     /// Raw single-row transactions from 16 connections at once (PostgreSQL's own WAL group flush helps).
     async fn raw_concurrent(&self) -> f64 {
         let start = Instant::now();
@@ -281,6 +339,10 @@ fn main() {
             "herald: 100-event appends, 1 task",
             "raw: 100-row INSERT transactions, 1 connection",
             "raw: 100-row INSERT + head lock/update, 1 connection",
+            "raw: 1-row INSERT, one pipelined round trip, 1 connection",
+            "raw: 1-row INSERT + head lock/update, one pipelined round trip, 1 connection",
+            "raw: 100-row INSERT, one pipelined round trip, 1 connection",
+            "raw: 100-row INSERT + head lock/update, one pipelined round trip, 1 connection",
             "herald: read the global log (events/s)",
             "raw: SELECT the same rows in pages of 1000 (rows/s)",
         ];
@@ -295,6 +357,10 @@ fn main() {
                 bench.herald_batches().await,
                 bench.raw_transactions(BATCHES, BATCH_SIZE, false).await,
                 bench.raw_transactions(BATCHES, BATCH_SIZE, true).await,
+                bench.raw_pipelined(SINGLE_APPENDS, 1, false).await,
+                bench.raw_pipelined(SINGLE_APPENDS, 1, true).await,
+                bench.raw_pipelined(BATCHES, BATCH_SIZE, false).await,
+                bench.raw_pipelined(BATCHES, BATCH_SIZE, true).await,
                 bench.herald_read_all().await,
                 bench.raw_read_all().await,
             ];
