@@ -32,9 +32,7 @@
 //! were written with the original append).
 //!
 //! Statements run on the writer's connection, whose `search_path` is the store's schema, while the head row
-//! is locked: keep them to a few indexed writes. In transactions of small appends the writer sets
-//! `plan_cache_mode = force_generic_plan` (for the transaction only), so hook statements run with
-//! generic plans there: write them so that a generic plan is a good one (lookups and inserts by key). They must not end the transaction or manage savepoints
+//! is locked: keep them to a few indexed writes. They must not end the transaction or manage savepoints
 //! (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, … are refused by [`HookWrites::push`]).
 
 use std::borrow::Cow;

@@ -28,9 +28,7 @@
 //!   so a batch of 16 one-event appends costs the server one statement, not 16. A batch of appends is **one
 //!   round trip** (head lock, appends, head update and `COMMIT` pipelined); when fewer requests are queued
 //!   than in the previous batch, the writer takes two round trips instead and lets latecomers join before
-//!   `COMMIT`, so concurrent writers keep sharing one WAL flush. Transactions of small appends (up to 8 events
-//!   each) run with `SET LOCAL plan_cache_mode = force_generic_plan`: PostgreSQL would otherwise plan each
-//!   small append anew, which costs more than running it. Replies are sent only after `COMMIT` returns
+//!   `COMMIT`, so concurrent writers keep sharing one WAL flush. Replies are sent only after `COMMIT` returns
 //!   (and the commit is announced, below).
 //! - **Reads** use a pool of connections ([`PostgresConfig::pool_size`], opened on demand); each page is one
 //!   statement.

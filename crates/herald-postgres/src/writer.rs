@@ -108,11 +108,6 @@ struct Statements {
     ids: Statement,
     append: Statement,
     append_many: Statement,
-    /// The same two statements again, for transactions of small appends that run with generic plans
-    /// ([`LOCK_HEAD_GENERIC`]). Separate server-side statements keep separate plan caches: a generic plan
-    /// cached while forced would otherwise be picked later for large appends too, where it is slower.
-    append_generic: Statement,
-    append_many_generic: Statement,
     link_ids: Statement,
     link: Statement,
     delete: Statement,
@@ -120,63 +115,6 @@ struct Statements {
 }
 
 const LOCK_HEAD: &str = "BEGIN; SELECT position FROM head FOR UPDATE";
-
-/// [`LOCK_HEAD`] for a batch of small appends: with array parameters, PostgreSQL's default plan choice
-/// (`plan_cache_mode = auto`) keeps planning a small append anew on every execution (it estimates a custom
-/// plan for a one-element array cheaper than the generic one), and planning costs 0.2–0.4 ms, more than
-/// running the statement. The generic plans are key lookups, as good for small appends; for large ones
-/// (100 events) they were measured 2× slower, so those keep the default. `SET LOCAL`: this transaction only.
-const LOCK_HEAD_GENERIC: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SELECT position FROM head FOR UPDATE";
-
-/// Largest append (in events) for which a batch uses generic plans ([`LOCK_HEAD_GENERIC`]).
-const SMALL_APPEND: usize = 8;
-
-/// One append (`$1`: ids, `$2`: stream, `$3`: category, `$4`–`$6`: types, data, metadata, `$7`/`$8`: the
-/// expected-version kind and value, `$9`: event count): checks the expected version and that no id is
-/// stored, then writes the events at the positions after the log's end, their stream entries and the
-/// stream's version. One row: the last version and first position written (NULL when refused), the
-/// stream's version found, whether an id was already stored.
-const APPEND: &str = "WITH current AS (
-                        SELECT (SELECT version FROM streams WHERE name = $2::text) AS v
-                     ), taken AS (
-                        SELECT EXISTS (SELECT 1 FROM events WHERE id = ANY($1::uuid[])) AS any_taken
-                     ), tail AS (
-                        SELECT coalesce(max(position), 0) AS p FROM events
-                     ), clock AS (
-                        SELECT greatest(recorded_at,
-                                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) AS t
-                        FROM head
-                     ), accepted AS (
-                        SELECT v FROM current, taken
-                        WHERE NOT any_taken
-                          AND coalesce(v, -1) <= 9223372036854775807 - $9::bigint
-                          AND CASE $7::integer
-                                WHEN 0 THEN true
-                                WHEN 1 THEN v IS NULL
-                                WHEN 2 THEN v IS NOT NULL
-                                ELSE v IS NOT DISTINCT FROM $8::bigint
-                              END
-                     ), ev AS (
-                        INSERT INTO events
-                            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                        SELECT tail.p + t.i, t.id, $2::text, coalesce(a.v + 1, 0) + t.i - 1, $3::text,
-                               t.event_type, t.data, t.metadata, clock.t
-                        FROM accepted a, tail, clock,
-                             unnest($1::uuid[], $4::text[], $5::text[], $6::text[])
-                               WITH ORDINALITY AS t(id, event_type, data, metadata, i)
-                        RETURNING position, version
-                     ), entries AS (
-                        INSERT INTO stream_entries (stream, version, position, is_link)
-                        SELECT $2::text, version, position, false FROM ev
-                     ), upsert AS (
-                        INSERT INTO streams (name, version)
-                        SELECT $2::text, max(version) FROM ev HAVING count(*) > 0
-                        ON CONFLICT (name) DO UPDATE SET version = excluded.version
-                        RETURNING version
-                     )
-                     SELECT (SELECT version FROM upsert), (SELECT min(position) FROM ev),
-                            (SELECT v FROM current), (SELECT any_taken FROM taken)";
 
 /// Several appends in one statement (to distinct streams, with distinct ids: see [`append_run`]). Per append
 /// (`$1`–`$5`: stream, category, expected-version kind and value, event count) and per event (`$6`–`$11`:
@@ -234,15 +172,6 @@ const APPEND_MANY: &str = "
     ORDER BY r.a";
 
 impl Statements {
-    /// The one-append and several-appends statements for a transaction in the given plan mode.
-    fn appends(&self, generic: bool) -> (&Statement, &Statement) {
-        if generic {
-            (&self.append_generic, &self.append_many_generic)
-        } else {
-            (&self.append, &self.append_many)
-        }
-    }
-
     async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
         Ok(Statements {
             version: client
@@ -257,10 +186,51 @@ impl Statements {
                      WHERE e.id = ANY($1::uuid[])",
                 )
                 .await?,
-            append: client.prepare(APPEND).await?,
-            append_generic: client.prepare(APPEND).await?,
+            append: client
+                .prepare(
+                    "WITH current AS (
+                        SELECT (SELECT version FROM streams WHERE name = $2::text) AS v
+                     ), taken AS (
+                        SELECT EXISTS (SELECT 1 FROM events WHERE id = ANY($1::uuid[])) AS any_taken
+                     ), tail AS (
+                        SELECT coalesce(max(position), 0) AS p FROM events
+                     ), clock AS (
+                        SELECT greatest(recorded_at,
+                                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint) AS t
+                        FROM head
+                     ), accepted AS (
+                        SELECT v FROM current, taken
+                        WHERE NOT any_taken
+                          AND coalesce(v, -1) <= 9223372036854775807 - $9::bigint
+                          AND CASE $7::integer
+                                WHEN 0 THEN true
+                                WHEN 1 THEN v IS NULL
+                                WHEN 2 THEN v IS NOT NULL
+                                ELSE v IS NOT DISTINCT FROM $8::bigint
+                              END
+                     ), ev AS (
+                        INSERT INTO events
+                            (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+                        SELECT tail.p + t.i, t.id, $2::text, coalesce(a.v + 1, 0) + t.i - 1, $3::text,
+                               t.event_type, t.data, t.metadata, clock.t
+                        FROM accepted a, tail, clock,
+                             unnest($1::uuid[], $4::text[], $5::text[], $6::text[])
+                               WITH ORDINALITY AS t(id, event_type, data, metadata, i)
+                        RETURNING position, version
+                     ), entries AS (
+                        INSERT INTO stream_entries (stream, version, position, is_link)
+                        SELECT $2::text, version, position, false FROM ev
+                     ), upsert AS (
+                        INSERT INTO streams (name, version)
+                        SELECT $2::text, max(version) FROM ev HAVING count(*) > 0
+                        ON CONFLICT (name) DO UPDATE SET version = excluded.version
+                        RETURNING version
+                     )
+                     SELECT (SELECT version FROM upsert), (SELECT min(position) FROM ev),
+                            (SELECT v FROM current), (SELECT any_taken FROM taken)",
+                )
+                .await?,
             append_many: client.prepare(APPEND_MANY).await?,
-            append_many_generic: client.prepare(APPEND_MANY).await?,
             link_ids: client
                 .prepare(
                     "SELECT e.id, e.position,
@@ -460,10 +430,6 @@ impl Writer {
                 .iter()
                 .take_while(|r| is_plain_append(r, hooks))
                 .count();
-            let small = batch.iter().all(|r| match r {
-                Request::Append { events, .. } => events.len() <= SMALL_APPEND,
-                _ => true,
-            });
             if first_run == batch.len() && batch.len() >= last_batch {
                 // Only plain appends, and at least as many as last time (nobody is likely still on the way:
                 // otherwise the two-round-trip path below lets latecomers join before COMMIT, so that
@@ -476,8 +442,8 @@ impl Writer {
                 // meanwhile reads as a retry that came after the delete), and a failure to read it fails that
                 // append alone: the others are committed.
                 let (tail, appended, set, committed) = tokio::join!(
-                    lock_head(&conn.client, small),
-                    append_run(conn, &batch[..], Reasons::AfterCommit, small),
+                    lock_head(&conn.client),
+                    append_run(conn, &batch[..], Reasons::AfterCommit),
                     conn.client.query_one(&conn.statements.set_head, &[]),
                     conn.client.batch_execute("COMMIT"),
                 );
@@ -489,8 +455,8 @@ impl Writer {
                 return Ok::<_, Error>((last_position, changed));
             }
             let (tail, first) = tokio::join!(
-                lock_head(&conn.client, small),
-                append_run(conn, &batch[..first_run], Reasons::InTransaction, small),
+                lock_head(&conn.client),
+                append_run(conn, &batch[..first_run], Reasons::InTransaction),
             );
             let tail = tail?;
             outcomes.extend(first?);
@@ -504,17 +470,12 @@ impl Writer {
                         .count();
                     if run > 0 {
                         outcomes.extend(
-                            append_run(
-                                conn,
-                                &batch[next..next + run],
-                                Reasons::InTransaction,
-                                small,
-                            )
-                            .await?,
+                            append_run(conn, &batch[next..next + run], Reasons::InTransaction)
+                                .await?,
                         );
                         next += run;
                     } else if matches!(batch[next], Request::Append { .. }) {
-                        outcomes.push(append_hooked(conn, &mut batch[next], hooks, small).await?);
+                        outcomes.push(append_hooked(conn, &mut batch[next], hooks).await?);
                         next += 1;
                     } else {
                         outcomes.push(apply(conn, &batch[next]).await?);
@@ -586,9 +547,8 @@ impl Writer {
 }
 
 /// Begins the batch transaction and locks the head row: the serialisation point of every Herald writer.
-async fn lock_head(client: &Client, small: bool) -> Result<Tail> {
-    let sql = if small { LOCK_HEAD_GENERIC } else { LOCK_HEAD };
-    let messages = client.simple_query(sql).await.map_err(backend)?;
+async fn lock_head(client: &Client) -> Result<Tail> {
+    let messages = client.simple_query(LOCK_HEAD).await.map_err(backend)?;
     let row = messages
         .iter()
         .find_map(|m| match m {
@@ -765,16 +725,10 @@ enum Reasons {
     AfterCommit,
 }
 
-async fn append_run(
-    conn: &Connection,
-    run: &[Request],
-    reasons: Reasons,
-    generic: bool,
-) -> Result<Vec<Outcome>> {
+async fn append_run(conn: &Connection, run: &[Request], reasons: Reasons) -> Result<Vec<Outcome>> {
     if run.is_empty() {
         return Ok(Vec::new());
     }
-    let (one_statement, many_statement) = conn.statements.appends(generic);
     let mut args = Vec::with_capacity(run.len());
     for request in run {
         let Request::Append {
@@ -823,13 +777,13 @@ async fn append_run(
         .map(|g| {
             if g.len() == 1 {
                 let p = one_params.next().map_or(&[][..], |p| &p[..]);
-                futures::future::Either::Left(
-                    async move { conn.client.query(one_statement, p).await },
-                )
+                futures::future::Either::Left(async move {
+                    conn.client.query(&conn.statements.append, p).await
+                })
             } else {
                 let p = many_params.next().unwrap_or_default();
                 futures::future::Either::Right(async move {
-                    conn.client.query(many_statement, &p).await
+                    conn.client.query(&conn.statements.append_many, &p).await
                 })
             }
         })
@@ -984,7 +938,6 @@ async fn append_hooked(
     conn: &Connection,
     request: &mut Request,
     hooks: &[Arc<dyn AppendHook>],
-    generic: bool,
 ) -> Result<Outcome> {
     let Request::Append {
         stream,
@@ -1000,8 +953,7 @@ async fn append_hooked(
     let params = args.params();
     let (savepoint, row) = tokio::join!(
         conn.client.batch_execute(HOOK_SAVEPOINT),
-        conn.client
-            .query_one(conn.statements.appends(generic).0, &params),
+        conn.client.query_one(&conn.statements.append, &params),
     );
     savepoint.map_err(backend)?;
     let (outcome, written) = append_outcome(
