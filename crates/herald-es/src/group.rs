@@ -513,16 +513,42 @@ async fn heartbeat_loop(
 ) {
     let lease = group.lease_millis();
     let every = group.heartbeat_interval();
+    // When this member first saw a generation newer than the one it acknowledged, on the group clock.
+    let mut behind_since: Option<u64> = None;
+    let mut last_acked = 0;
     loop {
         let now = group.clock.now_millis();
+        let acked = *acknowledged.borrow_and_update();
+        if acked != last_acked {
+            // It acknowledged since: whatever it was behind on, it has caught up with.
+            behind_since = None;
+            last_acked = acked;
+        }
+        if behind_since.is_some_and(|since| now.saturating_sub(since) >= lease) {
+            // Not acknowledging for a whole lease means the member is stuck (a handler call or a checkpoint
+            // save that does not return): stop renewing, so the group drops this member when its lease ends
+            // instead of waiting for it forever. Renewal resumes with its next acknowledgement.
+            tracing::warn!(group = %name, member = %group.member, "group member has not acknowledged a new generation for a lease; letting its lease end");
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                changed = acknowledged.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
         let beat = Heartbeat {
             member: group.member.clone(),
             now,
             expires_at: now.saturating_add(lease),
-            acknowledged: *acknowledged.borrow_and_update(),
+            acknowledged: acked,
         };
         match group.store.heartbeat(&name, &beat).await {
             Ok(view) => {
+                if view.generation <= acked {
+                    behind_since = None;
+                } else if behind_since.is_none() {
+                    behind_since = Some(now);
+                }
                 out.send_replace(Beat::Ok {
                     view,
                     lease_until: beat.expires_at,

@@ -72,7 +72,11 @@
 //! - **Failures.** A membership store error ends [`Subscription::run`] with [`EsError::Storage`] (the
 //!   member leaves if it can); the caller restarts it, as for any store error. A handler error ends this
 //!   member's run and it leaves: the stream's new owner gets the failed event again, so a poison event stops
-//!   each member in turn until it is dealt with (park it in the handler).
+//!   each member in turn until it is dealt with (park it in the handler). A member stuck in a handler call
+//!   (or a checkpoint save) cannot acknowledge, which pauses the whole group; after a lease without
+//!   acknowledging it stops renewing its lease, so the others drop it when the lease ends and go on, and it
+//!   rejoins once unstuck. The stuck call itself may then overlap the new owner's handling of that stream:
+//!   give handlers timeouts shorter than the lease.
 //! - **Assumptions.** Member ids are unique within the group. Members read the same time to within a small
 //!   fraction of the lease (one process, or synchronised clocks). One handler call finishes well within the
 //!   lease: a member checks its lease before each event, not during one. Use the membership store of the
