@@ -490,13 +490,17 @@ impl Subscription {
     }
 
     /// A receiver of the last checkpointed cursor (set to the stored checkpoint when a run starts, then after
-    /// every batch): wait on it to know an event has been handled.
+    /// every batch): wait on it to know an event has been handled. A dynamic group member sets it to its
+    /// generation's start each time it starts handling in one, so it can go back after a rebalance (read
+    /// it together with [`Subscription::assignment`]).
     pub fn progress(&self) -> watch::Receiver<Option<u64>> {
         self.progress.subscribe()
     }
 
     /// Deletes this subscription's checkpoint: the next run starts from the beginning. For a dynamic group
-    /// member, deletes every dynamic checkpoint of the group (stop every member first).
+    /// member, deletes every dynamic checkpoint of the group (stop every member first); its next generation
+    /// then starts from the beginning, or from the static safe point if static checkpoints of the same name
+    /// remain.
     pub async fn reset(&self) -> Result<()> {
         if self.dynamic.is_some() {
             group::reset(&*self.checkpoints, &self.name).await?;
