@@ -246,7 +246,8 @@ impl DynamicGroup {
     }
 
     /// Real time between heartbeats (default a third of the lease; at least 1 ms, below half the lease).
-    /// Rebalances settle in about one heartbeat.
+    /// A rebalance takes up to about two heartbeats (one for every member to see the change, one for the last
+    /// acknowledgement to be seen).
     pub fn heartbeat(mut self, every: Duration) -> Result<Self> {
         self.heartbeat = Some(every);
         self.check_heartbeat()?;

@@ -58,8 +58,9 @@
 //!   when its lease ends, which makes a new generation without it. A member also stops handling when its own
 //!   lease ends without renewal (it cannot reach the store), because the others may then drop it. So no two
 //!   members handle the same stream at the same time, and per-stream order holds across rebalances. This is
-//!   the simple, safe choice; its cost is that the whole group pauses for about one heartbeat per change (a
-//!   lease, when a member dies), even members whose streams did not move.
+//!   the simple, safe choice; its cost is that the whole group pauses for up to about two heartbeat
+//!   intervals per change (a lease more when a member dies), even members whose streams did not move, and
+//!   that every member rereads the scope from the new generation's start.
 //! - **Where members resume.** Checkpoints are per generation: `{name}#{index}of{count}@{generation}`. The
 //!   first member to start a generation records its *start*, `{name}#start@{generation}of{count}`: the lowest
 //!   final checkpoint of the previous generation that started (every event at or below it was handled), or,
