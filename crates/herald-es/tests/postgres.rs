@@ -21,55 +21,21 @@ use tokio_postgres::Transaction;
 
 const CHILD_SCHEMA: &str = "HERALD_ES_PG_CHILD_SCHEMA";
 
-fn url() -> String {
-    std::env::var("HERALD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
-
-/// Drops the test schema afterwards (from a plain thread: Drop may run inside a runtime).
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (name, url) = (self.0.clone(), url());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
-                    ))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
+use herald_store_testkit::postgres::{TestSchema, available, server_url as url};
 
 async fn open_store(test: &str, schema: &str) -> Option<Arc<dyn EventStore>> {
-    match PostgresStore::open(&url(), PostgresConfig::default().schema(schema)).await {
-        Ok(store) => Some(Arc::new(store)),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: PostgreSQL unreachable ({e}); CI requires it"
-            );
-            eprintln!("SKIPPED {test}: PostgreSQL unreachable ({e})");
-            None
-        }
+    if !available(test).await {
+        return None;
     }
+    Some(Arc::new(
+        PostgresStore::open(&url(), PostgresConfig::default().schema(schema))
+            .await
+            .unwrap(),
+    ))
 }
 
-fn new_schema() -> Schema {
-    Schema(format!("herald_es_pg_{}", uuid::Uuid::now_v7().simple()))
+fn new_schema() -> TestSchema {
+    TestSchema::new("herald_es_pg")
 }
 
 struct Ledger;
@@ -140,11 +106,11 @@ async fn run_until(p: &Arc<PostgresProjection<Ledger>>, target: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_and_transactional_projection() {
     let schema = new_schema();
-    let Some(store) = open_store("checkpoints_and_transactional_projection", &schema.0).await
+    let Some(store) = open_store("checkpoints_and_transactional_projection", schema.name()).await
     else {
         return;
     };
-    let cps = PostgresCheckpointStore::connect(&url(), &schema.0)
+    let cps = PostgresCheckpointStore::connect(&url(), schema.name())
         .await
         .unwrap();
     assert_eq!(cps.load("a").await.unwrap(), None);
@@ -174,7 +140,7 @@ async fn checkpoints_and_transactional_projection() {
         PostgresProjection::open(
             "ledger",
             &url(),
-            &schema.0,
+            schema.name(),
             ReadScope::Category("acct".into()),
             store.clone(),
             Ledger,
@@ -214,12 +180,16 @@ async fn checkpoints_and_transactional_projection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_resumes_with_postgres_checkpoints() {
     let schema = new_schema();
-    let Some(store) = open_store("subscription_resumes_with_postgres_checkpoints", &schema.0).await
+    let Some(store) = open_store(
+        "subscription_resumes_with_postgres_checkpoints",
+        schema.name(),
+    )
+    .await
     else {
         return;
     };
     let cps = Arc::new(
-        PostgresCheckpointStore::connect(&url(), &schema.0)
+        PostgresCheckpointStore::connect(&url(), schema.name())
             .await
             .unwrap(),
     );
@@ -323,7 +293,7 @@ async fn wait_child(progress: &mut tokio::sync::mpsc::UnboundedReceiver<u64>, ta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projection_survives_sigkill() {
     let schema = new_schema();
-    let Some(store) = open_store("projection_survives_sigkill", &schema.0).await else {
+    let Some(store) = open_store("projection_survives_sigkill", schema.name()).await else {
         return;
     };
     for batch in 0..20 {
@@ -348,7 +318,7 @@ async fn projection_survives_sigkill() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_SCHEMA, &schema.0)
+        .env(CHILD_SCHEMA, schema.name())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -398,7 +368,7 @@ async fn projection_survives_sigkill() {
         PostgresProjection::open(
             "ledger",
             &url(),
-            &schema.0,
+            schema.name(),
             ReadScope::Category("acct".into()),
             store.clone(),
             Ledger,

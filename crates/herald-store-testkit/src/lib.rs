@@ -93,6 +93,8 @@ use herald_core::{EventStore, Limits};
 
 pub mod cases;
 pub mod support;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use support::Store;
 

@@ -55,7 +55,7 @@ struct Db {
 enum Cleanup {
     Directory(tempfile::TempDir),
     #[cfg(feature = "postgres")]
-    Schema(postgres_schema::Schema),
+    Schema(herald_store_testkit::postgres::TestSchema),
 }
 
 impl Db {
@@ -72,7 +72,11 @@ impl Db {
     /// be reached outside CI. In CI an unreachable server fails the test.
     #[cfg(feature = "postgres")]
     fn postgres() -> Option<Self> {
-        let schema = postgres_schema::Schema::create()?;
+        use herald_store_testkit::postgres::{TestSchema, available_blocking};
+        if !available_blocking("herald CLI on PostgreSQL") {
+            return None;
+        }
+        let schema = TestSchema::new("herald_cli");
         Some(Db {
             url: schema.url(),
             _cleanup: Cleanup::Schema(schema),
@@ -514,68 +518,4 @@ fn tail_follows_appends_from_another_process_and_exits_0_on_sigterm(db: Db) {
     assert!(killed.success());
     let status = tail.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-}
-
-#[cfg(feature = "postgres")]
-mod postgres_schema {
-    /// The server the tests use: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
-    fn server_url() -> String {
-        std::env::var("HERALD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-    }
-
-    /// A uniquely named schema, dropped with everything in it when the test ends. Herald creates its tables
-    /// in it on first use (the CLI's `?schema=` URL parameter).
-    pub(super) struct Schema {
-        name: String,
-    }
-
-    impl Schema {
-        pub(super) fn create() -> Option<Self> {
-            let name = format!("herald_cli_{}", uuid::Uuid::now_v7().simple());
-            match execute(&format!("CREATE SCHEMA {name}")) {
-                Ok(()) => Some(Schema { name }),
-                Err(reason) if std::env::var_os("CI").is_some() => {
-                    panic!("PostgreSQL at {} is required in CI: {reason}", server_url())
-                }
-                Err(reason) => {
-                    eprintln!(
-                        "skipped: PostgreSQL at {} unreachable: {reason}",
-                        server_url()
-                    );
-                    None
-                }
-            }
-        }
-
-        pub(super) fn url(&self) -> String {
-            let server = server_url();
-            let separator = if server.contains('?') { '&' } else { '?' };
-            format!("{server}{separator}schema={}", self.name)
-        }
-    }
-
-    impl Drop for Schema {
-        fn drop(&mut self) {
-            if let Err(reason) = execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)) {
-                eprintln!("note: could not drop test schema {}: {reason}", self.name);
-            }
-        }
-    }
-
-    /// Runs one statement on a connection of its own (tests are synchronous: a small runtime per call).
-    fn execute(sql: &str) -> Result<(), String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime.block_on(async {
-            let (client, connection) =
-                tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            client.batch_execute(sql).await.map_err(|e| e.to_string())
-        })
-    }
 }

@@ -137,39 +137,7 @@ pub struct Fixture {
     /// Dynamic consumer group membership, in the same database as `checkpoints` (the same object).
     pub memberships: Arc<dyn MembershipStore>,
     /// Drops the PostgreSQL test schema last, after the store.
-    _schema: Option<PgSchema>,
-}
-
-/// A PostgreSQL schema of one test, dropped with everything in it afterwards.
-pub struct PgSchema {
-    name: String,
-    url: String,
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        // Drop may run inside a Tokio runtime, which cannot block on another one: use a plain thread.
-        let (name, url) = (self.name.clone(), self.url.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
-                    ))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
+    _schema: Option<herald_store_testkit::postgres::TestSchema>,
 }
 
 impl Fixture {
@@ -193,43 +161,33 @@ impl Fixture {
     /// membership in the same schema ([`herald_es::postgres::PostgresCheckpointStore`]). `None` (skip,
     /// printed) when the server is unreachable, unless `CI` is set.
     pub async fn postgres(test: &str) -> Option<Self> {
-        let url = std::env::var("HERALD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
-        let name = format!("herald_es_test_{}", uuid::Uuid::now_v7().simple());
-        let config = herald_postgres::PostgresConfig::default().schema(name.clone());
-        let schema = PgSchema {
-            name,
-            url: url.clone(),
-        };
-        match herald_postgres::PostgresStore::open(&url, config).await {
-            Ok(store) => {
-                let store: Arc<dyn EventStore> = Arc::new(store);
-                let checkpoints = Arc::new(
-                    herald_es::postgres::PostgresCheckpointStore::connect(&url, &schema.name)
-                        .await
-                        .unwrap(),
-                );
-                Some(Fixture {
-                    store_snapshots: Some(Arc::new(EventStoreSnapshotStore::new(store.clone()))),
-                    store,
-                    path: None,
-                    backend: "postgres",
-                    memory_snapshots: None,
-                    sqlite_snapshots: None,
-                    checkpoints: checkpoints.clone(),
-                    memberships: checkpoints,
-                    _schema: Some(schema),
-                })
-            }
-            Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{test}: PostgreSQL at {url} is unreachable ({e}); CI requires it"
-                );
-                eprintln!("SKIPPED {test}: PostgreSQL at {url} is unreachable ({e})");
-                None
-            }
+        if !herald_store_testkit::postgres::available(test).await {
+            return None;
         }
+        let url = herald_store_testkit::postgres::server_url();
+        let schema = herald_store_testkit::postgres::TestSchema::new("herald_es_test");
+        let config = herald_postgres::PostgresConfig::default().schema(schema.name());
+        let store: Arc<dyn EventStore> = Arc::new(
+            herald_postgres::PostgresStore::open(&url, config)
+                .await
+                .unwrap(),
+        );
+        let checkpoints = Arc::new(
+            herald_es::postgres::PostgresCheckpointStore::connect(&url, schema.name())
+                .await
+                .unwrap(),
+        );
+        Some(Fixture {
+            store_snapshots: Some(Arc::new(EventStoreSnapshotStore::new(store.clone()))),
+            store,
+            path: None,
+            backend: "postgres",
+            memory_snapshots: None,
+            sqlite_snapshots: None,
+            checkpoints: checkpoints.clone(),
+            memberships: checkpoints,
+            _schema: Some(schema),
+        })
     }
 
     pub async fn sqlite() -> Self {
