@@ -53,19 +53,20 @@
 //!
 //! # Cost
 //!
-//! A sync publish to one listener costs about 27 ns of CPU on the 2-vCPU virtual machines measured
-//! (`benchmarks/notify.md`), 19 ns with [`Timestamps::Coarse`]. Measured by elimination on that path:
+//! A sync publish to one listener costs about 23 ns of CPU on the 2-vCPU virtual machines measured
+//! (`benchmarks/notify.md`), about 17 ns with [`Timestamps::Coarse`]. Measured by elimination on that
+//! path:
 //!
-//! * the timestamp, ~10 ns: one read of the CPU's time-stamp counter (most of it: the instruction itself
-//!   is slow under virtualisation), scaled against a per-thread (wall, counter) anchor refreshed every
-//!   second. [`Timestamps::Coarse`] replaces it with one atomic load.
-//! * panic isolation, ~3 ns per `catch_unwind`: one per handler when a single handler matches, one per
-//!   publish when several do (the loop resumes after a handler that panicked).
-//! * the event context, ~2.5 ns: reading it for causation/correlation, and making the new event current
-//!   around the handlers (a flag and the ids in thread-locals).
+//! * the timestamp, ~6–10 ns: one read of the CPU's time-stamp counter (slow under virtualisation),
+//!   scaled against a per-thread (wall, counter) anchor refreshed every second. [`Timestamps::Coarse`]
+//!   replaces it with one atomic load.
+//! * the event context, ~3 ns: reading the current one for causation/correlation, and making the new
+//!   event current around the handlers (a flag and the ids in thread-locals).
 //! * the UUIDv7 id, ~1 ns: a per-thread SplitMix64 draw, no system call.
 //! * the rest, ~10 ns: the per-thread cached type → subscription lookup, the dynamic call and the type
-//!   check into the handler, the envelope and the returned [`Delivery`].
+//!   check into the handler, the envelope and the returned [`Delivery`]. Panic isolation costs nothing
+//!   until a handler panics: with one handler the `catch_unwind` is inlined around it, with several one
+//!   `catch_unwind` covers the loop, which resumes after a handler that panicked.
 //!
 //! Nothing is allocated on a sync publish; a publish that queues for async listeners allocates one
 //! `Arc` for the envelope they share.
@@ -178,7 +179,7 @@ pub enum ErrorPolicy {
 ///
 /// | variant | cost per publish | precision |
 /// | --- | ---: | --- |
-/// | [`Precise`](Self::Precise) | one time-stamp counter read, ~10 ns on the virtual machines measured | nanoseconds: the counter calibrated against the OS clock, anchored to the OS wall clock once a second per thread (see the [module's cost notes](self#cost)) |
+/// | [`Precise`](Self::Precise) | one time-stamp counter read, ~6–10 ns on the virtual machines measured | nanoseconds: the counter calibrated against the OS clock, anchored to the OS wall clock once a second per thread (see the [module's cost notes](crate::bus#cost)) |
 /// | [`Coarse`](Self::Coarse) | one relaxed atomic load, ~1 ns | behind the precise time by up to one tick (1 ms) plus however long the OS delays the ticker thread (more on a loaded machine); never decreasing |
 ///
 /// `Coarse` starts one process-wide thread, `herald-coarse-clock`, that refreshes the time every
