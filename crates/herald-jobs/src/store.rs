@@ -31,15 +31,18 @@ pub struct JobsConfig {
     pub dead_max_jobs: u64,
     /// Dead jobs kept at most this long. Default 180 days.
     pub dead_max_age: Duration,
-    /// `synchronous = FULL` (true, default): every committed job survives power loss. `false`: NORMAL.
+    /// `synchronous = FULL` (true, default): every committed job survives power loss. `false`: NORMAL. On
+    /// PostgreSQL: `synchronous_commit` on (true) or off (false) for the store's connections.
     pub full_sync: bool,
-    /// How long to wait for SQLite's write lock held by another connection. Default 5 s.
+    /// How long to wait for SQLite's write lock held by another connection. Default 5 s. (SQLite only.)
     pub busy_timeout: Duration,
     /// With `full_sync`: also fsync claims, completions and lease renewals (true, default). `false`: only
     /// batches holding an enqueue or a dead-set operation are fsynced, the others commit with `synchronous =
     /// NORMAL` (the WAL is append-only, so the next fsync makes them durable too). Enqueued jobs stay
     /// power-loss safe; a power loss may forget that a job started or finished, so it runs again — which
-    /// at-least-once delivery allows anyway. Faster draining and lower enqueue → start latency.
+    /// at-least-once delivery allows anyway. Faster draining and lower enqueue → start latency. On PostgreSQL
+    /// the same split: claims, completions and renewals go through connections with `synchronous_commit =
+    /// off`, enqueues and dead-set operations stay flushed.
     pub durable_progress: bool,
 }
 

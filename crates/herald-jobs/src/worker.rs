@@ -3,8 +3,8 @@
 //! Each queue has one fetcher task. It claims jobs in batches (one transaction leases many) up to the queue's
 //! concurrency plus a prefetch, and starts one task per job; at most `concurrency` run at once per queue. When
 //! nothing is runnable it waits for a wake-up — an enqueue through this process's [`JobStore`], a commit of the
-//! event store it follows — or the poll interval (jobs enqueued by other processes, scheduled jobs coming
-//! due, expired leases). Finished runs go to one completer task that records them in batches: one commit for
+//! event store it follows, on PostgreSQL an enqueue in any process (`LISTEN`/`NOTIFY`) — or the poll interval
+//! (on SQLite jobs enqueued by other processes; scheduled jobs coming due, expired leases). Finished runs go to one completer task that records them in batches: one commit for
 //! everything that finished during the previous commit. A heartbeat renews the pool's leases; if the process
 //! dies they expire and other workers run the jobs again (at-least-once).
 
