@@ -117,8 +117,8 @@ fn coarse_users() -> MutexGuard<'static, (usize, bool)> {
 pub(crate) fn coarse_acquire() -> bool {
     let mut users = coarse_users();
     if !users.1 {
-        // Seed the time before any reader can see the ticker as running.
-        COARSE_NOW.fetch_max(wall_nanos(), Ordering::Relaxed);
+        // Seed the time before any reader can see the ticker as running (no ticker writes meanwhile).
+        COARSE_NOW.store(wall_nanos(), Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("herald-coarse-clock".into())
             .spawn(coarse_ticker);
@@ -148,13 +148,24 @@ fn coarse_ticker() {
                 return;
             }
         }
-        // `fetch_max`: readers never see the time go back, even when the OS clock is stepped back.
-        COARSE_NOW.fetch_max(wall_nanos(), Ordering::Relaxed);
+        let now = wall_nanos();
+        // The ticker is the only writer while it runs. Small steps back (the per-thread anchor catching up
+        // with an NTP slew) are held, so readers never see the time go back; a step back of more than
+        // `COARSE_STEP_BACK` (the OS clock was set back) is followed, or the time would freeze that long.
+        if now >= COARSE_NOW.load(Ordering::Relaxed)
+            || COARSE_NOW.load(Ordering::Relaxed) - now > COARSE_STEP_BACK_NANOS
+        {
+            COARSE_NOW.store(now, Ordering::Relaxed);
+        }
     }
 }
 
+/// How far back the OS clock must be set for the coarse clock to follow it (see [`coarse_ticker`]).
+const COARSE_STEP_BACK_NANOS: u64 = 1_000_000_000;
+
 /// The coarse wall-clock time in nanoseconds since the Unix epoch: at most one tick (plus the ticker's
-/// scheduling delay) behind, never decreasing. Falls back to [`wall_nanos`] when no ticker runs.
+/// scheduling delay) behind, never decreasing unless the OS clock is set back by more than a second.
+/// Falls back to [`wall_nanos`] when no ticker runs.
 #[inline]
 pub(crate) fn coarse_wall_nanos() -> u64 {
     match COARSE_NOW.load(Ordering::Relaxed) {

@@ -180,7 +180,7 @@ pub enum ErrorPolicy {
 /// | variant | cost per publish | precision |
 /// | --- | ---: | --- |
 /// | [`Precise`](Self::Precise) | one time-stamp counter read, ~6–10 ns on the virtual machines measured | nanoseconds: the counter calibrated against the OS clock, anchored to the OS wall clock once a second per thread (see the [module's cost notes](crate::bus#cost)) |
-/// | [`Coarse`](Self::Coarse) | one relaxed atomic load, ~1 ns | behind the precise time by up to one tick (1 ms) plus however long the OS delays the ticker thread (more on a loaded machine); never decreasing |
+/// | [`Coarse`](Self::Coarse) | one relaxed atomic load, ~1 ns | behind the precise time by up to one tick (1 ms) plus however long the OS delays the ticker thread (more on a loaded machine); never decreasing, unless the OS clock is set back by more than a second, which it then follows |
 ///
 /// `Coarse` starts one process-wide thread, `herald-coarse-clock`, that refreshes the time every
 /// millisecond while at least one bus uses it (about 1.7% of one core on the machines measured, mostly
