@@ -150,3 +150,87 @@ async fn a_burst_of_mixed_appends_behaves_as_if_run_one_by_one() {
         assert_eq!(by_position[&e.position].id, e.id);
     }
 }
+
+/// The server ends every connection of the store (as a restart or failover would): appends in flight fail
+/// with a backend error or succeed, nothing is half-written, and the writer and notifier reconnect by
+/// themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_reconnects_after_its_connections_are_killed() {
+    if !support::postgres_available("the_writer_reconnects_after_its_connections_are_killed").await
+    {
+        return;
+    }
+    let schema = support::TestSchema::new();
+    // A name of its own, so that only this store's connections are ended (tests run in parallel).
+    let app = format!("herald_kill_{}", &schema.name[12..24]);
+    let url = format!("{}?application_name={app}", support::database_url());
+    let store = Arc::new(
+        herald_postgres::PostgresStore::open(&url, schema.config())
+            .await
+            .unwrap(),
+    );
+    let (admin, connection) =
+        tokio_postgres::connect(&support::database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut committed = 0u64;
+    for round in 0..5 {
+        // A burst in flight while the connections are ended.
+        let burst = futures::future::join_all((0..16).map(|i| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .append(
+                        &stream(&format!("k-{round}-{i}")),
+                        events(1),
+                        ExpectedVersion::NoStream,
+                    )
+                    .await
+            }
+        }));
+        let app_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&app];
+        let kill = admin.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &app_param,
+        );
+        let (results, killed) = tokio::join!(burst, kill);
+        // At least the writer and the listener were connected (the notifier and readers too, once used).
+        let killed = killed.unwrap();
+        assert!(killed.len() >= 2, "only {} connections ended", killed.len());
+        for r in results {
+            match r {
+                Ok(_) => committed += 1,
+                Err(e) => assert!(matches!(e, Error::Backend { .. }), "{e}"),
+            }
+        }
+        // Afterwards the store works again within a few attempts (the first may still meet the dead
+        // connection before the writer has noticed it is gone).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match store
+                .append(&stream("after"), events(1), ExpectedVersion::Any)
+                .await
+            {
+                Ok(_) => {
+                    committed += 1;
+                    break;
+                }
+                Err(e) => {
+                    assert!(matches!(e, Error::Backend { .. }), "{e}");
+                    assert!(attempts < 5, "the writer does not recover: {e}");
+                }
+            }
+        }
+    }
+    let all = store.read_to_vec(ReadQuery::all()).await.unwrap();
+    assert_eq!(
+        all.len() as u64,
+        committed,
+        "every acknowledged append, nothing else"
+    );
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.position, i as u64 + 1, "hole in the global order");
+    }
+}

@@ -430,3 +430,67 @@ async fn append_with_runs_the_extra_for_that_append_only() {
     assert_eq!(again.first_position, 3);
     assert_eq!(outbox_rows(&s.db).await.len(), 2);
 }
+
+/// Plain appends and `append_with` appends sent at once share batches: the plain ones are pipelined together,
+/// the hooked ones run in their savepoints between them, and every one lands once, gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooked_and_plain_appends_share_batches() {
+    if !support::postgres_available("hooked_and_plain_appends_share_batches").await {
+        return;
+    }
+    let s = setup(false).await;
+    let appends = (0..40).map(|i| {
+        let store = Arc::clone(&s.store);
+        async move {
+            let name = stream(&format!("m-{}", i % 7));
+            if i % 3 == 0 {
+                store
+                    .append_with(
+                        &name,
+                        vec![event("Hooked", "{}")],
+                        ExpectedVersion::Any,
+                        Box::new(|result: &AppendResult, writes: &mut HookWrites| {
+                            writes.push(
+                                "INSERT INTO outbox
+                                   (event_id, event_type, position, version, stream, data, metadata)
+                                 VALUES ($1, 'Hooked', $2, $3, $4, '{}', '{}')",
+                                vec![
+                                    Box::new(result.ids[0]),
+                                    Box::new(result.first_position as i64),
+                                    Box::new(result.first_version as i64),
+                                    Box::new(result.stream.clone()),
+                                ],
+                            )?;
+                            Ok(())
+                        }),
+                    )
+                    .await
+            } else {
+                store
+                    .append(&name, vec![event("Plain", "{}")], ExpectedVersion::Any)
+                    .await
+            }
+        }
+    });
+    let results = futures::future::join_all(appends).await;
+    for r in &results {
+        r.as_ref().unwrap();
+    }
+    let stats = s.store.write_stats();
+    assert!(
+        stats.transactions < stats.requests,
+        "nothing was batched: {stats:?}"
+    );
+    let stored = assert_gap_free(&s.store).await;
+    assert_eq!(stored.len(), 40);
+    let rows = outbox_rows(&s.db).await;
+    assert_eq!(rows.len(), 14, "one row per hooked append");
+    for (id, kind, position, version, name) in rows {
+        let e = &stored[position as usize - 1];
+        assert_eq!((e.id, e.event_type.as_str()), (id, kind.as_str()));
+        assert_eq!(
+            (e.version, e.stream.as_str()),
+            (version as u64, name.as_str())
+        );
+    }
+}
