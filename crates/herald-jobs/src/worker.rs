@@ -182,7 +182,10 @@ impl WorkerPoolBuilder {
         self
     }
 
-    /// Jobs leased ahead of free slots, per queue (default: 8 × the concurrency, at least 128). More prefetch
+    /// Jobs leased ahead of free slots, per queue, fixed (default: adaptive, starting at 8 × the concurrency, at
+    /// least 128, doubling up to 64 × the concurrency (at least 1,024) while the workers run out of jobs during
+    /// a claim, halving back while prefetched jobs wait for slots; so prefetched jobs wait about one claim's
+    /// latency, whatever the jobs' duration). More prefetch
     /// means fewer claim transactions (throughput: measured best around 256 for no-op jobs) but a job enqueued
     /// with a higher priority may wait behind the prefetched ones, and one process may lease jobs that an idle
     /// process could have run.
@@ -230,7 +233,15 @@ impl WorkerPoolBuilder {
                 in_flight: AtomicUsize::new(0),
                 freed: Notify::new(),
             });
-            let prefetch = self.prefetch.unwrap_or((concurrency * 8).max(128));
+            let base = (concurrency * 8).max(128);
+            let prefetch = match self.prefetch {
+                Some(n) => Prefetch::fixed(n),
+                None => Prefetch {
+                    now: base,
+                    min: base,
+                    max: (concurrency * 64).max(1024),
+                },
+            };
             tasks.spawn(fetcher(
                 Arc::clone(&shared),
                 queue,
@@ -303,6 +314,30 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
+/// A queue's prefetch: fixed (`min == max`) or adapting between `min` and `max`.
+#[derive(Debug, Clone, Copy)]
+struct Prefetch {
+    now: usize,
+    min: usize,
+    max: usize,
+}
+
+impl Prefetch {
+    fn fixed(n: usize) -> Self {
+        Prefetch {
+            now: n,
+            min: n,
+            max: n,
+        }
+    }
+    fn grow(&mut self) {
+        self.now = (self.now * 2).clamp(self.min, self.max);
+    }
+    fn shrink(&mut self) {
+        self.now = (self.now / 2).clamp(self.min, self.max);
+    }
+}
+
 struct QueueState {
     /// Claimed jobs of this queue not yet finished (waiting for a slot or running). A finished job leaves
     /// at once, before its completion is committed, so the next claim overlaps that commit (on SQLite they
@@ -318,7 +353,7 @@ async fn fetcher(
     shared: Arc<Shared>,
     queue: String,
     concurrency: usize,
-    prefetch: usize,
+    mut prefetch: Prefetch,
     limits: Arc<Vec<(String, u32)>>,
     state: Arc<QueueState>,
     done: mpsc::UnboundedSender<(Completion, Arc<QueueState>)>,
@@ -327,12 +362,12 @@ async fn fetcher(
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let capacity = concurrency + prefetch;
     let wake = Arc::clone(&shared.jobs.inner.wake);
     loop {
         if shared.shutdown.is_cancelled() {
             break;
         }
+        let capacity = concurrency + prefetch.now;
         // Register for wake-ups before looking, so an enqueue committing during the claim is not missed.
         let woken = wake.notified();
         tokio::pin!(woken);
@@ -350,6 +385,10 @@ async fn fetcher(
             }
             continue;
         }
+        // Prefetched jobs still waiting for a slot: the prefetch is more than the workers need.
+        if in_flight > concurrency + prefetch.now / 2 {
+            prefetch.shrink();
+        }
         let claimed = match shared
             .jobs
             .claim(queue.clone(), shared.owner, room, Arc::clone(&limits))
@@ -362,6 +401,11 @@ async fn fetcher(
             }
         };
         while running.try_join_next().is_some() {}
+        // A full claim after which nothing is left in flight: the workers ran out of jobs while it ran, and
+        // more are waiting. Lease more per claim (fewer claims, each waiting for its commit).
+        if claimed.len() == room && state.in_flight.load(Ordering::Acquire) == 0 {
+            prefetch.grow();
+        }
         if claimed.is_empty() {
             tokio::select! {
                 () = &mut woken => {}
