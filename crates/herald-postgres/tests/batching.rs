@@ -195,9 +195,10 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
             &app_param,
         );
         let (results, killed) = tokio::join!(burst, kill);
-        // At least the writer and the listener were connected (the notifier and readers too, once used).
+        // At least the writer was connected (the listener, notifier and readers may be between connections:
+        // they reconnect on their own schedule).
         let killed = killed.unwrap();
-        assert!(killed.len() >= 2, "only {} connections ended", killed.len());
+        assert!(!killed.is_empty(), "no connection of the store was ended");
         for r in results {
             match r {
                 Ok(_) => committed += 1,
