@@ -43,7 +43,8 @@
 //!   own (not inside the write transaction: a notifying commit holds PostgreSQL's global notify lock through
 //!   its WAL flush; that session sets `synchronous_commit = off`, since a lost notification costs only a
 //!   poll); every store handle keeps one connection that `LISTEN`s and moves [`EventStore::watch_head`] when
-//!   another process commits, within milliseconds. An acknowledged append has always been announced.
+//!   another process commits, within milliseconds. An append is acknowledged only after its notification was
+//!   sent (or failed to send: then other processes find it by polling).
 //!   [`EventStoreExt::follow`](herald_core::EventStoreExt::follow) also polls every 100 ms as a fallback.
 //!
 //! # Why global positions have no gaps
