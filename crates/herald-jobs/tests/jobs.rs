@@ -580,6 +580,89 @@ async fn lazy_progress_switches_sync_modes_and_still_runs_everything(f: Fixture)
     pool.join().await;
 }
 
+async fn concurrent_opens_of_a_fresh_database_all_succeed(f: Fixture) {
+    // A fresh database (file or schema) opened by several handles at once: the migrations run once, under
+    // SQLite's write lock or PostgreSQL's advisory lock, and every handle works.
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _schema) = common::fresh_url(f.kind, dir.path());
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                herald_jobs::JobStore::open_url(
+                    &url,
+                    herald_jobs::JobsConfig::default().full_sync(false),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.unwrap().unwrap());
+    }
+    for (i, store) in stores.iter().enumerate() {
+        store
+            .enqueue(NewJob::raw("x", format!("{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        stores[0].list(ListFilter::default()).await.unwrap().len(),
+        4
+    );
+}
+
+async fn concurrency_limit_holds_across_store_handles(f: Fixture) {
+    // Two pools on two handles (separate connections; on PostgreSQL as two processes would be) share one
+    // per-type limit.
+    let jobs = (0..24)
+        .map(|i| NewJob::raw("limited", format!("{i}")))
+        .collect();
+    f.jobs.enqueue_bulk(jobs).await.unwrap();
+    let other = f.reopen(common::config(&f.clock)).await;
+    let now_running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut pools = Vec::new();
+    for store in [f.jobs.clone(), other.clone()] {
+        let (n, pk) = (now_running.clone(), peak.clone());
+        pools.push(
+            WorkerPool::builder(store)
+                .queue("default", 8)
+                .poll_interval(Duration::from_millis(20))
+                .options(
+                    "limited",
+                    HandlerOptions {
+                        max_concurrency: Some(3),
+                        ..Default::default()
+                    },
+                )
+                .handle_raw("limited", move |_, _| {
+                    let (n, pk) = (n.clone(), pk.clone());
+                    async move {
+                        let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+                        pk.fetch_max(c, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                        n.fetch_sub(1, Ordering::SeqCst);
+                        JobResult::Success
+                    }
+                })
+                .start(stop.clone()),
+        );
+    }
+    eventually("all done", || async { live(&f.jobs).await.is_empty() }).await;
+    stop.cancel();
+    for pool in pools {
+        pool.join().await;
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 3,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+}
+
 both_backends!(
     runs_jobs_by_priority_then_enqueue_order_and_respects_delays,
     failures_follow_the_sidekiq_schedule_then_die_with_their_history,
@@ -591,4 +674,6 @@ both_backends!(
     shutdown_finishes_running_jobs_and_releases_the_rest,
     every_run_is_an_instrumentation_event,
     lazy_progress_switches_sync_modes_and_still_runs_everything,
+    concurrent_opens_of_a_fresh_database_all_succeed,
+    concurrency_limit_holds_across_store_handles,
 );
