@@ -34,10 +34,10 @@ async fn open(test: &str) -> Option<Setup> {
     handlers.route(Route::new("send_welcome", &["UserRegistered"]).queue("mailers"));
     handlers.route(Route::new("audit", &[]));
     let config = PostgresConfig::default()
-        .schema(schema.name.clone())
+        .schema(schema.name())
         .with_append_hook(handlers.postgres_hook().unwrap());
     let store = Arc::new(
-        PostgresStore::open(&common::database_url(), config)
+        PostgresStore::open(&herald_store_testkit::postgres::server_url(), config)
             .await
             .unwrap(),
     );

@@ -76,9 +76,11 @@ async fn jobs_commands_report_and_manage_the_queue() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn jobs_commands_report_and_manage_the_queue_on_postgres() {
-    let Some(schema) = postgres::Schema::create().await else {
+    use herald_store_testkit::postgres::{TestSchema, available};
+    if !available("herald jobs CLI on PostgreSQL").await {
         return;
-    };
+    }
+    let schema = TestSchema::new("herald_jobs_cli");
     commands_report_and_manage_the_queue(&schema.url()).await;
 }
 
@@ -140,66 +142,4 @@ fn jobs_need_a_sqlite_or_postgres_database() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
-}
-
-#[cfg(feature = "postgres")]
-mod postgres {
-    /// The server the tests use: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
-    fn server_url() -> String {
-        std::env::var("HERALD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-    }
-
-    /// A schema of its own, dropped when the test ends; `None` (reason printed) when PostgreSQL cannot be
-    /// reached outside CI. In CI an unreachable server fails the test.
-    pub(super) struct Schema {
-        name: String,
-    }
-
-    impl Schema {
-        pub(super) async fn create() -> Option<Self> {
-            let name = format!("herald_jobs_cli_{}", uuid::Uuid::now_v7().simple());
-            match tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await {
-                Ok(_) => Some(Schema { name }),
-                Err(e) if std::env::var_os("CI").is_some() => {
-                    panic!("PostgreSQL at {} is required in CI: {e}", server_url())
-                }
-                Err(e) => {
-                    eprintln!("skipped: PostgreSQL at {} unreachable: {e}", server_url());
-                    None
-                }
-            }
-        }
-
-        pub(super) fn url(&self) -> String {
-            let server = server_url();
-            let separator = if server.contains('?') { '&' } else { '?' };
-            format!("{server}{separator}schema={}", self.name)
-        }
-    }
-
-    impl Drop for Schema {
-        fn drop(&mut self) {
-            // Drop runs inside the test's runtime, which cannot block on another: use a plain thread.
-            let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                runtime.block_on(async {
-                    let (client, connection) =
-                        tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
-                            .await
-                            .ok()?;
-                    tokio::spawn(connection);
-                    client.batch_execute(&sql).await.ok()
-                })
-            })
-            .join();
-            if !matches!(dropped, Ok(Some(()))) {
-                eprintln!("note: could not drop test schema {}", self.name);
-            }
-        }
-    }
 }

@@ -41,11 +41,7 @@ pub fn config(clock: &ManualClock) -> JobsConfig {
     JobsConfig::default().clock(clock.clone()).full_sync(false)
 }
 
-/// The test database: `HERALD_TEST_POSTGRES_URL`, or the local server's `test` database.
-pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
+pub use herald_store_testkit::postgres::{TestSchema, available as postgres_available};
 
 /// A URL (for `kind`) naming a fresh database: a file in `dir`, or a new schema.
 pub fn fresh_url(kind: Kind, dir: &std::path::Path) -> (String, Option<TestSchema>) {
@@ -55,10 +51,8 @@ pub fn fresh_url(kind: Kind, dir: &std::path::Path) -> (String, Option<TestSchem
             None,
         ),
         Kind::Postgres => {
-            let schema = TestSchema::new();
-            let base = database_url();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            (format!("{base}{sep}schema={}", schema.name), Some(schema))
+            let schema = TestSchema::new("hj");
+            (schema.url(), Some(schema))
         }
     }
 }
@@ -110,72 +104,6 @@ macro_rules! both_backends {
             )*
         }
     };
-}
-
-/// A schema of its own for one test; dropped (with everything in it) when the guard is dropped.
-#[derive(Debug)]
-pub struct TestSchema {
-    pub name: String,
-}
-
-impl TestSchema {
-    pub fn new() -> Self {
-        TestSchema {
-            name: format!("hj_{}", uuid::Uuid::now_v7().simple()),
-        }
-    }
-}
-
-impl Drop for TestSchema {
-    fn drop(&mut self) {
-        // Drop may run inside a Tokio runtime, which cannot block on another one: use a plain thread.
-        let name = self.name.clone();
-        let url = database_url();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
-                    ))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("note: could not drop test schema {}", self.name);
-        }
-    }
-}
-
-/// Whether PostgreSQL answers. When it does not: panics if `CI` is set, else prints why the test skips.
-pub async fn postgres_available(test: &str) -> bool {
-    let url = database_url();
-    match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok((_client, connection)) => {
-            drop(connection);
-            true
-        }
-        Err(e) => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: PostgreSQL at {url} is unreachable ({e}); CI requires it (scripts/services.sh starts it)"
-                );
-            }
-            eprintln!(
-                "SKIPPED {test}: PostgreSQL at {url} is unreachable ({e}); set CI=1 to make this fail"
-            );
-            false
-        }
-    }
 }
 
 /// Waits (polling, bounded) until `check` holds: waiting for a condition, never a fixed sleep.
