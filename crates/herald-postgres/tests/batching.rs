@@ -162,7 +162,7 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
     }
     let schema = support::TestSchema::new();
     // A name of its own, so that only this store's connections are ended (tests run in parallel).
-    let app = format!("herald_kill_{}", &schema.name[12..24]);
+    let app = format!("herald_kill_{}", &schema.name()[12..24]);
     let url = format!("{}?application_name={app}", support::database_url());
     let store = Arc::new(
         herald_postgres::PostgresStore::open(&url, schema.config())

@@ -86,7 +86,7 @@ async fn gap_free_global_order_across_processes() {
     let probing = Arc::new(AtomicBool::new(true));
     let probe = {
         let probing = Arc::clone(&probing);
-        let schema = schema.name.clone();
+        let schema = schema.name().to_owned();
         tokio::spawn(async move {
             let (client, connection) =
                 tokio_postgres::connect(&support::database_url(), tokio_postgres::NoTls)
@@ -109,7 +109,7 @@ async fn gap_free_global_order_across_processes() {
     let mut expected_position = 1u64;
     for round in 0..ROUNDS {
         let children: Vec<_> = (0..PROCESSES)
-            .map(|p| spawn_child("append", &schema.name, round * PROCESSES + p))
+            .map(|p| spawn_child("append", schema.name(), round * PROCESSES + p))
             .collect();
         let reports = futures::future::join_all(children.into_iter().map(child_report));
         let follower = async {
@@ -179,7 +179,7 @@ async fn exact_race_across_processes() {
     }
     let (store, schema) = support::fresh_store(|c| c).await;
     let children: Vec<_> = (0..2)
-        .map(|p| spawn_child("race", &schema.name, p))
+        .map(|p| spawn_child("race", schema.name(), p))
         .collect();
     let reports = futures::future::join_all(children.into_iter().map(child_report)).await;
     let mut winners: HashMap<u64, usize> = HashMap::new();

@@ -102,7 +102,7 @@ async fn setup(with_hook: bool) -> Setup {
         }
     })
     .await;
-    let db = client(&schema.name).await;
+    let db = client(schema.name()).await;
     db.batch_execute(OUTBOX_TABLE).await.expect("outbox table");
     Setup {
         store: Arc::new(store),
