@@ -92,9 +92,9 @@ use std::time::Duration;
 use herald_core::{EventStore, Limits};
 
 pub mod cases;
-pub mod support;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod support;
 
 pub use support::Store;
 
