@@ -167,19 +167,39 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 /// Conveniences on every [`EventStore`].
 pub trait EventStoreExt: EventStore {
     /// The whole result of `query` as a stream, fetched `query.batch_size` events at a time, so memory stays
-    /// bounded whatever the result's size.
+    /// bounded whatever the result's size. The next page is requested while the current one is consumed (one
+    /// page ahead at most).
     fn read(&self, query: ReadQuery) -> BoxStream<'_, Result<RecordedEvent>> {
         if let Err(e) = query.validate() {
             return stream::once(async { Err(e) }).boxed();
         }
-        let pager = Pager { query, done: false };
-        stream::try_unfold(pager, move |mut pager| async move {
-            if pager.done {
+        let state = Reader {
+            pager: Pager { query, done: false },
+            next: None,
+        };
+        stream::try_unfold(state, move |mut state| async move {
+            if state.pager.done {
                 return Ok(None);
             }
-            let page = self.read_page(&pager.query).await?;
-            pager.advance(&page);
-            Ok(Some((stream::iter(page.into_iter().map(Ok)), pager)))
+            let page = match state.next.take() {
+                Some(NextPage::Fetching(fetch)) => fetch.await?,
+                Some(NextPage::Fetched(page)) => page?,
+                None => self.read_page(&state.pager.query).await?,
+            };
+            state.pager.advance(&page);
+            if !state.pager.done {
+                // Start reading the next page before the caller consumes this one, so the backend's read
+                // (a blocking-pool thread, a server round trip) overlaps the caller's work. One page ahead at
+                // most: memory stays bounded by two pages.
+                let query = state.pager.query.clone();
+                let mut fetch =
+                    futures::FutureExt::boxed(async move { self.read_page(&query).await });
+                state.next = Some(match futures::poll!(&mut fetch) {
+                    std::task::Poll::Ready(page) => NextPage::Fetched(page),
+                    std::task::Poll::Pending => NextPage::Fetching(fetch),
+                });
+            }
+            Ok(Some((stream::iter(page.into_iter().map(Ok)), state)))
         })
         .try_flatten()
         .boxed()
@@ -282,6 +302,18 @@ impl Pager {
     fn limit_reached(&self) -> bool {
         self.query.limit == Some(0)
     }
+}
+
+/// State of [`EventStoreExt::read`]: where the next page starts, and that page when already requested.
+struct Reader<'a> {
+    pager: Pager,
+    next: Option<NextPage<'a>>,
+}
+
+/// The page after the one being yielded: still being read, or already read.
+enum NextPage<'a> {
+    Fetching(futures::future::BoxFuture<'a, Result<Vec<RecordedEvent>>>),
+    Fetched(Result<Vec<RecordedEvent>>),
 }
 
 struct Follower {
