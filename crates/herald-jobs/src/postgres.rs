@@ -1080,63 +1080,10 @@ impl PgBackend {
     }
 }
 
-/// Creates the schema when missing and applies pending migrations, under an advisory lock.
+/// Creates the schema when missing and applies the job tables' pending migrations (herald-postgres's
+/// migrator: advisory lock, `herald_jobs_migrations`).
 async fn migrate(client: &mut Object, schema: &str) -> Result<()> {
-    let tx = client.transaction().await.map_err(backend)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&lock_key(&format!("herald-jobs-migrate:{schema}"))],
-    )
-    .await
-    .map_err(backend)?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.herald_jobs_migrations (
-             version    integer     PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );"
-    ))
-    .await
-    .map_err(backend)?;
-    let applied: i32 = tx
-        .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.herald_jobs_migrations"),
-            &[],
-        )
-        .await
-        .map_err(backend)?
-        .get(0);
-    let applied = applied as usize;
-    if applied > MIGRATIONS.len() {
-        return Err(JobError::backend(format!(
-            "the job tables in schema `{schema}` are version {applied}, newer than this Herald knows ({}); \
-             upgrade Herald",
-            MIGRATIONS.len()
-        )));
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tx.batch_execute(&sql.replace("{s}", schema))
-            .await
-            .map_err(|e| {
-                JobError::backend(format!(
-                    "job migration {} failed: {}",
-                    index + 1,
-                    backend(e)
-                ))
-            })?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.herald_jobs_migrations (version) VALUES ($1)"),
-            &[&((index + 1) as i32)],
-        )
-        .await
-        .map_err(backend)?;
-        tracing::info!(
-            schema,
-            migration = index + 1,
-            "applied herald-jobs migration"
-        );
-    }
-    tx.commit().await.map_err(backend)
+    Ok(herald_postgres::apply_migrations(client, schema, "herald-jobs", MIGRATIONS).await?)
 }
 
 /// Sends one `NOTIFY` on the schema's channel after enqueues committed (however many asked since the last

@@ -110,6 +110,7 @@ pub use hook::{
 };
 /// Re-exported: hook parameters implement [`tokio_postgres::types::ToSql`], so they must name this crate's
 /// version of it.
+pub use schema::apply_migrations;
 pub use tokio_postgres;
 
 use writer::Request;

@@ -131,25 +131,50 @@ pub(crate) fn describe(config: &Config) -> String {
     )
 }
 
-/// A stable 64-bit key for the advisory lock guarding `schema`'s migrations (FNV-1a).
-fn lock_key(schema: &str) -> i64 {
+/// A stable 64-bit key for the advisory lock guarding one component's migrations in `schema` (FNV-1a).
+fn lock_key(component: &str, schema: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "herald-migrate:".bytes().chain(schema.bytes()) {
+    for b in component
+        .bytes()
+        .chain("-migrate:".bytes())
+        .chain(schema.bytes())
+    {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash as i64
 }
 
-/// Creates the schema when missing and applies pending migrations, under the advisory lock.
+/// Creates the store's schema when missing and applies its pending migrations.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    apply_migrations(client, schema, "herald", MIGRATIONS).await
+}
+
+/// Applies the pending `migrations` of one `component` (e.g. `"herald-jobs"`) in `schema`: creates the schema
+/// when missing, records what ran in `{component}_migrations` (dashes as underscores), and runs everything in
+/// one transaction under an advisory lock derived from the component and the schema, so several processes
+/// opening a fresh database at once serialise there and the later ones find the work done. `{s}` in a
+/// script is replaced by the schema name. Never edit a released script: append a new one.
+///
+/// Other Herald crates that keep tables beside the event store (durable jobs, checkpoints) use this too, so
+/// every component migrates the same way.
+pub async fn apply_migrations(
+    client: &mut Client,
+    schema: &str,
+    component: &str,
+    migrations: &[&str],
+) -> Result<()> {
+    let table = format!("{}_migrations", component.replace('-', "_"));
     let tx = client.transaction().await.map_err(backend)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
-        .await
-        .map_err(backend)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&lock_key(component, schema)],
+    )
+    .await
+    .map_err(backend)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.herald_migrations (
+         CREATE TABLE IF NOT EXISTS {schema}.{table} (
              version    integer     PRIMARY KEY,
              applied_at timestamptz NOT NULL DEFAULT now()
          );"
@@ -158,32 +183,37 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     .map_err(backend)?;
     let applied: i32 = tx
         .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.herald_migrations"),
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.{table}"),
             &[],
         )
         .await
         .map_err(backend)?
         .get(0);
     let applied = applied as usize;
-    if applied > MIGRATIONS.len() {
+    if applied > migrations.len() {
         return Err(Error::backend(format!(
-            "schema `{schema}` is at migration {applied}, newer than this build knows ({}); upgrade Herald",
-            MIGRATIONS.len()
+            "the {component} tables in schema `{schema}` are at migration {applied}, newer than this build \
+             knows ({}); upgrade Herald",
+            migrations.len()
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tx.batch_execute(sql).await.map_err(backend)?;
+    for (index, sql) in migrations.iter().enumerate().skip(applied) {
+        let version = index + 1;
+        tx.batch_execute(&sql.replace("{s}", schema))
+            .await
+            .map_err(|e| {
+                Error::backend(format!(
+                    "{component} migration {version} in schema `{schema}` failed: {}",
+                    backend(e)
+                ))
+            })?;
         tx.execute(
-            &format!("INSERT INTO {schema}.herald_migrations (version) VALUES ($1)"),
-            &[&((index + 1) as i32)],
+            &format!("INSERT INTO {schema}.{table} (version) VALUES ($1)"),
+            &[&(version as i32)],
         )
         .await
         .map_err(backend)?;
-        tracing::info!(
-            schema,
-            migration = index + 1,
-            "herald-postgres applied migration"
-        );
+        tracing::info!(schema, component, migration = version, "applied migration");
     }
     tx.commit().await.map_err(backend)
 }
