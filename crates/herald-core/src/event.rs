@@ -164,3 +164,39 @@ mod tests {
         assert_eq!(metadata_uuid("not json", CORRELATION_ID), None);
     }
 }
+
+/// One event of an append as the backends' append hooks see it: already inserted, with its place in the
+/// stream and the log, borrowing the appended event's text.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedEvent<'a> {
+    /// The event id.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: &'a str,
+    /// Its version in the stream appended to.
+    pub version: u64,
+    /// Its global position.
+    pub position: u64,
+    /// Data, JSON text as written.
+    pub data: &'a str,
+    /// Metadata, JSON object text as written.
+    pub metadata: &'a str,
+}
+
+impl<'a> AppendedEvent<'a> {
+    /// The events of one append, placed where `result` says the append wrote them.
+    pub fn list(events: &'a [NewEvent], result: &crate::AppendResult) -> Vec<AppendedEvent<'a>> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| AppendedEvent {
+                id: e.id,
+                event_type: &e.event_type,
+                version: result.first_version + i as u64,
+                position: result.first_position + i as u64,
+                data: &e.data,
+                metadata: &e.metadata,
+            })
+            .collect()
+    }
+}

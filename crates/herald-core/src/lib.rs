@@ -53,7 +53,7 @@ pub mod timefmt;
 pub mod version;
 
 pub use error::{Error, Result};
-pub use event::{NewEvent, Origin, RecordedEvent};
+pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};
 pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};
 pub use store::{AppendResult, EventStore, EventStoreExt, Head, LinkResult, StreamInfo};

@@ -160,18 +160,21 @@ impl AsyncHandlers {
         }
     }
 
-    /// The jobs for `events` just appended to `stream`, at `now`.
-    fn jobs_for<'e>(
-        &self,
-        stream: &str,
-        events: impl Iterator<Item = (Uuid, &'e str, u64, &'e str)>,
-    ) -> Vec<NewJob> {
+    /// The jobs for `events` just appended to `stream` (the same event type on both backends' hooks).
+    fn jobs_for(&self, stream: &str, events: &[herald_core::AppendedEvent<'_>]) -> Vec<NewJob> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let mut jobs = Vec::new();
         if routes.is_empty() {
             return jobs;
         }
-        for (id, event_type, position, event_metadata) in events {
+        for &herald_core::AppendedEvent {
+            id,
+            event_type,
+            position,
+            metadata: event_metadata,
+            ..
+        } in events
+        {
             for route in routes
                 .iter()
                 .filter(|r| r.types.is_empty() || r.types.iter().any(|t| t == event_type))
@@ -224,12 +227,7 @@ impl herald_postgres::AppendHook for PostgresHook {
         events: &[herald_postgres::AppendedEvent<'_>],
         writes: &mut herald_postgres::HookWrites,
     ) -> std::result::Result<(), herald_postgres::HookError> {
-        let jobs = self.0.jobs_for(
-            stream,
-            events
-                .iter()
-                .map(|e| (e.id, e.event_type, e.position, e.metadata)),
-        );
+        let jobs = self.0.jobs_for(stream, events);
         let Some(schema) = &self.0.schema else {
             return Err("AsyncHandlers without a PostgreSQL job store".into());
         };
@@ -245,12 +243,7 @@ impl AppendHook for AsyncHandlers {
         stream: &str,
         events: &[AppendedEvent<'_>],
     ) -> herald_sqlite::rusqlite::Result<()> {
-        let jobs = self.jobs_for(
-            stream,
-            events
-                .iter()
-                .map(|e| (e.id, e.event_type, e.position, e.metadata)),
-        );
+        let jobs = self.jobs_for(stream, events);
         let now = self.clock.now_micros();
         for job in &jobs {
             insert_job(tx, job, now)?;

@@ -39,9 +39,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+pub use herald_core::AppendedEvent;
 use herald_core::{AppendResult, Error, Result};
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
 /// The error type hooks and extras return: anything that can say what went wrong.
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,23 +51,6 @@ pub type HookParam = Box<dyn ToSql + Send + Sync>;
 
 /// Longest SQL text of one hook statement, in bytes.
 pub const MAX_HOOK_SQL_LEN: usize = 64 * 1024;
-
-/// One event of an append, as hooks see it (already inserted, inside the append's savepoint).
-#[derive(Debug, Clone, Copy)]
-pub struct AppendedEvent<'a> {
-    /// The event id.
-    pub id: Uuid,
-    /// The event type.
-    pub event_type: &'a str,
-    /// Its version in the stream appended to.
-    pub version: u64,
-    /// Its global position.
-    pub position: u64,
-    /// Data, JSON text as written.
-    pub data: &'a str,
-    /// Metadata, JSON object text as written.
-    pub metadata: &'a str,
-}
 
 /// One SQL statement a hook asks the writer to run.
 pub(crate) struct HookStatement {

@@ -1029,18 +1029,7 @@ fn collect_hook_writes(
     writes: &mut HookWrites,
 ) -> std::result::Result<(), HookError> {
     if !hooks.is_empty() {
-        let appended: Vec<AppendedEvent<'_>> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| AppendedEvent {
-                id: e.id,
-                event_type: &e.event_type,
-                version: result.first_version + i as u64,
-                position: result.first_position + i as u64,
-                data: &e.data,
-                metadata: &e.metadata,
-            })
-            .collect();
+        let appended = AppendedEvent::list(events, result);
         for hook in hooks {
             hook.on_append(stream, &appended, writes)?;
         }

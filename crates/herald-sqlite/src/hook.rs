@@ -15,24 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use herald_core::AppendResult;
-use uuid::Uuid;
-
-/// One event of an append, as hooks see it (already inserted, inside the append's savepoint).
-#[derive(Debug, Clone, Copy)]
-pub struct AppendedEvent<'a> {
-    /// The event id.
-    pub id: Uuid,
-    /// The event type.
-    pub event_type: &'a str,
-    /// Its version in the stream appended to.
-    pub version: u64,
-    /// Its global position.
-    pub position: u64,
-    /// Data, JSON text as written.
-    pub data: &'a str,
-    /// Metadata, JSON object text as written.
-    pub metadata: &'a str,
-}
+pub use herald_core::AppendedEvent;
 
 /// Called by the writer inside every append's savepoint (see the module docs). Register with
 /// [`crate::SqliteConfig::with_append_hook`].
