@@ -164,6 +164,22 @@ pub async fn apply_migrations(
     component: &str,
     migrations: &[&str],
 ) -> Result<()> {
+    // Both names end up in SQL text: refuse anything but plain identifiers before touching the database.
+    crate::PostgresConfig::default().schema(schema).validate()?;
+    let component_ok = component
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase())
+        && component.len() <= 32
+        && component
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !component_ok {
+        return Err(Error::invalid(format!(
+            "migration component `{component}` is not valid: use 1 to 32 lowercase ASCII letters, digits, `-` \
+             and `_`, starting with a letter"
+        )));
+    }
     let table = format!("{}_migrations", component.replace('-', "_"));
     let tx = client.transaction().await.map_err(backend)?;
     tx.execute(
