@@ -420,29 +420,6 @@ pub async fn insert_jobs_postgres<C: GenericClient>(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Checks a schema name the way the event store does (it is spliced into SQL unquoted).
-fn validate_schema(s: &str) -> Result<()> {
-    let valid_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let starts_ok = s
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    if !valid_chars
-        || !starts_ok
-        || s.len() > herald_postgres::MAX_SCHEMA_LEN
-        || s.starts_with("pg_")
-    {
-        return Err(JobError::invalid(format!(
-            "schema name `{s}` is not valid: use 1 to {} lowercase ASCII letters, digits and `_`, not starting \
-             with a digit or `pg_`",
-            herald_postgres::MAX_SCHEMA_LEN
-        )));
-    }
-    Ok(())
-}
-
 /// A stable 64-bit advisory-lock key for `what` (FNV-1a).
 fn lock_key(what: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -495,7 +472,7 @@ impl PgBackend {
     pub(crate) async fn open(url: &str, config: &JobsConfig, wake: Arc<Notify>) -> Result<Self> {
         let url: herald_postgres::PostgresUrl = url.parse().map_err(JobError::from)?;
         let schema = url.config.schema.clone();
-        validate_schema(&schema)?;
+        herald_postgres::validate_schema_name(&schema)?;
         let mut pg: Config = url
             .connection
             .parse()

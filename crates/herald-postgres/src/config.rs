@@ -85,20 +85,7 @@ impl PostgresConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        let s = &self.schema;
-        let valid_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        let starts_ok = s
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-        if !valid_chars || !starts_ok || s.len() > MAX_SCHEMA_LEN || s.starts_with("pg_") {
-            return Err(Error::invalid(format!(
-                "schema name `{s}` is not valid: use 1 to {MAX_SCHEMA_LEN} lowercase ASCII letters, digits \
-                 and `_`, not starting with a digit or `pg_`"
-            )));
-        }
+        validate_schema_name(&self.schema)?;
         if self.pool_size == 0 {
             return Err(Error::invalid("pool_size must be at least 1"));
         }
@@ -107,6 +94,26 @@ impl PostgresConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that `s` can name Herald's schema: it is spliced into SQL unquoted, so only plain lowercase
+/// identifiers are accepted (and not PostgreSQL's reserved `pg_` prefix). Every component that keeps tables in
+/// the store's schema (jobs, checkpoints) checks its schema name with this.
+pub fn validate_schema_name(s: &str) -> Result<()> {
+    let valid_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let starts_ok = s
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if !valid_chars || !starts_ok || s.len() > MAX_SCHEMA_LEN || s.starts_with("pg_") {
+        return Err(Error::invalid(format!(
+            "schema name `{s}` is not valid: use 1 to {MAX_SCHEMA_LEN} lowercase ASCII letters, digits \
+             and `_`, not starting with a digit or `pg_`"
+        )));
+    }
+    Ok(())
 }
 
 /// A parsed `postgres://` (or `postgresql://`) URL: the connection part for the driver and Herald's own

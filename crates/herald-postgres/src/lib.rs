@@ -102,7 +102,7 @@ use uuid::Uuid;
 
 pub use config::{
     DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PostgresConfig,
-    PostgresUrl,
+    PostgresUrl, validate_schema_name,
 };
 pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,

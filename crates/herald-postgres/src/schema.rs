@@ -165,7 +165,7 @@ pub async fn apply_migrations(
     migrations: &[&str],
 ) -> Result<()> {
     // Both names end up in SQL text: refuse anything but plain identifiers before touching the database.
-    crate::PostgresConfig::default().schema(schema).validate()?;
+    crate::validate_schema_name(schema)?;
     let component_ok = component
         .bytes()
         .next()
