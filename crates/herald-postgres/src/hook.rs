@@ -146,7 +146,9 @@ impl HookWrites {
 /// [`crate::PostgresConfig::with_append_hook`].
 pub trait AppendHook: Send + Sync + 'static {
     /// Adds this hook's statements for `events`, just appended to `stream`, to `writes`. It runs on the
-    /// writer task while the head lock is held: compute, do not block. An error fails this append only.
+    /// writer task while the head lock is held: compute, do not block. An error fails this append only. It
+    /// may be called more than once for one append (with new positions when its batch is decided again after
+    /// another append failed): it only describes writes, the writer runs the last call's.
     fn on_append(
         &self,
         stream: &str,
@@ -156,9 +158,11 @@ pub trait AppendHook: Send + Sync + 'static {
 }
 
 /// Work for one append only, run after the store's hooks: see [`crate::PostgresStore::append_with`]. It gets
-/// the append's result (stream, versions, positions, ids) and adds its statements to `writes`.
+/// the append's result (stream, versions, positions, ids) and adds its statements to `writes`. Like a hook,
+/// it may be called again with a new result if the batch had to be decided again (see the module docs):
+/// describe the writes for the result given, keep no count of calls.
 pub type AppendExtra =
-    Box<dyn FnOnce(&AppendResult, &mut HookWrites) -> std::result::Result<(), HookError> + Send>;
+    Box<dyn Fn(&AppendResult, &mut HookWrites) -> std::result::Result<(), HookError> + Send + Sync>;
 
 /// The hooks of a store, in registration order. Compared by identity.
 #[derive(Clone, Default)]

@@ -162,7 +162,7 @@ impl PostgresStore {
         let mut write_client = schema::connect(&pg).await?;
         schema::migrate(&mut write_client, &config.schema).await?;
         let position: i64 = write_client
-            .query_one("SELECT position FROM head", &[])
+            .query_one("SELECT coalesce(max(position), 0) FROM events", &[])
             .await
             .map_err(schema::backend)?
             .get(0);
@@ -206,7 +206,6 @@ impl PostgresStore {
             channel,
             instance,
             hooks: config.append_hooks.0.clone(),
-            last_batch: 0,
         };
         tokio::spawn(writer.run(write_client));
         tracing::debug!(schema = %config.schema, migrations = schema::latest_version(), "opened herald-postgres store");
@@ -253,7 +252,7 @@ impl PostgresStore {
             stream: stream.as_str().to_owned(),
             events,
             expected,
-            extra: Some(std::sync::Mutex::new(extra)),
+            extra: Some(extra),
             reply,
         })
         .await

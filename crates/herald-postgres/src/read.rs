@@ -27,6 +27,10 @@ const EVENT_COLUMNS: &str =
     "e.id, e.event_type, e.data, e.metadata, e.recorded_at, e.position, e.stream, e.version";
 
 /// Builds the page query: SQL text (prepared once per shape and connection) and its parameters.
+///
+/// A stream holds its own events (rows of `events` with that stream, after the stream's last delete) and
+/// links (`stream_entries`); a stream read merges both by version, each side already filtered and limited,
+/// then fetches the columns.
 fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
     let forward = query.direction == Direction::Forward;
     let (cmp, order) = if forward {
@@ -38,51 +42,69 @@ fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
         .from
         .map_or(if forward { 0 } else { i64::MAX }, |f| f as i64);
     let mut params: Vec<Param> = Vec::with_capacity(6);
-    let mut sql = String::with_capacity(300);
-    let key = match &query.scope {
-        ReadScope::Stream(stream) => {
-            params.push(Box::new(stream.as_str().to_owned()));
-            params.push(Box::new(from));
-            sql.push_str(&format!(
-                "SELECT {EVENT_COLUMNS}, se.version, se.is_link \
-                 FROM stream_entries se JOIN events e ON e.position = se.position \
-                 WHERE se.stream = $1 AND se.version {cmp} $2"
-            ));
-            "se.version"
-        }
-        ReadScope::All => {
-            params.push(Box::new(from));
-            sql.push_str(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.position {cmp} $1"
-            ));
-            "e.position"
-        }
-        ReadScope::Category(category) => {
-            params.push(Box::new(category.clone()));
-            params.push(Box::new(from));
-            sql.push_str(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.category = $1 AND e.position {cmp} $2"
-            ));
-            "e.position"
-        }
+    // The scope's parameters come first, then the filters', then the page size.
+    match &query.scope {
+        ReadScope::Stream(stream) => params.push(Box::new(stream.as_str().to_owned())),
+        ReadScope::Category(category) => params.push(Box::new(category.clone())),
+        ReadScope::All => {}
+    }
+    params.push(Box::new(from));
+    let from_param = params.len();
+    let mut push = |param: Param| {
+        params.push(param);
+        params.len()
     };
-    if !query.types.is_empty() {
-        params.push(Box::new(query.types.clone()));
-        sql.push_str(&format!(
-            " AND e.event_type = ANY(${}::text[])",
-            params.len()
-        ));
-    }
-    if let Some(after) = query.recorded_after {
-        params.push(Box::new(timefmt::to_unix_micros(after)));
-        sql.push_str(&format!(" AND e.recorded_at >= ${}", params.len()));
-    }
-    if let Some(before) = query.recorded_before {
-        params.push(Box::new(timefmt::to_unix_micros(before)));
-        sql.push_str(&format!(" AND e.recorded_at < ${}", params.len()));
-    }
-    params.push(Box::new(query.page_size() as i64));
-    sql.push_str(&format!(" ORDER BY {key} {order} LIMIT ${}", params.len()));
+    let types = (!query.types.is_empty()).then(|| push(Box::new(query.types.clone())));
+    let after = query
+        .recorded_after
+        .map(|t| push(Box::new(timefmt::to_unix_micros(t))));
+    let before = query
+        .recorded_before
+        .map(|t| push(Box::new(timefmt::to_unix_micros(t))));
+    let limit = push(Box::new(query.page_size() as i64));
+    // The type and time filters, on the event row behind `alias`.
+    let filtered = |alias: &str| {
+        let mut sql = String::new();
+        if let Some(n) = types {
+            sql.push_str(&format!(" AND {alias}.event_type = ANY(${n}::text[])"));
+        }
+        if let Some(n) = after {
+            sql.push_str(&format!(" AND {alias}.recorded_at >= ${n}"));
+        }
+        if let Some(n) = before {
+            sql.push_str(&format!(" AND {alias}.recorded_at < ${n}"));
+        }
+        sql
+    };
+    let sql = match &query.scope {
+        ReadScope::Stream(_) => format!(
+            "SELECT {EVENT_COLUMNS}, x.v, x.is_link FROM (
+                (SELECT o.position, o.version AS v, false AS is_link FROM events o
+                 WHERE o.stream = $1 AND o.version {cmp} ${from_param}
+                   AND o.position > coalesce((SELECT d.through_position FROM deleted_streams d
+                                              WHERE d.name = $1), 0){own}
+                 ORDER BY o.version {order} LIMIT ${limit})
+                UNION ALL
+                (SELECT se.position, se.version, true FROM stream_entries se
+                 JOIN events l ON l.position = se.position
+                 WHERE se.stream = $1 AND se.version {cmp} ${from_param}{linked}
+                 ORDER BY se.version {order} LIMIT ${limit})
+             ) x JOIN events e ON e.position = x.position
+             ORDER BY x.v {order} LIMIT ${limit}",
+            own = filtered("o"),
+            linked = filtered("l"),
+        ),
+        ReadScope::All => format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.position {cmp} ${from_param}{f} \
+             ORDER BY e.position {order} LIMIT ${limit}",
+            f = filtered("e"),
+        ),
+        ReadScope::Category(_) => format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.category = $1 AND e.position {cmp} ${from_param}{f} \
+             ORDER BY e.position {order} LIMIT ${limit}",
+            f = filtered("e"),
+        ),
+    };
     (sql, params)
 }
 

@@ -29,7 +29,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_category ON events (category, position);
 
-    -- What a stream read walks: own events and links, by version.
+    -- What a stream read walks: own events and links, by version (links only since migration 2).
     CREATE TABLE stream_entries (
         stream   text    COLLATE "C" NOT NULL,
         version  bigint  NOT NULL,
@@ -54,6 +54,30 @@ const MIGRATIONS: &[&str] = &[
         recorded_at bigint  NOT NULL
     );
     INSERT INTO head (position, recorded_at) VALUES (0, 0);
+    "#,
+    // 2: a stream's own events are found in `events` by (stream, version); `stream_entries` keeps links only.
+    // An append then writes one row and four index entries per event instead of two rows and five. A delete
+    // cannot remove events from the global log, so it records up to which position the stream's events are
+    // gone (`deleted_streams`); a stream re-created after a delete starts at version 0 again, which is why
+    // `events_by_stream` is not unique. The head row is only locked from now on, never rewritten: the end
+    // of the log and its clock are read from `events` (writers of migration 1 still lock the same row, so
+    // both serialise on it while they overlap).
+    r#"
+    CREATE TABLE deleted_streams (
+        name             text   COLLATE "C" PRIMARY KEY,
+        through_position bigint NOT NULL
+    );
+    -- Events whose own entry is gone were removed from their stream by a delete.
+    INSERT INTO deleted_streams (name, through_position)
+    SELECT e.stream, max(e.position) FROM events e
+    WHERE NOT EXISTS (
+        SELECT 1 FROM stream_entries se
+        WHERE se.stream = e.stream AND se.position = e.position AND NOT se.is_link
+    )
+    GROUP BY e.stream;
+    CREATE INDEX events_by_stream ON events (stream, version);
+    DELETE FROM stream_entries WHERE NOT is_link;
+    UPDATE head SET position = (SELECT coalesce(max(position), 0) FROM events);
     "#,
 ];
 
