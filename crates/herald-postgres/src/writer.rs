@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::FutureExt;
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
-use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
