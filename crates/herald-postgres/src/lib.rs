@@ -108,9 +108,12 @@ pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
     MAX_HOOK_SQL_LEN,
 };
+pub use schema::apply_migrations;
+// For upgrade tests.
+#[doc(hidden)]
+pub use schema::store_migrations;
 /// Re-exported: hook parameters implement [`tokio_postgres::types::ToSql`], so they must name this crate's
 /// version of it.
-pub use schema::apply_migrations;
 pub use tokio_postgres;
 
 use writer::Request;

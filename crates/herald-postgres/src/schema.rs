@@ -81,6 +81,12 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The store's migration scripts, in order (for upgrade tests: apply a prefix to build an older layout).
+#[doc(hidden)]
+pub fn store_migrations() -> &'static [&'static str] {
+    MIGRATIONS
+}
+
 /// Number of migrations this build knows.
 pub(crate) fn latest_version() -> usize {
     MIGRATIONS.len()

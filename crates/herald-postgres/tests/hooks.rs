@@ -494,3 +494,185 @@ async fn hooked_and_plain_appends_share_batches() {
         );
     }
 }
+
+/// Many `append_with` appends sent at once share batches; every fifth one's extra writes a row the server
+/// refuses (CHECK violation). Each such statement rolls its batch back, and the batch runs again without that
+/// append: the other appends get new positions and versions, and their extras are asked again for those. In
+/// the end only the failing appends failed, the log and every stream are gap-free, and the outbox holds one
+/// row per successful append with exactly the positions and versions its result reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_extras_in_a_shared_batch_fail_alone_and_the_rest_are_redecided() {
+    if !support::postgres_available(
+        "failing_extras_in_a_shared_batch_fail_alone_and_the_rest_are_redecided",
+    )
+    .await
+    {
+        return;
+    }
+    let s = setup(false).await;
+    const APPENDS: usize = 30;
+    const STREAMS: usize = 4;
+    let fails = |i: usize| i % 5 == 4;
+    // Every call of every extra: (append, first position it was given).
+    let calls = Arc::new(std::sync::Mutex::new(Vec::<(usize, u64)>::new()));
+    let appends = (0..APPENDS).map(|i| {
+        let store = Arc::clone(&s.store);
+        let calls = Arc::clone(&calls);
+        async move {
+            let name = stream(&format!("b-{}", i % STREAMS));
+            // One or two events, so positions and versions move by different steps.
+            let events: Vec<NewEvent> = (0..1 + i % 2)
+                .map(|n| event("Batched", &format!(r#"{{"append":{i},"n":{n}}}"#)))
+                .collect();
+            let data = if fails(i) { r#"{"fail":true}"# } else { "{}" };
+            let extra: herald_postgres::AppendExtra =
+                Box::new(move |result: &AppendResult, writes: &mut HookWrites| {
+                    calls.lock().unwrap().push((i, result.first_position));
+                    writes.push(
+                        "INSERT INTO outbox
+                           (event_id, event_type, position, version, stream, data, metadata)
+                         VALUES ($1, 'Extra', $2, $3, $4, $5, $6)",
+                        vec![
+                            Box::new(result.ids[0]),
+                            Box::new(result.first_position as i64),
+                            Box::new(result.first_version as i64),
+                            Box::new(result.stream.clone()),
+                            Box::new(data),
+                            Box::new(format!(
+                                r#"{{"last_position":{},"last_version":{}}}"#,
+                                result.last_position, result.last_version
+                            )),
+                        ],
+                    )?;
+                    Ok(())
+                });
+            let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+            let result = store
+                .append_with(&name, events, ExpectedVersion::Any, extra)
+                .await;
+            (i, ids, result)
+        }
+    });
+    let results = futures::future::join_all(appends).await;
+    let stats = s.store.write_stats();
+    assert_eq!(stats.requests, APPENDS as u64);
+    assert!(
+        stats.transactions < stats.requests,
+        "the appends were not batched together (attempts count as transactions): {stats:?}"
+    );
+
+    let mut succeeded: Vec<(usize, AppendResult)> = Vec::new();
+    for (i, ids, result) in results {
+        let name = format!("b-{}", i % STREAMS);
+        if fails(i) {
+            let err = result.expect_err("an append whose extra the server refuses fails");
+            assert!(matches!(err, Error::Backend { .. }), "{i}: {err:?}");
+            assert!(err.to_string().contains(&format!("`{name}`")), "{i}: {err}");
+            for id in ids {
+                assert_eq!(
+                    s.store.event(id).await.unwrap(),
+                    None,
+                    "nothing of the failed append {i} is stored"
+                );
+            }
+        } else {
+            let r =
+                result.unwrap_or_else(|e| panic!("append {i} shares a batch with failures: {e}"));
+            assert_eq!((r.stream.as_str(), &r.ids), (name.as_str(), &ids));
+            assert_eq!(r.last_position - r.first_position, ids.len() as u64 - 1);
+            assert_eq!(r.last_version - r.first_version, ids.len() as u64 - 1);
+            succeeded.push((i, r));
+        }
+    }
+    assert_eq!(succeeded.len(), APPENDS - APPENDS / 5);
+
+    // The global log is gap-free and holds exactly the successful appends, where their results say.
+    let stored = assert_gap_free(&s.store).await;
+    let expected_events: usize = succeeded.iter().map(|(_, r)| r.ids.len()).sum();
+    assert_eq!(stored.len(), expected_events);
+    for (i, r) in &succeeded {
+        for (k, id) in r.ids.iter().enumerate() {
+            let e = &stored[(r.first_position as usize - 1) + k];
+            assert_eq!(
+                (e.id, e.stream.as_str(), e.version),
+                (*id, r.stream.as_str(), r.first_version + k as u64),
+                "append {i}, event {k}"
+            );
+        }
+    }
+    // Every stream's versions are contiguous from 0, and its version is its last event's.
+    for n in 0..STREAMS {
+        let name = stream(&format!("b-{n}"));
+        let events = s
+            .store
+            .read_to_vec(ReadQuery::stream(name.clone()))
+            .await
+            .unwrap();
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(
+            versions,
+            (0..events.len() as u64).collect::<Vec<_>>(),
+            "versions of {name}"
+        );
+        assert!(
+            events.windows(2).all(|w| w[0].position < w[1].position),
+            "{name} in position order"
+        );
+        assert_eq!(
+            s.store.stream_version(&name).await.unwrap(),
+            Some(events.len() as u64 - 1)
+        );
+    }
+
+    // One outbox row per successful append, with the position and version its result reports.
+    let rows =
+        s.db.query(
+            "SELECT event_id, position, version, stream, data, metadata FROM outbox ORDER BY position",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut outbox: Vec<(Uuid, i64, i64, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let mut wanted: Vec<(Uuid, i64, i64, String, String, String)> = succeeded
+        .iter()
+        .map(|(_, r)| {
+            (
+                r.ids[0],
+                r.first_position as i64,
+                r.first_version as i64,
+                r.stream.clone(),
+                "{}".to_owned(),
+                format!(
+                    r#"{{"last_position":{},"last_version":{}}}"#,
+                    r.last_position, r.last_version
+                ),
+            )
+        })
+        .collect();
+    outbox.sort_by_key(|row| row.1);
+    wanted.sort_by_key(|row| row.1);
+    assert_eq!(outbox, wanted);
+
+    // The batches were decided again after the failures: some successful append's extra was asked more than
+    // once, with positions that changed, and the row kept is the one for its final result (checked above).
+    let calls = calls.lock().unwrap();
+    let redecided = succeeded.iter().any(|(i, r)| {
+        let given: Vec<u64> = calls.iter().filter(|c| c.0 == *i).map(|c| c.1).collect();
+        given.len() > 1 && given.iter().any(|p| *p != r.first_position)
+    });
+    assert!(
+        redecided,
+        "no successful append was re-decided with new positions after a failure: {calls:?}"
+    );
+    for (i, r) in &succeeded {
+        let last = calls.iter().rev().find(|c| c.0 == *i).map(|c| c.1);
+        assert_eq!(
+            last,
+            Some(r.first_position),
+            "append {i}'s extra, last call"
+        );
+    }
+}
