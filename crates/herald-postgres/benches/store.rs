@@ -381,10 +381,11 @@ fn main() {
             );
         }
         println!(
-            "\nherald writer: {} requests in {} transactions (average batch {:.1})",
+            "\nherald writer: {} requests in {} transactions (average batch {:.1}; {} in one round trip)",
             stats.requests,
             stats.transactions,
-            stats.requests as f64 / stats.transactions.max(1) as f64
+            stats.requests as f64 / stats.transactions.max(1) as f64,
+            stats.one_round_trip
         );
         let schema = bench.schema.clone();
         drop(bench);

@@ -123,8 +123,11 @@ use writer::Request;
 pub struct WriteStats {
     /// Write requests (appends, links, deletes) taken by the writer.
     pub requests: u64,
-    /// Transactions the writer ran for them (one per batch).
+    /// Transactions the writer ran for them (one per batch, plus one per retry of a batch).
     pub transactions: u64,
+    /// Of those, the ones decided from what the writer remembered and committed in one round trip (see
+    /// the writer's docs: a writer that is alone skips the look-ups).
+    pub one_round_trip: u64,
 }
 
 /// The PostgreSQL event store. Share it as `Arc<PostgresStore>` or `Arc<dyn EventStore>`; dropping the last
@@ -209,6 +212,8 @@ impl PostgresStore {
             channel,
             instance,
             hooks: config.append_hooks.0.clone(),
+            remembered: None,
+            last_batch: 0,
         };
         tokio::spawn(writer.run(write_client));
         tracing::debug!(schema = %config.schema, migrations = schema::latest_version(), "opened herald-postgres store");
@@ -233,6 +238,7 @@ impl PostgresStore {
         WriteStats {
             requests: self.counters.requests.load(Ordering::Relaxed),
             transactions: self.counters.transactions.load(Ordering::Relaxed),
+            one_round_trip: self.counters.one_round_trip.load(Ordering::Relaxed),
         }
     }
 

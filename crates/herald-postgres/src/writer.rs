@@ -108,6 +108,7 @@ impl Outcome {
 pub(crate) struct Counters {
     pub(crate) requests: AtomicU64,
     pub(crate) transactions: AtomicU64,
+    pub(crate) one_round_trip: AtomicU64,
 }
 
 /// Planner settings of the write session (see the module docs): generic plans (nothing planned per batch),
@@ -121,6 +122,7 @@ const WRITE_SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET enabl
 struct Statements {
     lock_head: Statement,
     tail: Statement,
+    guard: Statement,
     streams: Statement,
     stored: Statement,
     linked: Statement,
@@ -138,6 +140,7 @@ impl Statements {
         let (
             lock_head,
             tail,
+            guard,
             streams,
             stored,
             linked,
@@ -153,7 +156,24 @@ impl Statements {
             client.prepare(
                 "SELECT (SELECT position FROM events ORDER BY position DESC LIMIT 1),
                         (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1),
-                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                        floor(extract(epoch FROM now()) * 1000000)::bigint"
+            ),
+            // The one-round-trip path's check (see the module docs): the log still ends where this writer left
+            // it and every stream of the batch is as the writer believes; otherwise it fails (division by
+            // zero) and the transaction with it. It returns the clock the batch's events get.
+            client.prepare(
+                "SELECT greatest($1::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
+                 WHERE 1 / (CASE WHEN coalesce((SELECT position FROM events ORDER BY position DESC LIMIT 1), 0)
+                                        = $2::bigint
+                                  AND NOT EXISTS (
+                                      SELECT 1
+                                      FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS t(name, version, through)
+                                      LEFT JOIN streams s ON s.name = t.name
+                                      LEFT JOIN deleted_streams d ON d.name = t.name
+                                      WHERE s.version IS DISTINCT FROM t.version
+                                         OR coalesce(d.through_position, 0) <> t.through)
+                             THEN 1 ELSE 0 END) = 1"
             ),
             client.prepare(
                 "SELECT n.name, s.version, d.through_position
@@ -185,7 +205,7 @@ impl Statements {
             client.prepare(
                 "INSERT INTO events
                      (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                 SELECT t.*, $9::bigint
+                 SELECT t.*, greatest($9::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
                  FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                              $7::text[], $8::text[]) AS t"
             ),
@@ -197,6 +217,7 @@ impl Statements {
         Ok(Statements {
             lock_head,
             tail,
+            guard,
             streams,
             stored,
             linked,
@@ -266,6 +287,51 @@ pub(crate) struct Writer {
     pub(crate) instance: String,
     /// The store's append hooks (see [`crate::hook`]).
     pub(crate) hooks: Vec<Arc<dyn AppendHook>>,
+    /// What this writer's last commit left, for the one-round-trip path (`None` after a failure).
+    pub(crate) remembered: Option<Remembered>,
+    /// Requests in the previous batch: how many concurrent writers to expect back (see
+    /// [`Writer::attempt_alone`]).
+    pub(crate) last_batch: usize,
+}
+
+/// What a writer's last commit left in the database: enough to decide the next batch without looking
+/// anything up, when nobody else writes (the guard statement checks that under the lock).
+pub(crate) struct Remembered {
+    last_position: u64,
+    /// `recorded_at` of the last event.
+    last_recorded: i64,
+    streams: HashMap<String, StreamState>,
+    /// The last look-up found the log where this writer had left it: it is probably the only writer.
+    alone: bool,
+}
+
+/// Most stream states a writer remembers; beyond it, it starts over (the next batches look their streams up).
+const MAX_REMEMBERED_STREAMS: usize = 65_536;
+
+impl Remembered {
+    /// Takes in a committed batch: the end of the log, its clock and the states of the batch's streams.
+    fn update(
+        remembered: &mut Option<Remembered>,
+        last_position: u64,
+        last_recorded: i64,
+        streams: HashMap<String, StreamState>,
+        alone: bool,
+    ) {
+        let memory = remembered.get_or_insert_with(|| Remembered {
+            last_position,
+            last_recorded,
+            streams: HashMap::new(),
+            alone,
+        });
+        // Another writer may have changed any stream: keep only what this batch saw.
+        if !alone || memory.streams.len() + streams.len() > MAX_REMEMBERED_STREAMS {
+            memory.streams.clear();
+        }
+        memory.streams.extend(streams);
+        memory.last_position = last_position;
+        memory.last_recorded = last_recorded;
+        memory.alone = alone;
+    }
 }
 
 /// How one attempt at a batch ended.
@@ -398,6 +464,7 @@ impl Writer {
             }
         };
         let size = batch.len();
+        self.last_batch = size;
         self.counters
             .requests
             .fetch_add(size as u64, Ordering::Relaxed);
@@ -433,6 +500,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = size, "herald-postgres batch failed; nothing written");
+                self.remembered = None;
                 // Leave the connection usable for the next batch (a broken one is reopened instead).
                 if !conn.client.is_closed() {
                     let _ = conn.client.batch_execute("ROLLBACK").await;
@@ -455,6 +523,9 @@ impl Writer {
         settled: &mut Vec<Option<Outcome>>,
         check_ids: bool,
     ) -> Result<Attempt> {
+        if !check_ids && let Some(attempt) = self.attempt_alone(conn, batch, settled).await? {
+            return Ok(attempt);
+        }
         let st = &conn.statements;
         let mut known = Known::default();
         let needs = known.needs(&batch[..], check_ids);
@@ -485,6 +556,11 @@ impl Writer {
         let last_position: Option<i64> = tail.get(0);
         let last_recorded: Option<i64> = tail.get(1);
         let now: i64 = tail.get(2);
+        let transaction_start: i64 = tail.get(3);
+        let alone = self
+            .remembered
+            .as_ref()
+            .is_some_and(|m| Some(m.last_position as i64) == last_position.or(Some(0)));
         let tail = Tail {
             next_position: last_position.unwrap_or(0) as u64 + 1,
             // Never before the previous commit: `recorded_at` does not decrease along the log.
@@ -503,11 +579,25 @@ impl Writer {
             known.merge(&needs, found);
             plan = Plan::decide(batch, settled, &known, &tail, &self.hooks, check_ids);
         }
+        // The insert stamps `greatest(recorded_at, transaction start)`: the same value, known here.
+        let stamped = tail.recorded_at.max(transaction_start);
+        let recorded_after = if plan.events.ids.is_empty() {
+            last_recorded.unwrap_or(0)
+        } else {
+            stamped
+        };
         if plan.writes_nothing() {
             conn.client
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(backend)?;
+            Remembered::update(
+                &mut self.remembered,
+                plan.last_position,
+                recorded_after,
+                plan.streams,
+                alone,
+            );
             return Ok(Attempt::Committed {
                 outcomes: plan.outcomes,
                 last_position: tail.next_position - 1,
@@ -531,25 +621,153 @@ impl Writer {
                 return Ok(Attempt::Retry { check_ids });
             }
         };
-        match plan.write(conn, &hook_statements).await? {
-            None => Ok(Attempt::Committed {
-                last_position: plan.last_position,
-                outcomes: plan.outcomes,
-            }),
-            // COMMIT after a failed statement rolled the transaction back.
-            Some((Step::Hook(owner), e)) => {
-                settled[owner] = Some(hook_failure(&batch[owner], &e));
-                Ok(Attempt::Retry { check_ids })
+        match plan.write(conn, &hook_statements, None).await? {
+            Written::Committed { .. } => {
+                Remembered::update(
+                    &mut self.remembered,
+                    plan.last_position,
+                    recorded_after,
+                    plan.streams,
+                    alone,
+                );
+                Ok(Attempt::Committed {
+                    last_position: plan.last_position,
+                    outcomes: plan.outcomes,
+                })
             }
-            Some((Step::Events, e))
-                if !check_ids && e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
-            {
-                // A stored id: an idempotent retry or a duplicate. Decide again with the ids looked up.
-                Ok(Attempt::Retry { check_ids: true })
-            }
-            Some((_, e)) => Err(backend(e)),
+            Written::Failed(step, e) => failed_step(step, e, batch, settled, check_ids),
         }
     }
+
+    /// The one-round-trip path: when this writer was alone at its last commit and the batch holds only
+    /// appends whose streams it remembers (or whose expectation names the state: `NoStream`, `Exact`), it
+    /// decides from what it remembers and sends lock, guard, writes and `COMMIT` at once. The guard fails the
+    /// transaction if anything it assumed is not so; then `None`, and the caller takes the two round trips.
+    async fn attempt_alone(
+        &mut self,
+        conn: &Connection,
+        batch: &mut [Request],
+        settled: &mut Vec<Option<Outcome>>,
+    ) -> Result<Option<Attempt>> {
+        let Some(memory) = self.remembered.as_ref().filter(|m| m.alone) else {
+            return Ok(None);
+        };
+        // Fewer requests than last time: the others are probably on their way. The look-up round trip lets
+        // them join this commit; without it, concurrent writers split into alternating small batches
+        // (measured, 16 tasks: 24 400 → 19 000 appends/s).
+        if batch.len() < self.last_batch {
+            return Ok(None);
+        }
+        settled.resize_with(batch.len(), || None);
+        let mut known = Known::default();
+        for request in batch.iter() {
+            let Request::Append {
+                stream, expected, ..
+            } = request
+            else {
+                return Ok(None);
+            };
+            if known.streams.contains_key(stream) {
+                continue;
+            }
+            let state = match (memory.streams.get(stream), expected) {
+                (Some(state), _) => state.clone(),
+                // An append that names the state it expects is usually right; the guard checks it.
+                (None, ExpectedVersion::NoStream) => StreamState::default(),
+                (None, ExpectedVersion::Exact(v)) => StreamState {
+                    version: Some(*v),
+                    deleted_through: 0,
+                },
+                (None, _) => return Ok(None),
+            };
+            known.streams.insert(stream.clone(), state);
+        }
+        let tail = Tail {
+            next_position: memory.last_position + 1,
+            recorded_at: memory.last_recorded,
+        };
+        let plan = Plan::decide(batch, settled, &known, &tail, &self.hooks, false);
+        // A refusal may come from a stale memory (and needs the ids looked up): take the two round trips.
+        let all_accepted = plan
+            .outcomes
+            .iter()
+            .all(|o| o.as_ref().is_none_or(Outcome::changed));
+        if !all_accepted || plan.writes_nothing() {
+            return Ok(None);
+        }
+        let Ok(hook_statements) = prepare_hook_statements(conn, &plan.hooks).await else {
+            // Outside a transaction: nothing to undo. The two-round-trip path finds which append it was.
+            return Ok(None);
+        };
+        let guard = Guard {
+            last_position: memory.last_position,
+            last_recorded: memory.last_recorded,
+            streams: &known.streams,
+        };
+        match plan.write(conn, &hook_statements, Some(&guard)).await? {
+            Written::Committed { clock } => {
+                self.counters.one_round_trip.fetch_add(1, Ordering::Relaxed);
+                Remembered::update(
+                    &mut self.remembered,
+                    plan.last_position,
+                    clock.unwrap_or(tail.recorded_at),
+                    plan.streams,
+                    true,
+                );
+                Ok(Some(Attempt::Committed {
+                    last_position: plan.last_position,
+                    outcomes: plan.outcomes,
+                }))
+            }
+            Written::Failed(Step::Guard, _) => {
+                // Someone else wrote: look everything up this time.
+                if let Some(m) = self.remembered.as_mut() {
+                    m.alone = false;
+                }
+                Ok(None)
+            }
+            Written::Failed(step, e) => failed_step(step, e, batch, settled, false).map(Some),
+        }
+    }
+}
+
+/// What a failed write statement means for the batch: a hook statement fails its append (the batch runs
+/// again without it), a stored id sends the batch round again with every id looked up, anything else fails
+/// the batch. `COMMIT` after the failed statement has rolled the transaction back.
+fn failed_step(
+    step: Step,
+    e: tokio_postgres::Error,
+    batch: &[Request],
+    settled: &mut [Option<Outcome>],
+    check_ids: bool,
+) -> Result<Attempt> {
+    match step {
+        Step::Hook(owner) => {
+            settled[owner] = Some(hook_failure(&batch[owner], &e));
+            Ok(Attempt::Retry { check_ids })
+        }
+        Step::Events if !check_ids && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            // A stored id: an idempotent retry or a duplicate. Decide again with the ids looked up.
+            Ok(Attempt::Retry { check_ids: true })
+        }
+        _ => Err(backend(e)),
+    }
+}
+
+/// What the one-round-trip path assumed, for the guard statement to check.
+struct Guard<'a> {
+    last_position: u64,
+    last_recorded: i64,
+    /// The batch's streams as they were before it.
+    streams: &'a HashMap<String, StreamState>,
+}
+
+/// How the write round trip ended.
+enum Written {
+    /// Committed; with a guard, the clock its events got.
+    Committed { clock: Option<i64> },
+    /// This statement failed first (the others failed because the transaction was aborted by then).
+    Failed(Step, tokio_postgres::Error),
 }
 
 /// An append failed by one of its hook statements on the server.
@@ -751,6 +969,8 @@ async fn lookup(conn: &Connection, needs: &Needs) -> Result<Found> {
 /// Which part of the write pipeline a statement is (to know what a failure means).
 #[derive(Clone, Copy)]
 enum Step {
+    /// The one-round-trip path's check: the writer's memory was stale.
+    Guard,
     Store,
     Events,
     /// A statement of the hooks of the batch's request at this index.
@@ -773,6 +993,8 @@ struct Plan<'a> {
     /// Hook statements, by the index of their append.
     hooks: Vec<(usize, HookWrites)>,
     last_position: u64,
+    /// Every stream the batch named, as the batch leaves it.
+    streams: HashMap<String, StreamState>,
 }
 
 /// The events to insert, as the columns' arrays.
@@ -811,6 +1033,7 @@ impl<'a> Plan<'a> {
             versions: HashMap::new(),
             hooks: Vec::new(),
             last_position: tail.next_position - 1,
+            streams: HashMap::new(),
         };
         let mut state = Decider {
             streams: known.streams.clone(),
@@ -851,6 +1074,7 @@ impl<'a> Plan<'a> {
             plan.outcomes.push(Some(outcome));
         }
         plan.last_position = state.next_position - 1;
+        plan.streams = state.streams;
         plan
     }
 
@@ -868,7 +1092,8 @@ impl<'a> Plan<'a> {
         &self,
         conn: &Connection,
         hook_statements: &HashMap<String, Statement>,
-    ) -> Result<Option<(Step, tokio_postgres::Error)>> {
+        guard: Option<&Guard<'_>>,
+    ) -> Result<Written> {
         let st = &conn.statements;
         let deleted: (Vec<&str>, Vec<i64>) = self.deleted.iter().map(|(s, p)| (*s, *p)).unzip();
         let upserts: (Vec<&str>, Vec<i64>) = self
@@ -947,7 +1172,42 @@ impl<'a> Plan<'a> {
                 steps.push((Step::Hook(*owner), prepared, params));
             }
         }
-        let (results, committed) = tokio::join!(
+        // The one-round-trip path opens the transaction here: lock and guard go first in the same pipeline.
+        let guard_params = guard.map(|g| {
+            let names: Vec<&str> = g.streams.keys().map(String::as_str).collect();
+            let versions: Vec<Option<i64>> = names
+                .iter()
+                .map(|n| g.streams[*n].version.map(|v| v as i64))
+                .collect();
+            let throughs: Vec<i64> = names
+                .iter()
+                .map(|n| g.streams[*n].deleted_through)
+                .collect();
+            (
+                g.last_recorded,
+                g.last_position as i64,
+                names,
+                versions,
+                throughs,
+            )
+        });
+        let prelude = async {
+            let Some((recorded, position, names, versions, throughs)) = &guard_params else {
+                return Ok(None);
+            };
+            let params: [&(dyn ToSql + Sync); 5] = [recorded, position, names, versions, throughs];
+            let (begun, locked, checked) = tokio::join!(
+                conn.client.batch_execute("BEGIN"),
+                conn.client.query_one(&st.lock_head, &[]),
+                conn.client.query_one(&st.guard, &params),
+            );
+            begun.map_err(|e| (Step::Store, e))?;
+            locked.map_err(|e| (Step::Store, e))?;
+            let clock: i64 = checked.map_err(|e| (Step::Guard, e))?.get(0);
+            Ok(Some(clock))
+        };
+        let (clock, results, committed) = tokio::join!(
+            prelude,
             futures::future::join_all(
                 steps
                     .iter()
@@ -957,13 +1217,17 @@ impl<'a> Plan<'a> {
         );
         // The first failure is the cause; the statements after it failed only because the transaction was
         // aborted by then.
+        let clock = match clock {
+            Ok(clock) => clock,
+            Err((step, e)) => return Ok(Written::Failed(step, e)),
+        };
         for ((step, _, _), result) in steps.iter().zip(results) {
             if let Err(e) = result {
-                return Ok(Some((*step, e)));
+                return Ok(Written::Failed(*step, e));
             }
         }
         committed.map_err(backend)?;
-        Ok(None)
+        Ok(Written::Committed { clock })
     }
 }
 

@@ -235,3 +235,128 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
         assert_eq!(e.position, i as u64 + 1, "hole in the global order");
     }
 }
+
+/// A writer that was alone decides its next batch from memory in one round trip (lock, guard, writes,
+/// `COMMIT`); the guard must catch every change another writer made meanwhile: appends (the log moved on),
+/// and links and deletes, which leave the end of the log where it was. Each time, the stale writer's append
+/// must land exactly where a fresh look-up would put it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_deciding_from_memory_sees_what_other_writers_changed() {
+    if !support::postgres_available("a_writer_deciding_from_memory_sees_what_other_writers_changed")
+        .await
+    {
+        return;
+    }
+    let (a, schema) = support::fresh_store(|c| c).await;
+    let b = herald_postgres::PostgresStore::open(&support::database_url(), schema.config())
+        .await
+        .unwrap();
+    let s = stream("shared");
+    // `a` alone for a while: from the third batch on it decides from memory.
+    for v in 0..4u64 {
+        let r = a.append(&s, events(1), ExpectedVersion::Any).await.unwrap();
+        assert_eq!((r.first_version, r.first_position), (v, v + 1));
+    }
+
+    // Another writer appends: the log's end moved.
+    let by_b = b
+        .append(&s, events(2), ExpectedVersion::Exact(3))
+        .await
+        .unwrap();
+    assert_eq!((by_b.first_version, by_b.first_position), (4, 5));
+    let r = a.append(&s, events(1), ExpectedVersion::Any).await.unwrap();
+    assert_eq!((r.first_version, r.first_position), (6, 7));
+    // Its memory is right again after the look-up; an `Exact` from memory works.
+    let r = a
+        .append(&s, events(1), ExpectedVersion::Exact(6))
+        .await
+        .unwrap();
+    assert_eq!((r.first_version, r.first_position), (7, 8));
+    let r = a
+        .append(&s, events(1), ExpectedVersion::Exact(7))
+        .await
+        .unwrap();
+    assert_eq!((r.first_version, r.first_position), (8, 9));
+
+    // Another writer links into the stream: the log's end stays, the stream's version moves.
+    let other = a
+        .append(&stream("other"), events(1), ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    let linked = b
+        .link(&s, &other.ids, ExpectedVersion::Exact(8))
+        .await
+        .unwrap();
+    assert_eq!(linked.first_version, 9);
+    let stale = a
+        .append(&s, events(1), ExpectedVersion::Exact(8))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            Error::WrongExpectedVersion {
+                actual: Some(9),
+                ..
+            }
+        ),
+        "{stale}"
+    );
+    let r = a.append(&s, events(1), ExpectedVersion::Any).await.unwrap();
+    assert_eq!((r.first_version, r.first_position), (10, 11));
+    for v in 11..14u64 {
+        a.append(&s, events(1), ExpectedVersion::Exact(v - 1))
+            .await
+            .unwrap();
+    }
+
+    // Another writer deletes the stream: the log's end stays, the stream is gone.
+    b.delete_stream(&s, ExpectedVersion::Exact(13))
+        .await
+        .unwrap();
+    let r = a.append(&s, events(1), ExpectedVersion::Any).await.unwrap();
+    assert_eq!(
+        r.first_version, 0,
+        "a deleted stream starts again at version 0"
+    );
+    let read = a.read_to_vec(ReadQuery::stream(s.clone())).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].id, r.ids[0]);
+
+    // A guess from the expectation (a stream `a` never saw) that is wrong: refused, nothing written.
+    let fresh = stream("made-by-b");
+    b.append(&fresh, events(1), ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        a.append(&stream("a-only"), events(1), ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let before = a.watch_head().borrow().position;
+    let wrong = a
+        .append(&fresh, events(1), ExpectedVersion::NoStream)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            Error::WrongExpectedVersion {
+                actual: Some(0),
+                ..
+            }
+        ),
+        "{wrong}"
+    );
+    assert_eq!(a.watch_head().borrow().position, before);
+
+    // The paths this test is about were taken: batches decided from memory, and stale memories caught.
+    let stats = a.write_stats();
+    assert!(stats.one_round_trip >= 5, "{stats:?}");
+    assert!(stats.transactions > stats.one_round_trip, "{stats:?}");
+
+    // The whole log: gap-free, every event once.
+    let all = a.read_to_vec(ReadQuery::all()).await.unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+}
