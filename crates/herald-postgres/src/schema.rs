@@ -60,8 +60,10 @@ const MIGRATIONS: &[&str] = &[
     // cannot remove events from the global log, so it records up to which position the stream's events are
     // gone (`deleted_streams`); a stream re-created after a delete starts at version 0 again, which is why
     // `events_by_stream` is not unique. The head row is only locked from now on, never rewritten: the end
-    // of the log and its clock are read from `events` (writers of migration 1 still lock the same row, so
-    // both serialise on it while they overlap).
+    // of the log and its clock are read from `events`. A process still running a migration-1 writer would
+    // write the old layout (own entries, deletes without a `deleted_streams` row): two triggers refuse both
+    // with an error that says to restart it. Neither costs the current writer anything on appends (the
+    // first fires only for own entries, the second only on deletes).
     r#"
     CREATE TABLE deleted_streams (
         name             text   COLLATE "C" PRIMARY KEY,
@@ -78,6 +80,37 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_stream ON events (stream, version);
     DELETE FROM stream_entries WHERE NOT is_link;
     UPDATE head SET position = (SELECT coalesce(max(position), 0) FROM events);
+
+    CREATE FUNCTION {s}.herald_refuse_old_append() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        RAISE EXCEPTION 'this Herald event store was upgraded (schema `{s}`, migration 2) while this process '
+                        'still runs an older Herald, whose appends would be read wrongly; restart it with the '
+                        'current version'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END
+    $body$;
+    CREATE TRIGGER herald_refuse_old_append BEFORE INSERT ON {s}.stream_entries
+        FOR EACH ROW WHEN (NOT NEW.is_link) EXECUTE FUNCTION {s}.herald_refuse_old_append();
+
+    -- The current writer records a delete in `deleted_streams` before it removes the stream's row.
+    CREATE FUNCTION {s}.herald_refuse_old_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        IF EXISTS (
+            SELECT 1 FROM {s}.events e
+            WHERE e.stream = OLD.name
+              AND e.position > coalesce(
+                  (SELECT d.through_position FROM {s}.deleted_streams d WHERE d.name = OLD.name), 0)
+        ) THEN
+            RAISE EXCEPTION 'this Herald event store was upgraded (schema `{s}`, migration 2) while this '
+                            'process still runs an older Herald, whose deletes would be read wrongly; restart '
+                            'it with the current version'
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        RETURN OLD;
+    END
+    $body$;
+    CREATE TRIGGER herald_refuse_old_delete BEFORE DELETE ON {s}.streams
+        FOR EACH ROW EXECUTE FUNCTION {s}.herald_refuse_old_delete();
     "#,
 ];
 

@@ -642,19 +642,16 @@ async fn a_migration_1_store_reads_and_writes_after_migration_2() {
     );
 }
 
-/// Migration 2 says writers of migration 1 may still run while it is in force ("both serialise on the head
-/// row while they overlap"): a process started before the upgrade keeps its migration-1 writer. What it writes
-/// must read correctly through the new layout. It does not: its append writes an own entry into
-/// `stream_entries` (`is_link = false`), which the new stream read takes for a link (the link side of the
-/// read does not filter on `is_link`), so the event is read twice; and its delete removes the stream's
-/// entries and version but records nothing in `deleted_streams`, so the new read still returns the deleted
-/// stream's events.
+/// A process started before the upgrade keeps its migration-1 writer. What it would write reads wrongly in
+/// the new layout (an own entry in `stream_entries` would read as a link; a delete without a
+/// `deleted_streams` row would leave the stream's events readable), so migration 2 refuses both with an
+/// error telling to restart the process, and nothing of the refused write is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: writes of a migration-1 writer still running after migration 2 read wrong (event read twice, \
-            deleted stream still read); see the test's doc comment"]
-async fn a_migration_1_writer_overlapping_the_upgrade_reads_correctly() {
-    if !support::postgres_available("a_migration_1_writer_overlapping_the_upgrade_reads_correctly")
-        .await
+async fn a_migration_1_writer_still_running_after_the_upgrade_is_refused() {
+    if !support::postgres_available(
+        "a_migration_1_writer_still_running_after_the_upgrade_is_refused",
+    )
+    .await
     {
         return;
     }
@@ -668,90 +665,76 @@ async fn a_migration_1_writer_overlapping_the_upgrade_reads_correctly() {
     let store = PostgresStore::open(&support::database_url(), schema.config())
         .await
         .unwrap();
-    let new = store
-        .append(
-            &name("order-1"),
-            vec![NewEvent::new("ByTheNewWriter")],
-            ExpectedVersion::Exact(2),
+    let before = read(&store, ReadQuery::all()).await;
+
+    // The migration-1 writer's append statement: event, own entry and stream version in one statement.
+    let refused = db
+        .execute(
+            "WITH ev AS (
+                 INSERT INTO events
+                     (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+                 VALUES (7, $1, 'order-1', 3, 'order', 'ByTheOldWriter', '{}', '{}', 0)
+                 RETURNING stream, version, position
+             ), entries AS (
+                 INSERT INTO stream_entries (stream, version, position, is_link)
+                 SELECT stream, version, position, false FROM ev
+             )
+             INSERT INTO streams (name, version) VALUES ('order-1', 3)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            &[&Uuid::now_v7()],
         )
         .await
-        .unwrap();
-    assert_eq!((new.first_version, new.first_position), (3, 7));
-
-    // The migration-1 writer of a process started before the upgrade appends to order-1 after it.
-    let old_writer = OldStatements {
-        insert_event: db
-            .prepare(
-                "INSERT INTO events
-                     (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .await
-            .unwrap(),
-        insert_entry: db
-            .prepare(
-                "INSERT INTO stream_entries (stream, version, position, is_link)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .await
-            .unwrap(),
-        set_version: db
-            .prepare(
-                "INSERT INTO streams (name, version) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-            )
-            .await
-            .unwrap(),
-        set_head: db
-            .prepare(
-                "UPDATE head SET position = $1, recorded_at = greatest(recorded_at, $2)
-                 WHERE singleton",
-            )
-            .await
-            .unwrap(),
-    };
-    let late = OldEvent {
-        position: 8,
-        id: Uuid::now_v7(),
-        stream: "order-1",
-        version: 4,
-        event_type: "ByTheOldWriter",
-        data: "{}",
-        metadata: "{}",
-        // Never before the last commit, as the old writer did.
-        recorded_at: timefmt::to_unix_micros(
-            read(&store, ReadQuery::all().backward().limit(1)).await[0].recorded_at,
-        ),
-    };
-    old_writer.append(&db, &late).await;
-    let order_1 = read(&store, ReadQuery::stream(name("order-1"))).await;
+        .unwrap_err();
+    let message = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("upgraded")
+            && m.contains(schema.name())
+            && m.contains("restart")),
+        "{refused:?}"
+    );
+    // The migration-1 writer's delete.
+    let refused = db
+        .execute(
+            "WITH entries AS (DELETE FROM stream_entries WHERE stream = 'order-1')
+             DELETE FROM streams WHERE name = 'order-1'",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("restart")),
+        "{refused:?}"
+    );
     assert_eq!(
-        order_1
-            .iter()
-            .map(|e| (e.version, e.position, e.is_link()))
-            .collect::<Vec<_>>(),
-        [
-            (0, 1, false),
-            (1, 2, false),
-            (2, 3, false),
-            (3, 7, false),
-            (4, 8, false)
-        ],
-        "order-1 with the old writer's event once, as its own"
+        read(&store, ReadQuery::all()).await,
+        before,
+        "nothing of either was stored"
+    );
+    assert_eq!(
+        store.stream_version(&name("order-1")).await.unwrap(),
+        Some(2)
     );
 
-    // The old writer deletes order-1.
-    db.batch_execute(
-        "WITH entries AS (DELETE FROM stream_entries WHERE stream = 'order-1')
-         DELETE FROM streams WHERE name = 'order-1'",
-    )
-    .await
-    .unwrap();
-    assert_eq!(store.stream_version(&name("order-1")).await.unwrap(), None);
+    // The current writer's deletes and links go through the same triggers.
+    store
+        .delete_stream(&name("order-1"), ExpectedVersion::Exact(2))
+        .await
+        .unwrap();
     assert!(
         read(&store, ReadQuery::stream(name("order-1")))
             .await
-            .is_empty(),
-        "a stream the old writer deleted reads empty"
+            .is_empty()
     );
+    let relinked = store
+        .link(&name("order-1"), &[old[0].id], ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    assert_eq!(relinked.first_version, 0);
+    store
+        .delete_stream(&name("order-1"), ExpectedVersion::Exact(0))
+        .await
+        .unwrap();
+    assert_eq!(store.stream_version(&name("order-1")).await.unwrap(), None);
 }
