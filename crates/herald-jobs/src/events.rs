@@ -4,7 +4,7 @@
 //! [`AsyncHandlers`] holds the routes (handler name → event types, queue, options). Install it in the event
 //! store — [`AsyncHandlers::hook`] with [`herald_sqlite::SqliteConfig::with_append_hook`], or (feature
 //! `postgres`) `AsyncHandlers::postgres_hook` with `herald_postgres::PostgresConfig::with_append_hook` —
-//! and every append then inserts, inside its own savepoint, one job per matching (event, route). The job's kind is the handler name, its arguments name the
+//! and every append then inserts, in its own transaction, one job per matching (event, route). The job's kind is the handler name, its arguments name the
 //! event, and its metadata carries the event's correlation id (the event id when it has none) and the event
 //! id as causation id. A worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`].
 //!
@@ -215,7 +215,7 @@ impl AsyncHandlers {
 }
 
 /// [`AsyncHandlers`] as a herald-postgres append hook: one insert statement (arrays) for all the jobs of an
-/// append, sent by the event store's writer inside the append's savepoint.
+/// append, sent by the event store's writer in the append's batch transaction.
 #[cfg(feature = "postgres")]
 struct PostgresHook(AsyncHandlers);
 

@@ -626,8 +626,8 @@ impl JobStore {
     }
 
     /// [`JobStore::append_with_jobs`] on PostgreSQL (feature `postgres`): appends `events` to `stream` in
-    /// `store` and enqueues `jobs` in the same transaction (an extra statement of the append, inside its
-    /// savepoint): both commit or neither does. This job store must be PostgreSQL on the store's database.
+    /// `store` and enqueues `jobs` in the same transaction (an extra statement of the append): both commit or
+    /// neither does. This job store must be PostgreSQL on the store's database.
     #[cfg(feature = "postgres")]
     pub async fn append_with_jobs_postgres(
         &self,

@@ -9,11 +9,10 @@
 //! # Hooks return statements, the writer sends them
 //!
 //! A hook does not get the connection: it *describes* its writes as SQL statements with parameters
-//! ([`HookWrites::push`]), and the writer sends them. That keeps the cost of a hooked append at two round
-//! trips whatever the hooks write:
-//!
-//! 1. `SAVEPOINT` and the append statement, pipelined: the writer learns the events' positions and versions;
-//! 2. every statement of every hook and of the extra, then `RELEASE SAVEPOINT`, all pipelined.
+//! ([`HookWrites::push`]), and the writer sends them in the batch's write pipeline, after the batch's events
+//! and before `COMMIT`. A hooked append therefore costs no round trip of its own and shares its group commit
+//! with every other request of the batch. The writer decides the batch before it writes anything, so a hook
+//! gets the append's final positions and versions.
 //!
 //! An async hook holding the connection would spend a round trip per statement it awaits, while every
 //! Herald writer of every process waits on the head lock this transaction holds (see the crate docs); a hook
@@ -23,17 +22,23 @@
 //!
 //! # Failure is per append
 //!
-//! Only an append with hooks or an extra pays for a `SAVEPOINT` (appends of a store without hooks are sent as
-//! before, pipelined together without one). If a hook or extra returns an error, or one of its statements
-//! fails on the server, the writer rolls back to the savepoint: the caller gets
-//! [`herald_core::Error::Backend`] naming the stream, nothing of that append is stored, and the other
-//! requests of the same batch are unaffected. Hooks are not run for a refused append (version conflict,
-//! duplicate id), nor for an idempotent retry of an already committed append, which writes nothing (its rows
-//! were written with the original append).
+//! If a hook or extra returns an error, that append fails and writes nothing. If one of its statements fails
+//! on the server (or cannot be prepared), the whole batch transaction is rolled back, that append fails,
+//! and the writer runs the batch again without it; the other requests of the batch commit as if it had never
+//! been sent (no hole in the global order). The caller gets [`herald_core::Error::Backend`] naming the
+//! stream. Hooks are not run for a refused append (version conflict, duplicate id), nor for an idempotent
+//! retry of an already committed append, which writes nothing (its rows were written with the original
+//! append).
+//!
+//! Because a batch can be decided again, a hook (and an [`AppendExtra`]) may be called more than once for
+//! one append, with different positions; only the statements of the last call are committed. Describe the
+//! writes for the positions given, and keep no other state per call.
 //!
 //! Statements run on the writer's connection, whose `search_path` is the store's schema, while the head row
-//! is locked: keep them to a few indexed writes. They must not end the transaction or manage savepoints
-//! (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, … are refused by [`HookWrites::push`]).
+//! is locked: keep them to a few indexed writes. The session plans for index access (generic plans,
+//! sequential scans and hash or merge joins disabled), which suits inserts and key lookups. Statements must
+//! not end the transaction or manage savepoints (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, …
+//! are refused by [`HookWrites::push`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -72,7 +77,7 @@ impl fmt::Debug for HookWrites {
     }
 }
 
-/// First words of statements that would end the append's transaction or meddle with its savepoint.
+/// First words of statements that would end the batch's transaction or meddle with its savepoints.
 const REFUSED_COMMANDS: &[&str] = &[
     "begin",
     "start",

@@ -22,29 +22,36 @@
 //!
 //! - **Writes** go to one writer task per store handle that owns a dedicated connection and commits concurrent
 //!   requests together: one transaction (one WAL flush) per batch, each request with its own checks and its
-//!   own result. Appends are multi-row `INSERT … SELECT FROM unnest($arrays)` statements that check each
-//!   append's expected version and ids and write the events, their stream entries and the stream's version
-//!   (only a refused append reads why); the appends of a batch to distinct streams share **one statement**,
-//!   so a batch of 16 one-event appends costs the server one statement, not 16. A batch of appends is **one
-//!   round trip** (head lock, appends, head update and `COMMIT` pipelined); when fewer requests are queued
-//!   than in the previous batch, the writer takes two round trips instead and lets latecomers join before
-//!   `COMMIT`, so concurrent writers keep sharing one WAL flush. Replies are sent only after `COMMIT` returns
-//!   (and the commit is announced, below).
+//!   own result. A batch is **two round trips**: lock the head and look up what the checks need (stream
+//!   versions, the events that links name); then the writer decides every request itself, in order, and
+//!   sends the batch's net writes as a handful of multi-row `INSERT … SELECT FROM unnest($arrays)` statements
+//!   (all the batch's events in one) with `COMMIT`. Requests that arrive during the look-up join the batch.
+//!   A writer that is alone (its last commit is still the end of the log) skips the look-up: it decides from
+//!   what it remembers and sends lock, a guard statement, the writes and `COMMIT` in **one round trip**; the
+//!   guard fails the transaction if anything it assumed changed, and the batch takes the two round trips.
+//!   Every statement is prepared once with a generic plan on a session that rules out sequential scans and
+//!   hash or merge joins, so nothing is planned per batch and plans stay index lookups as tables grow.
+//!   Replies are sent only after `COMMIT` returns (and the commit's announcement is queued, below). Details in
+//!   the `writer` module.
 //! - **Reads** use a pool of connections ([`PostgresConfig::pool_size`], opened on demand); each page is one
-//!   statement.
+//!   statement. A stream's own events are read from `events` by `(stream, version)`; `stream_entries` holds
+//!   links only; `deleted_streams` records up to which position a deleted stream's events left it (events
+//!   stay in the global log).
 //! - **Schema**: tables live in [`PostgresConfig::schema`] (default `herald`), created on open by embedded,
 //!   numbered migrations run under a transaction-scoped advisory lock, so several processes may start at once.
+//!   Upgrading a store to migration 2 (this layout) needs every process of an older Herald stopped first: a
+//!   trigger refuses their appends and deletes afterwards, with an error that says so.
 //! - **Append hooks** ([`hook`]): [`PostgresConfig::with_append_hook`] and [`PostgresStore::append_with`] add
 //!   statements (an outbox, job rows) that the writer runs inside the append's transaction, after its events,
-//!   in a savepoint of its own, so they commit with the append or not at all and a failing hook fails that
-//!   append only. Hooks return statements rather than awaiting the connection, so a hooked append costs two
-//!   round trips whatever the hooks write; appends without hooks are not affected.
-//! - **Live feed**: after each `COMMIT` and before replying, the writer sends `NOTIFY` on a connection of its
-//!   own (not inside the write transaction: a notifying commit holds PostgreSQL's global notify lock through
-//!   its WAL flush; that session sets `synchronous_commit = off`, since a lost notification costs only a
-//!   poll); every store handle keeps one connection that `LISTEN`s and moves [`EventStore::watch_head`] when
-//!   another process commits, within milliseconds. An append is acknowledged only after its notification was
-//!   sent (or failed to send: then other processes find it by polling).
+//!   so they commit with the append or not at all. Hooks return statements rather than awaiting the
+//!   connection, so they go into the same pipeline: a hooked append costs no extra round trip and shares
+//!   its batch with the others. A hook statement that fails fails its append only: the writer rolls the
+//!   batch back and runs it again without that append.
+//! - **Live feed**: after each `COMMIT` and before replying, the writer queues a `NOTIFY` on a connection of
+//!   its own, without waiting for its answer (not inside the write transaction: a notifying commit holds
+//!   PostgreSQL's global notify lock through its WAL flush; that session sets `synchronous_commit = off`,
+//!   since a lost notification costs only a poll); every store handle keeps one connection that `LISTEN`s
+//!   and moves [`EventStore::watch_head`] when another process commits, within milliseconds.
 //!   [`EventStoreExt::follow`](herald_core::EventStoreExt::follow) also polls every 100 ms as a fallback.
 //!
 //! # Why global positions have no gaps
@@ -53,15 +60,17 @@
 //! the last event it saw. With a sequence, two transactions can take positions 7 and 8 and commit in the
 //! order 8, 7: a follower that read while only 8 was visible moves past 7 and never sees it. Herald instead
 //! **serialises position assignment**: every write transaction, in every process, first locks the single row
-//! of the `head` table (`SELECT … FOR UPDATE`), gives its events the positions after the current end of the
-//! log, and writes the new end to that row just before `COMMIT`. The row lock is held until the transaction ends, and
-//! PostgreSQL makes a committed transaction visible before it releases its locks. So the next writer can only
-//! take positions after the previous one is committed *and visible*: positions become visible strictly in
-//! order, every snapshot holds a gap-free prefix of the log, and a rolled-back transaction leaves no hole
-//! (it never wrote its end to `head`). The price is that writers of all processes commit one transaction at
-//! a time; group commit is what keeps that cheap (one lock, one commit per batch of requests). The same lock
-//! makes expected-version checks race-free across processes. `tests/cross_process.rs` proves it: writers in
-//! two OS processes append concurrently while a follower must see every position exactly once, in order.
+//! of the `head` table (`SELECT … FOR UPDATE`), then reads the end of the log (a statement that starts after
+//! the lock is granted, so it sees every earlier writer's commit) and gives its events the positions after
+//! it. The row lock is held until the transaction ends, and PostgreSQL makes a committed transaction visible
+//! before it releases its locks. So the next writer can only take positions after the previous one is
+//! committed *and visible*: positions become visible strictly in order, every snapshot holds a gap-free
+//! prefix of the log, and a rolled-back transaction leaves no hole (its positions were never visible, and
+//! the next writer takes them). The row is locked, never updated, so it does not bloat. The price is that
+//! writers of all processes commit one transaction at a time; group commit is what keeps that cheap (one
+//! lock, one commit per batch of requests). The same lock makes expected-version checks race-free across
+//! processes. `tests/cross_process.rs` proves it: writers in two OS processes append concurrently while a
+//! follower must see every position exactly once, in order.
 //!
 //! # Capabilities
 //!
