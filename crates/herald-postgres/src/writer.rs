@@ -305,6 +305,9 @@ pub(crate) struct Remembered {
     alone: bool,
 }
 
+/// Yields in a row that bring no request before a batch stops waiting for the previous batch's callers.
+const CALLER_YIELDS: usize = 4;
+
 /// Most stream states a writer remembers; beyond it, it starts over (the next batches look their streams up).
 const MAX_REMEMBERED_STREAMS: usize = 65_536;
 
@@ -372,9 +375,27 @@ impl Writer {
                 };
             }
             let Some(c) = conn.as_ref() else { continue };
+            self.await_callers(&mut batch).await;
             self.commit_batch(c, &mut batch, &mut notifier).await;
         }
         tracing::debug!("herald-postgres writer stopped");
+    }
+
+    /// When fewer requests are queued than the previous batch answered, the callers it woke are probably
+    /// about to send their next request: let them run (yield to the scheduler, no timer) and take what they
+    /// send, until the batch is as large as the previous one or a few yields bring nothing. One more request in
+    /// this batch saves it a commit of its own; measured, 16 tasks: without this the first requests left alone
+    /// need a look-up round trip just to let the others join.
+    async fn await_callers(&mut self, batch: &mut Vec<Request>) {
+        let mut idle = 0;
+        while batch.len() < self.last_batch.min(self.max_batch) && idle < CALLER_YIELDS {
+            tokio::task::yield_now().await;
+            if self.take_queued(batch) == 0 {
+                idle += 1;
+            } else {
+                idle = 0;
+            }
+        }
     }
 
     /// Moves requests already queued into `batch`, up to `max_batch`; returns how many it moved.
