@@ -134,99 +134,92 @@ struct Statements {
     insert_links: Statement,
 }
 
+/// Locks the head row: the serialisation point of every Herald writer of every process.
+const LOCK_HEAD: &str = "SELECT recorded_at FROM head FOR UPDATE";
+
+/// The end of the log, its clock, the server's clock and the transaction's start. Runs after the lock is
+/// granted, on a snapshot of its own: it sees every earlier writer's commit.
+const TAIL: &str = "
+    SELECT (SELECT position FROM events ORDER BY position DESC LIMIT 1),
+           (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1),
+           floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+           floor(extract(epoch FROM now()) * 1000000)::bigint";
+
+/// The one-round-trip path's check (see the module docs): the log still ends where this writer left it
+/// (`$2`) and every stream of the batch is as the writer believes (`$3`–`$5`); otherwise it fails (division by
+/// zero), and the transaction with it. It returns the clock the batch's events get (`$1`: the last one's).
+const GUARD: &str = "
+    SELECT greatest($1::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
+    WHERE 1 / (CASE WHEN coalesce((SELECT position FROM events ORDER BY position DESC LIMIT 1), 0) = $2::bigint
+                     AND NOT EXISTS (
+                         SELECT 1
+                         FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS t(name, version, through)
+                         LEFT JOIN streams s ON s.name = t.name
+                         LEFT JOIN deleted_streams d ON d.name = t.name
+                         WHERE s.version IS DISTINCT FROM t.version
+                            OR coalesce(d.through_position, 0) <> t.through)
+                THEN 1 ELSE 0 END) = 1";
+
+/// Version and last delete of each named stream (one row per name; NULLs when missing).
+const STREAMS: &str = "
+    SELECT n.name, s.version, d.through_position
+    FROM unnest($1::text[]) AS n(name)
+    LEFT JOIN streams s ON s.name = n.name
+    LEFT JOIN deleted_streams d ON d.name = n.name";
+
+/// The stored events among the ids.
+const STORED: &str = "SELECT id, position, stream, version FROM events WHERE id = ANY($1::uuid[])";
+
+/// Which `(stream, event id)` pairs are already linked.
+const LINKED: &str = "
+    SELECT t.stream, e.position
+    FROM unnest($1::text[], $2::uuid[]) AS t(stream, id)
+    JOIN events e ON e.id = t.id
+    JOIN stream_entries se ON se.stream = t.stream AND se.position = e.position";
+
+const DELETE_LINKS: &str = "DELETE FROM stream_entries WHERE stream = ANY($1::text[])";
+
+const UPSERT_DELETED: &str = "
+    INSERT INTO deleted_streams (name, through_position)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT (name) DO UPDATE SET through_position = excluded.through_position";
+
+const DELETE_STREAMS: &str = "DELETE FROM streams WHERE name = ANY($1::text[])";
+
+const UPSERT_STREAMS: &str = "
+    INSERT INTO streams (name, version)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT (name) DO UPDATE SET version = excluded.version";
+
+/// Every event of the batch. `$9` is the clock decided for the batch; `now()` (the transaction's start) only
+/// matters on the one-round-trip path, where the guard computed the same value.
+const INSERT_EVENTS: &str = "
+    INSERT INTO events (position, id, stream, version, category, event_type, data, metadata, recorded_at)
+    SELECT t.*, greatest($9::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
+    FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                $8::text[]) AS t";
+
+const INSERT_LINKS: &str = "
+    INSERT INTO stream_entries (stream, version, position, is_link)
+    SELECT t.*, true FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t";
+
 impl Statements {
+    /// Sets up the write session and prepares its statements (once per connection: a round trip each).
     async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
         client.batch_execute(WRITE_SESSION).await?;
-        let (
-            lock_head,
-            tail,
-            guard,
-            streams,
-            stored,
-            linked,
-            delete_links,
-            upsert_deleted,
-            delete_streams,
-            upsert_streams,
-            insert_events,
-            insert_links,
-        ) = tokio::try_join!(
-            client.prepare("SELECT recorded_at FROM head FOR UPDATE"),
-            // Runs after the lock is granted (its own snapshot): sees every earlier writer's commit.
-            client.prepare(
-                "SELECT (SELECT position FROM events ORDER BY position DESC LIMIT 1),
-                        (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1),
-                        floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
-                        floor(extract(epoch FROM now()) * 1000000)::bigint"
-            ),
-            // The one-round-trip path's check (see the module docs): the log still ends where this writer left
-            // it and every stream of the batch is as the writer believes; otherwise it fails (division by
-            // zero) and the transaction with it. It returns the clock the batch's events get.
-            client.prepare(
-                "SELECT greatest($1::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
-                 WHERE 1 / (CASE WHEN coalesce((SELECT position FROM events ORDER BY position DESC LIMIT 1), 0)
-                                        = $2::bigint
-                                  AND NOT EXISTS (
-                                      SELECT 1
-                                      FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS t(name, version, through)
-                                      LEFT JOIN streams s ON s.name = t.name
-                                      LEFT JOIN deleted_streams d ON d.name = t.name
-                                      WHERE s.version IS DISTINCT FROM t.version
-                                         OR coalesce(d.through_position, 0) <> t.through)
-                             THEN 1 ELSE 0 END) = 1"
-            ),
-            client.prepare(
-                "SELECT n.name, s.version, d.through_position
-                 FROM unnest($1::text[]) AS n(name)
-                 LEFT JOIN streams s ON s.name = n.name
-                 LEFT JOIN deleted_streams d ON d.name = n.name"
-            ),
-            client.prepare(
-                "SELECT id, position, stream, version FROM events WHERE id = ANY($1::uuid[])"
-            ),
-            client.prepare(
-                "SELECT t.stream, e.position
-                 FROM unnest($1::text[], $2::uuid[]) AS t(stream, id)
-                 JOIN events e ON e.id = t.id
-                 JOIN stream_entries se ON se.stream = t.stream AND se.position = e.position"
-            ),
-            client.prepare("DELETE FROM stream_entries WHERE stream = ANY($1::text[])"),
-            client.prepare(
-                "INSERT INTO deleted_streams (name, through_position)
-                 SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (name) DO UPDATE SET through_position = excluded.through_position"
-            ),
-            client.prepare("DELETE FROM streams WHERE name = ANY($1::text[])"),
-            client.prepare(
-                "INSERT INTO streams (name, version)
-                 SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version"
-            ),
-            client.prepare(
-                "INSERT INTO events
-                     (position, id, stream, version, category, event_type, data, metadata, recorded_at)
-                 SELECT t.*, greatest($9::bigint, floor(extract(epoch FROM now()) * 1000000)::bigint)
-                 FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                             $7::text[], $8::text[]) AS t"
-            ),
-            client.prepare(
-                "INSERT INTO stream_entries (stream, version, position, is_link)
-                 SELECT t.*, true FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t"
-            ),
-        )?;
         Ok(Statements {
-            lock_head,
-            tail,
-            guard,
-            streams,
-            stored,
-            linked,
-            delete_links,
-            upsert_deleted,
-            delete_streams,
-            upsert_streams,
-            insert_events,
-            insert_links,
+            lock_head: client.prepare(LOCK_HEAD).await?,
+            tail: client.prepare(TAIL).await?,
+            guard: client.prepare(GUARD).await?,
+            streams: client.prepare(STREAMS).await?,
+            stored: client.prepare(STORED).await?,
+            linked: client.prepare(LINKED).await?,
+            delete_links: client.prepare(DELETE_LINKS).await?,
+            upsert_deleted: client.prepare(UPSERT_DELETED).await?,
+            delete_streams: client.prepare(DELETE_STREAMS).await?,
+            upsert_streams: client.prepare(UPSERT_STREAMS).await?,
+            insert_events: client.prepare(INSERT_EVENTS).await?,
+            insert_links: client.prepare(INSERT_LINKS).await?,
         })
     }
 }
