@@ -29,7 +29,27 @@
 //! merge joins, so a plan made while the tables were small stays an index lookup as they grow (measured: a
 //! generic plan made on small tables and kept while they grow slowed appends several-fold within minutes).
 //!
-//! # Two optimistic shortcuts, both checked
+//! # One round trip when the writer is alone
+//!
+//! A writer whose last commit is still the end of the log (the common case of one application process)
+//! skips step 1: it remembers the end of the log, its clock and the state of the streams it has seen, and
+//! decides the batch from that (a stream it never saw is assumed to be in the state an append's `NoStream`
+//! or `Exact(v)` names). It sends `BEGIN`, the lock, a guard statement, the writes and `COMMIT` at once. The
+//! guard runs under the lock and fails the transaction (so the writes fail and `COMMIT` rolls back) unless
+//! the log still ends where the writer left it and every stream of the batch is as it believes; the batch
+//! then takes the two round trips, and the next look-up tells whether the writer is alone again. A batch
+//! with links or deletes, with an `Any`/`StreamExists` append to a stream the writer does not know, or in
+//! which the writer's own decision refuses a request always takes the two round trips.
+//!
+//! # Letting concurrent callers join
+//!
+//! When a commit answers N callers, they send their next requests a moment later. A batch started with the
+//! first of them would commit alone and leave the rest for the next flush, so before deciding a batch smaller
+//! than the previous one the writer yields to the scheduler a few times (no timer) and takes what arrives;
+//! and the two-round-trip path takes requests that arrive during its look-up. Concurrent writers thus keep
+//! sharing one WAL flush.
+//!
+//! # Two more optimistic shortcuts, both checked
 //!
 //! - An append's ids are not looked up in step 1: the unique index on `events.id` checks them while
 //!   inserting. If it finds a stored id (an idempotent retry or a duplicate), the transaction is rolled back
