@@ -20,8 +20,27 @@ use crate::error::{EsError, Result};
 use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
 use crate::subscription::{BoxError, Feed, validate_name};
 
+/// tokio-postgres displays a server error as only "db error" (and a connection failure without its cause):
+/// keep the server's message, code and detail, or the cause.
 fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> EsError {
-    move |e| EsError::storage(what, e)
+    move |e| match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "PostgreSQL {}: {} ({})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            EsError::storage(what, text)
+        }
+        None => match std::error::Error::source(&e) {
+            Some(cause) => EsError::storage(what, format!("{e}: {cause}")),
+            None => EsError::storage(what, e),
+        },
+    }
 }
 
 fn validate_schema(schema: &str) -> Result<()> {
@@ -41,12 +60,22 @@ fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
+/// A stable 64-bit key for the advisory lock under which this crate creates its tables in `schema` (FNV-1a).
+fn setup_lock_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "herald-es-setup:".bytes().chain(schema.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
 /// Connects (`connection`: a tokio-postgres connection string or `postgres://` URL without herald's own
 /// parameters), sets `search_path` to `schema` and creates this crate's tables.
 async fn connect(connection: &str, schema: &str) -> Result<Client> {
     validate_schema(schema)?;
     let err = pg_error("connecting to PostgreSQL");
-    let (client, conn) = tokio_postgres::connect(connection, NoTls)
+    let (mut client, conn) = tokio_postgres::connect(connection, NoTls)
         .await
         .map_err(&err)?;
     tokio::spawn(async move {
@@ -54,28 +83,41 @@ async fn connect(connection: &str, schema: &str) -> Result<Client> {
             tracing::warn!(error = %e, "herald-es PostgreSQL connection ended");
         }
     });
+    // `CREATE ... IF NOT EXISTS` is not safe against a concurrent identical `CREATE` (the later one fails on a
+    // catalog unique index once the first commits), and the members of a group often start together: they
+    // create the tables one at a time, under a transaction-scoped advisory lock, and the later ones find them.
+    let tx = client.transaction().await.map_err(&err)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&setup_lock_key(schema)],
+    )
+    .await
+    .map_err(&err)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.herald_es_checkpoints (
+             name       TEXT        PRIMARY KEY,
+             cursor     BIGINT      NOT NULL,
+             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         );
+         CREATE TABLE IF NOT EXISTS {schema}.herald_es_groups (
+             name       TEXT   PRIMARY KEY,
+             generation BIGINT NOT NULL,
+             members    TEXT[] NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS {schema}.herald_es_group_members (
+             group_name   TEXT   NOT NULL,
+             member       TEXT   NOT NULL,
+             expires_at   BIGINT NOT NULL,
+             acknowledged BIGINT NOT NULL,
+             PRIMARY KEY (group_name, member)
+         );"
+    ))
+    .await
+    .map_err(&err)?;
+    tx.commit().await.map_err(&err)?;
     client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             SET search_path TO {schema};
-             CREATE TABLE IF NOT EXISTS herald_es_checkpoints (
-                 name       TEXT        PRIMARY KEY,
-                 cursor     BIGINT      NOT NULL,
-                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             );
-             CREATE TABLE IF NOT EXISTS herald_es_groups (
-                 name       TEXT   PRIMARY KEY,
-                 generation BIGINT NOT NULL,
-                 members    TEXT[] NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS herald_es_group_members (
-                 group_name   TEXT   NOT NULL,
-                 member       TEXT   NOT NULL,
-                 expires_at   BIGINT NOT NULL,
-                 acknowledged BIGINT NOT NULL,
-                 PRIMARY KEY (group_name, member)
-             );"
-        ))
+        .batch_execute(&format!("SET search_path TO {schema}"))
         .await
         .map_err(&err)?;
     Ok(client)

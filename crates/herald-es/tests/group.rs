@@ -19,7 +19,7 @@ use herald_core::{
 };
 use herald_es::{
     Assignment, BoxError, CancellationToken, CheckpointStore, DynamicGroup, EsError, EventHandler,
-    GroupMember, ManualClock, Subscription, SubscriptionStats,
+    GroupMember, ManualClock, MembershipStore, Subscription, SubscriptionStats,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -793,28 +793,100 @@ async fn bad_configuration_is_refused_with_a_named_error() {
     assert!(err.to_string().contains("static or dynamic"), "{err}");
 }
 
+/// The child's backend ([`KillBackend::encode`]).
 const CHILD_ENV: &str = "HERALD_ES_GROUP_CHILD_DB";
+/// The file the child appends `stream version` to for each event it handles.
+const CHILD_LOG_ENV: &str = "HERALD_ES_GROUP_CHILD_LOG";
 /// A real lease: separate processes cannot share a manual clock, so this test waits one lease (1 s) for
 /// the dead member to be dropped. It waits on signals (progress, assignment, the child's output), never
 /// sleeps.
 const REAL_LEASE: Duration = Duration::from_secs(1);
 const KILL_BATCH: usize = 5;
 
-async fn sqlite_member(
-    path: &std::path::Path,
-    id: &str,
-) -> (Arc<dyn EventStore>, Arc<Subscription>) {
-    let store: Arc<dyn EventStore> = Arc::new(
-        herald_sqlite::SqliteStore::open(path, herald_sqlite::SqliteConfig::default())
-            .await
-            .unwrap(),
-    );
-    let checkpoints = Arc::new(
-        herald_es::sqlite::SqliteCheckpointStore::open(path)
-            .await
-            .unwrap(),
-    );
-    let group = DynamicGroup::new(checkpoints.clone(), id)
+/// Where the members of the SIGKILL scenario keep events, checkpoints and membership: one SQLite file, or
+/// one PostgreSQL schema. Every member (each process, and each member within one) opens it on its own.
+#[derive(Debug, Clone, PartialEq)]
+enum KillBackend {
+    Sqlite(std::path::PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl KillBackend {
+    /// The child's [`CHILD_ENV`]: `sqlite:PATH` or `postgres:SCHEMA:URL` (a schema name has no `:`).
+    fn encode(&self) -> std::ffi::OsString {
+        match self {
+            KillBackend::Sqlite(path) => {
+                let mut s = std::ffi::OsString::from("sqlite:");
+                s.push(path);
+                s
+            }
+            KillBackend::Postgres { url, schema } => format!("postgres:{schema}:{url}").into(),
+        }
+    }
+
+    fn decode(s: std::ffi::OsString) -> Self {
+        let s = s.into_string().expect("a UTF-8 backend description");
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            KillBackend::Sqlite(path.into())
+        } else if let Some((schema, url)) = s
+            .strip_prefix("postgres:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            KillBackend::Postgres {
+                url: url.to_owned(),
+                schema: schema.to_owned(),
+            }
+        } else {
+            panic!("unknown backend description {s:?}")
+        }
+    }
+
+    /// A new connection to the event store.
+    async fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            KillBackend::Sqlite(path) => Arc::new(
+                herald_sqlite::SqliteStore::open(path, herald_sqlite::SqliteConfig::default())
+                    .await
+                    .unwrap(),
+            ),
+            KillBackend::Postgres { url, schema } => Arc::new(
+                herald_postgres::PostgresStore::open(
+                    url,
+                    herald_postgres::PostgresConfig::default().schema(schema),
+                )
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// A new checkpoint store on the same database, which is also its membership store (the same object).
+    async fn checkpoints(&self) -> (Arc<dyn CheckpointStore>, Arc<dyn MembershipStore>) {
+        match self {
+            KillBackend::Sqlite(path) => {
+                let c = Arc::new(
+                    herald_es::sqlite::SqliteCheckpointStore::open(path)
+                        .await
+                        .unwrap(),
+                );
+                (c.clone(), c)
+            }
+            KillBackend::Postgres { url, schema } => {
+                let c = Arc::new(
+                    herald_es::postgres::PostgresCheckpointStore::connect(url, schema)
+                        .await
+                        .unwrap(),
+                );
+                (c.clone(), c)
+            }
+        }
+    }
+}
+
+async fn kill_member(backend: &KillBackend, id: &str) -> (Arc<dyn EventStore>, Arc<Subscription>) {
+    let store = backend.store().await;
+    let (checkpoints, memberships) = backend.checkpoints().await;
+    let group = DynamicGroup::new(memberships, id)
         .unwrap()
         .lease(REAL_LEASE)
         .unwrap()
@@ -832,11 +904,13 @@ async fn sqlite_member(
 /// The child: one group member that appends `stream version` per handled event to a file and reports its
 /// assignment and progress on stdout, until it is killed.
 #[test]
-#[ignore = "child process of a_member_killed_with_sigkill_is_replaced"]
+#[ignore = "child process of a_member_killed_with_sigkill_is_replaced(_on_postgres)"]
 fn group_kill_child() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
+    let Some(backend) = std::env::var_os(CHILD_ENV) else {
         return;
     };
+    let backend = KillBackend::decode(backend);
+    let log = std::path::PathBuf::from(std::env::var_os(CHILD_LOG_ENV).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -844,9 +918,7 @@ fn group_kill_child() {
         .unwrap();
     rt.block_on(async move {
         use std::io::Write;
-        let path = std::path::PathBuf::from(path);
-        let (_store, sub) = sqlite_member(&path, "member-child").await;
-        let log = path.with_extension("child.log");
+        let (_store, sub) = kill_member(&backend, "member-child").await;
         let handler = herald_es::handler_fn(move |e: RecordedEvent| {
             let log = log.clone();
             async move {
@@ -883,20 +955,57 @@ fn group_kill_child() {
     });
 }
 
+#[test]
+fn kill_backends_round_trip_through_the_environment() {
+    for backend in [
+        KillBackend::Sqlite("/tmp/a b:c/group.db".into()),
+        KillBackend::Postgres {
+            url: "postgres://root@127.0.0.1:5432/test?x=1".into(),
+            schema: "herald_es_test_0193".into(),
+        },
+    ] {
+        assert_eq!(KillBackend::decode(backend.encode()), backend);
+    }
+}
+
 /// A member in another process is SIGKILLed mid-stream while events are written: the survivors drop it
 /// when its lease ends, take its streams over, and nothing is lost; what is handled twice is only what the
 /// dead member handled after its last checkpoint, in its own streams; per-stream order holds across the
-/// handover.
+/// handover. SQLite: one database file shared by both processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_with_sigkill_is_replaced() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("group.db");
+    let backend = KillBackend::Sqlite(dir.path().join("group.db"));
+    a_member_killed_with_sigkill(&backend, &dir.path().join("group.child.log")).await;
+}
+
+/// [`a_member_killed_with_sigkill_is_replaced`] on PostgreSQL: the child opens its own `PostgresStore` and
+/// `PostgresCheckpointStore` (membership) on the parent's schema; its connections die with it, mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_with_sigkill_is_replaced_on_postgres() {
+    use herald_store_testkit::postgres::{TestSchema, available, server_url};
+    if !available("a_member_killed_with_sigkill_is_replaced_on_postgres").await {
+        return;
+    }
+    // Dropped last: after the scenario has stopped its members and closed its stores.
+    let schema = TestSchema::new("herald_es_test");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = KillBackend::Postgres {
+        url: server_url(),
+        schema: schema.name().to_owned(),
+    };
+    a_member_killed_with_sigkill(&backend, &dir.path().join("group.child.log")).await;
+}
+
+/// The scenario of both kill tests: two members here, one in a child process (which appends what it
+/// handles to `child_log`), all on `backend`.
+async fn a_member_killed_with_sigkill(backend: &KillBackend, child_log: &std::path::Path) {
+    use std::io::BufRead;
     let shared = Arc::new(Shared::default());
     let mut members = Vec::new();
     let mut store = None;
     for id in ["member-a", "member-b"] {
-        let (s, sub) = sqlite_member(&path, id).await;
+        let (s, sub) = kill_member(backend, id).await;
         store = Some(s);
         let tracker = Tracker {
             member: id.to_owned(),
@@ -924,7 +1033,8 @@ async fn a_member_killed_with_sigkill_is_replaced() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, &path)
+        .env(CHILD_ENV, backend.encode())
+        .env(CHILD_LOG_ENV, child_log)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -999,9 +1109,10 @@ async fn a_member_killed_with_sigkill_is_replaced() {
     writing.store(true, Ordering::Relaxed);
     w.await.unwrap();
     let child_member = GroupMember::new(2, 3).unwrap();
-    let child_checkpoint = herald_es::sqlite::SqliteCheckpointStore::open(&path)
+    let child_checkpoint = backend
+        .checkpoints()
         .await
-        .unwrap()
+        .0
         .load(&format!("billing#2of3@{generation}"))
         .await
         .unwrap()
@@ -1015,7 +1126,7 @@ async fn a_member_killed_with_sigkill_is_replaced() {
     }
 
     // The child's handling (all before its death) then the survivors', in order.
-    let child_log = std::fs::read_to_string(path.with_extension("child.log")).unwrap_or_default();
+    let child_log = std::fs::read_to_string(child_log).unwrap_or_default();
     let mut handled: Vec<(String, u64, String)> = child_log
         .lines()
         .map(|l| {

@@ -1,6 +1,7 @@
 //! PostgreSQL checkpoints and transactional projections, including a real crash (SIGKILL of a child
 //! process) while events are appended live: the projection applies every event exactly once, and a
-//! subscription with PostgreSQL checkpoints resumes with no loss.
+//! subscription with PostgreSQL checkpoints resumes with no loss. Also: checkpoint stores of members starting
+//! together on a fresh schema all connect, and errors carry the server's message.
 //!
 //! Skipped (printed) when PostgreSQL is unreachable, unless `CI` is set.
 
@@ -378,4 +379,64 @@ async fn projection_survives_sigkill() {
     );
     run_until(&p, last).await;
     assert_eq!(seen(&p).await, expected, "exactly once across the kill");
+}
+
+/// Members of one group often start together: their checkpoint (and membership) stores then connect to a
+/// fresh schema at the same moment, and each must find its tables, none fail on another's `CREATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkpoint_stores_connecting_at_once_to_a_fresh_schema_all_succeed() {
+    if !available("checkpoint_stores_connecting_at_once_to_a_fresh_schema_all_succeed").await {
+        return;
+    }
+    for _ in 0..5 {
+        let schema = new_schema();
+        let connecting: Vec<_> = (0..8)
+            .map(|i| {
+                let name = schema.name().to_owned();
+                tokio::spawn(async move {
+                    let store = PostgresCheckpointStore::connect(&url(), &name).await?;
+                    store.save(&format!("c{i}"), i).await?;
+                    Ok::<_, herald_es::EsError>(store)
+                })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for c in connecting {
+            stores.push(c.await.unwrap().unwrap());
+        }
+        assert_eq!(stores[0].list("c").await.unwrap().len(), 8);
+    }
+}
+
+/// A server error names its cause (tokio-postgres alone displays only "db error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_errors_carry_the_server_message() {
+    if !available("postgres_errors_carry_the_server_message").await {
+        return;
+    }
+    let schema = new_schema();
+    let cps = PostgresCheckpointStore::connect(&url(), schema.name())
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE {}.herald_es_checkpoints",
+            schema.name()
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    connection.await.unwrap().unwrap();
+    let err = cps.save("c", 1).await.unwrap_err().to_string();
+    assert!(err.contains("saving a checkpoint"), "{err}");
+    assert!(
+        err.contains("herald_es_checkpoints")
+            && err.contains("does not exist")
+            && err.contains("42P01"),
+        "{err}"
+    );
 }
