@@ -40,8 +40,9 @@
 //! - **Several processes.** Any number of processes may open the same database and run pools. On
 //!   PostgreSQL, claims lease jobs with `FOR UPDATE SKIP LOCKED` in batches (a job is leased to one worker
 //!   at a time; `tests/processes.rs` checks two processes of 8 workers over 4,000 jobs), and idle pools are
-//!   woken by `LISTEN`/`NOTIFY` within milliseconds of an enqueue in any process; on SQLite, by this process's
-//!   enqueues at once and other processes' at the next poll.
+//!   woken by `LISTEN`/`NOTIFY` within milliseconds of an enqueue in any process, and of a completion in any
+//!   process that frees an ordering key or a slot of a limited type (`tests/wakeups.rs`); on SQLite, by this
+//!   process's enqueues at once and other processes' at the next poll.
 //! - **Transactional enqueue.** [`JobStore::append_with_jobs`] (`append_with_jobs_postgres`) and
 //!   [`AsyncHandlers`] (an append hook of either event store) write jobs in the same transaction as the
 //!   events: no event without its jobs, no job for a rolled-back append.
@@ -91,6 +92,7 @@
 //! | cron exactly once per tick across processes | yes | yes |
 //! | several worker processes | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
 //! | wake-up of idle workers on enqueue | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
+//! | wake-up when a completion frees an ordering key or a limited type's slot | the same queue of this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` after the completion commits |
 //! | transactional enqueue with appends | yes: [`AsyncHandlers::hook`], [`JobStore::append_with_jobs`] | yes: `AsyncHandlers::postgres_hook`, `JobStore::append_with_jobs_postgres` (herald-postgres append hooks), `insert_jobs_postgres` in your own transaction |
 //! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
 //! | `herald jobs …` CLI | yes | yes |

@@ -17,8 +17,16 @@
 //!   (coalescing the enqueues that committed meanwhile): not inside the enqueue's transaction, because
 //!   PostgreSQL serialises the commits of notifying transactions, which would undo group commit for
 //!   concurrent enqueuers. Transactional enqueues (append hooks, [`insert_jobs_postgres`]) notify inside the
-//!   transaction, delivered at commit. Each store handle keeps one connection `LISTEN`ing and wakes its
-//!   pool's fetchers. Pools still poll (their poll interval) for scheduled jobs coming due and expired leases.
+//!   transaction, delivered at commit. Completions ask the same notifier for a `NOTIFY` after they commit
+//!   when they may have made a waiting job runnable: the job held an ordering key (and was deleted or went
+//!   to the dead set; a retrying job keeps its key) or was of a type with a concurrency limit in the pool
+//!   that ran it (any outcome). So the next job of a key, or of a limited type, starts within milliseconds
+//!   in whichever process works it, not at that process's next poll. Completions of other jobs notify
+//!   nobody: at high throughput that would wake every fetcher of every process for nothing. (A limit
+//!   declared only by the pools of other processes is not known here: those pools find the free slot at
+//!   their poll.) Releases (shutdown) notify at once, inline, as the store may close right after. Each store
+//!   handle keeps one connection `LISTEN`ing and wakes its pool's fetchers (of every queue). Pools still
+//!   poll (their poll interval) for scheduled jobs coming due and expired leases.
 //! - **Durability.** `synchronous_commit` stays on: every enqueue, claim and completion is flushed before it
 //!   is acknowledged. [`crate::JobsConfig::full_sync`]`(false)` turns it off for every statement of the
 //!   store; [`crate::JobsConfig::durable_progress`]`(false)` only for claims, completions and renewals (their
@@ -235,7 +243,7 @@ impl Sql {
                  UPDATE {s}.herald_jobs j SET state = 2, attempt = attempt + 1, run_at = $3, lease_owner = $4
                  FROM picked WHERE j.id = picked.id
                  RETURNING j.id, j.job_id, j.queue, j.kind, j.args, j.metadata, j.attempt, j.max_attempts,
-                     j.priority"
+                     j.priority, j.order_key IS NOT NULL"
             ),
             candidates: format!(
                 "SELECT id, kind FROM {s}.herald_jobs j
@@ -251,7 +259,8 @@ impl Sql {
             take: format!(
                 "UPDATE {s}.herald_jobs SET state = 2, attempt = attempt + 1, run_at = $2, lease_owner = $3
                  WHERE id = ANY($1::int8[])
-                 RETURNING id, job_id, queue, kind, args, metadata, attempt, max_attempts, priority"
+                 RETURNING id, job_id, queue, kind, args, metadata, attempt, max_attempts, priority,
+                     order_key IS NOT NULL"
             ),
             count_running: format!(
                 "SELECT kind, count(*) FROM {s}.herald_jobs WHERE state = 2 AND kind = ANY($1::text[])
@@ -670,6 +679,7 @@ impl PgBackend {
                         metadata: r.get(5),
                         attempt: r.get::<_, i32>(6) as u32,
                         max_attempts: r.get::<_, i32>(7) as u32,
+                        ordered: r.get(9),
                     },
                 )
             })
@@ -715,6 +725,8 @@ impl PgBackend {
     }
 
     /// Records finished runs: one statement per kind of outcome present (usually just the delete), pipelined.
+    /// When one of them may unblock another job (it held an ordering key or a slot of a limited type), asks
+    /// the notifier to wake every process's workers once the statements have committed.
     pub(crate) async fn complete(
         &self,
         config: &JobsConfig,
@@ -722,6 +734,7 @@ impl PgBackend {
         done: Vec<Completion>,
     ) -> Result<()> {
         let now = config.clock.now_micros();
+        let unblocks = done.iter().any(Completion::unblocks_others);
         let mut delete: (Vec<i64>, Vec<i32>) = Default::default();
         let mut release: (Vec<i64>, Vec<i32>) = Default::default();
         let mut reschedule: (Vec<i64>, Vec<i32>, Vec<i64>, Vec<String>) = Default::default();
@@ -802,6 +815,11 @@ impl PgBackend {
         };
         let (_, _, _, died) =
             futures::try_join!(deleting, releasing, rescheduling, dying).map_err(backend)?;
+        // Each statement committed on its own (no transaction): the waiting jobs are runnable now. Plain
+        // jobs wake nobody (at high throughput that would wake every fetcher of every process for nothing).
+        if unblocks {
+            self.ready.notify_one();
+        }
         if died > 0 {
             self.trim_dead(&client, config, now).await?;
         }

@@ -160,6 +160,8 @@ pub(crate) struct Claimed {
     pub(crate) metadata: String,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
+    /// It has an ordering key: later jobs of that key wait for it.
+    pub(crate) ordered: bool,
 }
 
 /// What a worker decided for a claimed job.
@@ -182,6 +184,24 @@ pub(crate) struct Completion {
     pub(crate) row: i64,
     pub(crate) attempt: u32,
     pub(crate) finish: Finish,
+    /// The job has an ordering key ([`Claimed::ordered`]).
+    pub(crate) ordered: bool,
+    /// The job's type has a concurrency limit in the pool that ran it.
+    pub(crate) limited: bool,
+}
+
+impl Completion {
+    /// Whether committing this completion may make a job runnable that waited for this one: the next job of
+    /// its ordering key (once it is deleted or dead: a retrying job keeps its key), or another job of its
+    /// limited type (the slot is free whatever the outcome). Not a release: the released job is available
+    /// again itself, which the release announces like an enqueue (on PostgreSQL with its own `NOTIFY`).
+    pub(crate) fn unblocks_others(&self) -> bool {
+        match self.finish {
+            Finish::Delete | Finish::Dead { .. } => self.ordered || self.limited,
+            Finish::Reschedule { .. } => self.limited,
+            Finish::Release => false,
+        }
+    }
 }
 
 /// A live job (pending or running), as listed.
@@ -717,7 +737,7 @@ impl JobStore {
             let mut take = conn.prepare_cached(
                 "UPDATE herald_jobs SET state = 2, attempt = attempt + 1, run_at = ?2, lease_owner = ?3
                  WHERE id = ?1
-                 RETURNING job_id, queue, kind, args, metadata, attempt, max_attempts",
+                 RETURNING job_id, queue, kind, args, metadata, attempt, max_attempts, order_key IS NOT NULL",
             )?;
             let mut claimed = Vec::with_capacity(candidates.len());
             for (row, kind) in candidates {
@@ -737,6 +757,7 @@ impl JobStore {
                         metadata: r.get(4)?,
                         attempt: r.get(5)?,
                         max_attempts: r.get(6)?,
+                        ordered: r.get(7)?,
                     })
                 })?;
                 claimed.push(job);

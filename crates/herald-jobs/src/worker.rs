@@ -3,8 +3,10 @@
 //! Each queue has one fetcher task. It claims jobs in batches (one transaction leases many) up to the queue's
 //! concurrency plus a prefetch, and starts one task per job; at most `concurrency` run at once per queue. When
 //! nothing is runnable it waits for a wake-up — an enqueue through this process's [`JobStore`], a commit of the
-//! event store it follows, on PostgreSQL an enqueue in any process (`LISTEN`/`NOTIFY`) — or the poll interval
-//! (on SQLite jobs enqueued by other processes; scheduled jobs coming due, expired leases). Finished runs go to one completer task that records them in batches: one commit for
+//! event store it follows, the committed completions of its queue's jobs, on PostgreSQL an enqueue in any
+//! process or a completion in any process that frees an ordering key or a limited type's slot
+//! (`LISTEN`/`NOTIFY`) — or the poll interval (on SQLite jobs enqueued by other processes; scheduled jobs
+//! coming due, expired leases). Finished runs go to one completer task that records them in batches: one commit for
 //! everything that finished during the previous commit. A heartbeat renews the pool's leases; if the process
 //! dies they expire and other workers run the jobs again (at-least-once).
 
@@ -421,9 +423,11 @@ async fn fetcher(
             let slots = Arc::clone(&slots);
             let done = done.clone();
             let state = Arc::clone(&state);
+            let limited = limits.iter().any(|(kind, _)| *kind == job.kind);
             running.spawn(async move {
                 let row = job.row;
                 let attempt = job.attempt;
+                let ordered = job.ordered;
                 let permit = tokio::select! {
                     p = slots.acquire_owned() => p.ok(),
                     () = shared.shutdown.cancelled() => None,
@@ -439,6 +443,8 @@ async fn fetcher(
                         row,
                         attempt,
                         finish,
+                        ordered,
+                        limited,
                     },
                     state,
                 ));
