@@ -9,7 +9,9 @@
 //! payload, || ())`, as Ruby's `instrument(name, payload)` without a block), `asn_exact_notify` (the no-work
 //! form), `wisper_one`, `wisper_ten` (listener objects on a publisher), `wisper_global` (a global listener),
 //! `wisper_one_coarse`, `wisper_ten_coarse` (as `wisper_one`/`wisper_ten` on a bus with
-//! `Timestamps::Coarse`); `coarse_idle MILLIS`: the coarse clock's ticker thread's CPU time while idle.
+//! `Timestamps::Coarse`); `coarse_idle MILLIS`: the coarse clock's ticker thread's CPU time while idle;
+//! `tsc_one`, `tsc_pair`: one or two raw counter reads (`quanta::Clock::raw`, what `instrument` reads at
+//! the start and at the end of the work) per iteration and nothing else, the floor under `asn_exact`.
 //! Besides the wall-clock rate (`value`, as Ruby reports), each line carries `cpu_rate`: operations per
 //! second of on-CPU time of the benchmark thread (from `/proc/thread-self/schedstat`), which is what to
 //! compare when the machine is shared and the process gets preempted.
@@ -157,6 +159,20 @@ fn main() {
                 );
             }
             (wall, cpu, "broadcasts/s")
+        }
+        "tsc_one" | "tsc_pair" => {
+            let clock = quanta::Clock::new();
+            let (wall, cpu) = if case == "tsc_pair" {
+                measure(iters, || {
+                    black_box(clock.raw());
+                    black_box(clock.raw());
+                })
+            } else {
+                measure(iters, || {
+                    black_box(clock.raw());
+                })
+            };
+            (wall, cpu, "iterations/s")
         }
         "coarse_idle" => {
             // What the coarse clock's ticker costs when nothing is published: its on-CPU time over

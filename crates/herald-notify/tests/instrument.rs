@@ -89,6 +89,41 @@ fn instrument_returns_work_result_and_reports_timing_and_payload() {
     assert!(finished <= after + slack, "{finished:?} vs {after:?}");
 }
 
+/// The duration and the wall-clock times subscribers see come from raw counter readings scaled only when
+/// asked for: they must still cover a work of known length. The work spins (no sleep) until the OS
+/// monotonic clock says 20 ms have passed; the subscriber's duration must be at least that (less 2% for
+/// the counter's calibration against the OS clock) and at most the time measured around the call.
+#[test]
+fn duration_covers_a_work_of_known_length() {
+    let n = Notifier::new();
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let _sub = n
+        .subscribe("work.spin", move |e| {
+            *s.lock().unwrap() = Some((e.duration(), e.started_at(), e.finished_at()));
+        })
+        .guard();
+    let min = Duration::from_millis(20);
+    let outer = std::time::Instant::now();
+    let inner = n.instrument(
+        "work.spin",
+        || (),
+        || {
+            let t = std::time::Instant::now();
+            while t.elapsed() < min {
+                std::hint::spin_loop();
+            }
+            t.elapsed()
+        },
+    );
+    let outer = outer.elapsed();
+    let (duration, started, finished) = seen.lock().unwrap().take().unwrap();
+    assert!(inner >= min);
+    assert!(duration >= inner * 98 / 100, "{duration:?} < {inner:?}");
+    assert!(duration <= outer * 102 / 100, "{duration:?} > {outer:?}");
+    assert_eq!(finished.duration_since(started).unwrap(), duration);
+}
+
 #[test]
 fn payload_is_built_only_when_someone_listens() {
     let n = Notifier::new();
