@@ -60,15 +60,26 @@ fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
-/// A stable 64-bit key for the advisory lock under which this crate creates its tables in `schema` (FNV-1a).
-fn setup_lock_key(schema: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "herald-es-setup:".bytes().chain(schema.bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash as i64
-}
+/// This crate's tables, in `{s}` (see [`herald_postgres::apply_migrations`]). Never edit a released script:
+/// append a new one. Script 1 uses `IF NOT EXISTS`: stores created before the migrator find their tables.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE IF NOT EXISTS {s}.herald_es_checkpoints (
+        name       TEXT        PRIMARY KEY,
+        cursor     BIGINT      NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE TABLE IF NOT EXISTS {s}.herald_es_groups (
+        name       TEXT   PRIMARY KEY,
+        generation BIGINT NOT NULL,
+        members    TEXT[] NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS {s}.herald_es_group_members (
+        group_name   TEXT   NOT NULL,
+        member       TEXT   NOT NULL,
+        expires_at   BIGINT NOT NULL,
+        acknowledged BIGINT NOT NULL,
+        PRIMARY KEY (group_name, member)
+    );"];
 
 /// Connects (`connection`: a tokio-postgres connection string or `postgres://` URL without herald's own
 /// parameters), sets `search_path` to `schema` and creates this crate's tables.
@@ -83,39 +94,10 @@ async fn connect(connection: &str, schema: &str) -> Result<Client> {
             tracing::warn!(error = %e, "herald-es PostgreSQL connection ended");
         }
     });
-    // `CREATE ... IF NOT EXISTS` is not safe against a concurrent identical `CREATE` (the later one fails on a
-    // catalog unique index once the first commits), and the members of a group often start together: they
-    // create the tables one at a time, under a transaction-scoped advisory lock, and the later ones find them.
-    let tx = client.transaction().await.map_err(&err)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&setup_lock_key(schema)],
-    )
-    .await
-    .map_err(&err)?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.herald_es_checkpoints (
-             name       TEXT        PRIMARY KEY,
-             cursor     BIGINT      NOT NULL,
-             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
-         );
-         CREATE TABLE IF NOT EXISTS {schema}.herald_es_groups (
-             name       TEXT   PRIMARY KEY,
-             generation BIGINT NOT NULL,
-             members    TEXT[] NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS {schema}.herald_es_group_members (
-             group_name   TEXT   NOT NULL,
-             member       TEXT   NOT NULL,
-             expires_at   BIGINT NOT NULL,
-             acknowledged BIGINT NOT NULL,
-             PRIMARY KEY (group_name, member)
-         );"
-    ))
-    .await
-    .map_err(&err)?;
-    tx.commit().await.map_err(&err)?;
+    // The same migrator as the event store's and the job tables' (herald_postgres::apply_migrations): one
+    // transaction under advisory locks, so members of a group starting together on a fresh schema (and an
+    // event store opened at the same moment) create the schema and tables one at a time.
+    herald_postgres::apply_migrations(&mut client, schema, "herald-es", MIGRATIONS).await?;
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .await

@@ -408,6 +408,40 @@ async fn checkpoint_stores_connecting_at_once_to_a_fresh_schema_all_succeed() {
     }
 }
 
+/// Event stores and checkpoint stores opening together on a fresh schema: one migrator for both, whose schema
+/// lock orders every component's `CREATE SCHEMA IF NOT EXISTS` (concurrent ones fail on a catalog index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_and_checkpoint_stores_opening_at_once_on_a_fresh_schema_all_succeed() {
+    if !available("event_and_checkpoint_stores_opening_at_once_on_a_fresh_schema_all_succeed").await
+    {
+        return;
+    }
+    for _ in 0..5 {
+        let schema = new_schema();
+        let opening: Vec<_> = (0..8)
+            .map(|i| {
+                let name = schema.name().to_owned();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        PostgresStore::open(&url(), PostgresConfig::default().schema(&name))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    } else {
+                        PostgresCheckpointStore::connect(&url(), &name)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            })
+            .collect();
+        for o in opening {
+            o.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// A server error names its cause (tokio-postgres alone displays only "db error").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_errors_carry_the_server_message() {

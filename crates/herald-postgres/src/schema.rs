@@ -245,9 +245,11 @@ pub async fn apply_migrations(
     }
     let table = format!("{}_migrations", component.replace('-', "_"));
     let tx = client.transaction().await.map_err(backend)?;
+    // First a lock for the schema (every component's `CREATE SCHEMA IF NOT EXISTS` races with the others':
+    // the later one fails on a catalog index), then the component's; always in this order.
     tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&lock_key(component, schema)],
+        "SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2)",
+        &[&lock_key("schema", schema), &lock_key(component, schema)],
     )
     .await
     .map_err(backend)?;
