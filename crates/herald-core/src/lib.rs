@@ -51,6 +51,7 @@ pub mod store;
 pub mod stream;
 pub mod timefmt;
 pub mod version;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};

@@ -125,6 +125,7 @@ pub use schema::store_migrations;
 /// version of it.
 pub use tokio_postgres;
 
+use herald_core::write::WriteRequest;
 use writer::Request;
 
 /// Group-commit counters of a store handle (see [`PostgresStore::write_stats`]).
@@ -266,7 +267,7 @@ impl PostgresStore {
         self.config
             .limits
             .validate_append(stream, &events, expected)?;
-        self.submit(|reply| Request::Append {
+        self.submit(|reply| WriteRequest::Append {
             stream: stream.as_str().to_owned(),
             events,
             expected,
@@ -298,7 +299,7 @@ impl EventStore for PostgresStore {
         self.config
             .limits
             .validate_append(stream, &events, expected)?;
-        self.submit(|reply| Request::Append {
+        self.submit(|reply| WriteRequest::Append {
             stream: stream.as_str().to_owned(),
             events,
             expected,
@@ -315,7 +316,7 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
     ) -> Result<LinkResult> {
         self.config.limits.validate_link(stream, ids, expected)?;
-        self.submit(|reply| Request::Link {
+        self.submit(|reply| WriteRequest::Link {
             stream: stream.as_str().to_owned(),
             ids: ids.to_vec(),
             expected,
@@ -351,7 +352,7 @@ impl EventStore for PostgresStore {
 
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
         expected.validate()?;
-        self.submit(|reply| Request::Delete {
+        self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,
             reply,

@@ -72,7 +72,7 @@ use futures::FutureExt;
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
@@ -82,46 +82,9 @@ use crate::hook::{AppendExtra, AppendHook, AppendedEvent, HookError, HookWrites}
 use crate::schema::{self, backend};
 
 /// One write request and where its answer goes.
-pub(crate) enum Request {
-    Append {
-        stream: String,
-        events: Vec<NewEvent>,
-        expected: ExpectedVersion,
-        /// Runs after the store's hooks, for this append only (`PostgresStore::append_with`).
-        extra: Option<AppendExtra>,
-        reply: oneshot::Sender<Result<AppendResult>>,
-    },
-    Link {
-        stream: String,
-        ids: Vec<Uuid>,
-        expected: ExpectedVersion,
-        reply: oneshot::Sender<Result<LinkResult>>,
-    },
-    Delete {
-        stream: String,
-        expected: ExpectedVersion,
-        reply: oneshot::Sender<Result<()>>,
-    },
-}
+pub(crate) type Request = herald_core::write::WriteRequest<AppendExtra>;
 
-/// A request's result, held until the batch commits.
-enum Outcome {
-    Append(Result<AppendResult>),
-    Link(Result<LinkResult>),
-    Delete(Result<()>),
-}
-
-impl Outcome {
-    /// Whether the request succeeded: a commit for the head's count (idempotent retries included, as on
-    /// every backend; the position only moves when events were written).
-    fn changed(&self) -> bool {
-        match self {
-            Outcome::Append(r) => r.is_ok(),
-            Outcome::Link(r) => r.is_ok(),
-            Outcome::Delete(r) => r.is_ok(),
-        }
-    }
-}
+use herald_core::write::{WriteOutcome as Outcome, WriteRequest};
 
 /// Group-commit counters.
 #[derive(Default)]
@@ -520,7 +483,7 @@ impl Writer {
                         })
                     })
                     .collect();
-                let changed = outcomes.iter().filter(|o| o.changed()).count() as u64;
+                let changed = outcomes.iter().filter(|o| o.succeeded()).count() as u64;
                 if changed > 0 {
                     self.announce(notifier, last_position).await;
                     self.head.send_modify(|h| {
@@ -529,7 +492,7 @@ impl Writer {
                     });
                 }
                 for (request, outcome) in batch.drain(..).zip(outcomes) {
-                    reply(request, outcome);
+                    request.reply(outcome);
                 }
             }
             Err(e) => {
@@ -695,7 +658,7 @@ impl Writer {
         settled.resize_with(batch.len(), || None);
         let mut known = Known::default();
         for request in batch.iter() {
-            let Request::Append {
+            let WriteRequest::Append {
                 stream, expected, ..
             } = request
             else {
@@ -725,7 +688,7 @@ impl Writer {
         let all_accepted = plan
             .outcomes
             .iter()
-            .all(|o| o.as_ref().is_none_or(Outcome::changed));
+            .all(|o| o.as_ref().is_none_or(Outcome::succeeded));
         if !all_accepted || plan.writes_nothing() {
             return Ok(None);
         }
@@ -807,7 +770,7 @@ enum Written {
 /// An append failed by one of its hook statements on the server.
 fn hook_failure(request: &Request, e: &tokio_postgres::Error) -> Outcome {
     let stream = match request {
-        Request::Append { stream, .. } => stream.as_str(),
+        WriteRequest::Append { stream, .. } => stream.as_str(),
         _ => "",
     };
     Outcome::Append(Err(Error::backend(format!(
@@ -883,7 +846,7 @@ impl Known {
         let mut links = HashSet::new();
         for request in requests {
             let (stream, wanted): (&String, &[Uuid]) = match request {
-                Request::Append { stream, events, .. } => {
+                WriteRequest::Append { stream, events, .. } => {
                     if check_ids {
                         for e in events {
                             if !self.looked_up.contains(&e.id) && ids.insert(e.id) {
@@ -893,8 +856,8 @@ impl Known {
                     }
                     (stream, &[])
                 }
-                Request::Link { stream, ids, .. } => (stream, ids),
-                Request::Delete { stream, .. } => (stream, &[]),
+                WriteRequest::Link { stream, ids, .. } => (stream, ids),
+                WriteRequest::Delete { stream, .. } => (stream, &[]),
             };
             if !self.streams.contains_key(stream) && streams.insert(stream.as_str()) {
                 needs.streams.push(stream.clone());
@@ -1081,7 +1044,7 @@ impl<'a> Plan<'a> {
                 continue;
             }
             let outcome = match request {
-                Request::Append {
+                WriteRequest::Append {
                     stream,
                     events,
                     expected,
@@ -1095,13 +1058,13 @@ impl<'a> Plan<'a> {
                     extra.as_ref(),
                     check_ids || events.iter().all(|e| known.looked_up.contains(&e.id)),
                 )),
-                Request::Link {
+                WriteRequest::Link {
                     stream,
                     ids,
                     expected,
                     ..
                 } => Outcome::Link(state.link(&mut plan, stream, ids, *expected)),
-                Request::Delete {
+                WriteRequest::Delete {
                     stream, expected, ..
                 } => Outcome::Delete(state.delete(&mut plan, stream, *expected)),
             };
@@ -1477,39 +1440,6 @@ async fn prepare_hook_statements(
         statements.insert((*sql).to_owned(), statement);
     }
     Ok(statements)
-}
-
-impl Request {
-    /// Answers this request with `err`.
-    fn fail(self, err: Error) {
-        match self {
-            Request::Append { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            Request::Link { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            Request::Delete { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-        }
-    }
-}
-
-fn reply(request: Request, outcome: Outcome) {
-    // A caller that gave up (dropped its future) no longer listens: ignoring the send error is right.
-    match (request, outcome) {
-        (Request::Append { reply, .. }, Outcome::Append(r)) => {
-            let _ = reply.send(r);
-        }
-        (Request::Link { reply, .. }, Outcome::Link(r)) => {
-            let _ = reply.send(r);
-        }
-        (Request::Delete { reply, .. }, Outcome::Delete(r)) => {
-            let _ = reply.send(r);
-        }
-        (request, _) => request.fail(Error::backend("internal: outcome does not match request")),
-    }
 }
 
 fn check_range(stream: &str, first_version: u64, count: usize) -> Result<()> {

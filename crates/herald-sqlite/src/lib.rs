@@ -77,6 +77,7 @@ pub use hook::{AppendExtra, AppendHook, AppendedEvent};
 pub use rusqlite;
 pub use schema::APPLICATION_ID;
 
+use herald_core::write::WriteRequest;
 use read::ReadPool;
 use writer::Request;
 
@@ -242,7 +243,7 @@ impl SqliteStore {
         self.config
             .limits
             .validate_append(stream, &events, expected)?;
-        self.submit(|reply| Request::Append {
+        self.submit(|reply| WriteRequest::Append {
             stream: stream.as_str().to_owned(),
             events,
             expected,
@@ -291,7 +292,7 @@ impl EventStore for SqliteStore {
         self.config
             .limits
             .validate_append(stream, &events, expected)?;
-        self.submit(|reply| Request::Append {
+        self.submit(|reply| WriteRequest::Append {
             stream: stream.as_str().to_owned(),
             events,
             expected,
@@ -308,7 +309,7 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
     ) -> Result<LinkResult> {
         self.config.limits.validate_link(stream, ids, expected)?;
-        self.submit(|reply| Request::Link {
+        self.submit(|reply| WriteRequest::Link {
             stream: stream.as_str().to_owned(),
             ids: ids.to_vec(),
             expected,
@@ -354,7 +355,7 @@ impl EventStore for SqliteStore {
 
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
         expected.validate()?;
-        self.submit(|reply| Request::Delete {
+        self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,
             reply,

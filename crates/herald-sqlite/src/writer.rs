@@ -30,51 +30,16 @@ use herald_core::{
     AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result, timefmt,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::hook::{AppendExtra, AppendHook, AppendedEvent};
 use crate::schema::{backend, is_constraint_violation};
 
 /// One write request and where its answer goes.
-pub(crate) enum Request {
-    Append {
-        stream: String,
-        events: Vec<NewEvent>,
-        expected: ExpectedVersion,
-        /// Runs inside this append's hook savepoint, after the hooks (`SqliteStore::append_with`).
-        extra: Option<AppendExtra>,
-        reply: oneshot::Sender<Result<AppendResult>>,
-    },
-    Link {
-        stream: String,
-        ids: Vec<Uuid>,
-        expected: ExpectedVersion,
-        reply: oneshot::Sender<Result<LinkResult>>,
-    },
-    Delete {
-        stream: String,
-        expected: ExpectedVersion,
-        reply: oneshot::Sender<Result<()>>,
-    },
-}
+pub(crate) type Request = herald_core::write::WriteRequest<AppendExtra>;
 
-/// A request's result, held until the batch commits.
-enum Outcome {
-    Append(Result<AppendResult>),
-    Link(Result<LinkResult>),
-    Delete(Result<()>),
-}
-
-impl Outcome {
-    fn is_ok(&self) -> bool {
-        match self {
-            Outcome::Append(r) => r.is_ok(),
-            Outcome::Link(r) => r.is_ok(),
-            Outcome::Delete(r) => r.is_ok(),
-        }
-    }
-}
+use herald_core::write::{WriteOutcome as Outcome, WriteRequest};
 
 /// Why a request's body stopped early.
 enum Stop {
@@ -251,7 +216,7 @@ fn commit_batch(
 
     match result {
         Ok(()) => {
-            let changed = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+            let changed = outcomes.iter().filter(|o| o.succeeded()).count() as u64;
             if changed > 0 {
                 head.send_if_modified(|h| {
                     h.position = last_position;
@@ -260,7 +225,7 @@ fn commit_batch(
                 });
             }
             for (request, outcome) in batch.drain(..).zip(outcomes) {
-                reply(request, outcome);
+                request.reply(outcome);
             }
         }
         Err(e) => {
@@ -272,39 +237,6 @@ fn commit_batch(
         }
     }
     tracing::trace!(requests = size, elapsed = ?started.elapsed(), "herald-sqlite group commit");
-}
-
-impl Request {
-    /// Answers this request with `err`.
-    fn fail(self, err: Error) {
-        match self {
-            Request::Append { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            Request::Link { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            Request::Delete { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-        }
-    }
-}
-
-fn reply(request: Request, outcome: Outcome) {
-    // A caller that gave up (dropped its future) no longer listens: ignoring the send error is right.
-    match (request, outcome) {
-        (Request::Append { reply, .. }, Outcome::Append(r)) => {
-            let _ = reply.send(r);
-        }
-        (Request::Link { reply, .. }, Outcome::Link(r)) => {
-            let _ = reply.send(r);
-        }
-        (Request::Delete { reply, .. }, Outcome::Delete(r)) => {
-            let _ = reply.send(r);
-        }
-        (request, _) => request.fail(Error::backend("internal: outcome does not match request")),
-    }
 }
 
 fn rollback(conn: &Connection) {
@@ -324,7 +256,7 @@ fn apply(
     hooks: &[Arc<dyn AppendHook>],
 ) -> rusqlite::Result<Outcome> {
     Ok(match request {
-        Request::Append {
+        WriteRequest::Append {
             stream,
             events,
             expected,
@@ -366,13 +298,13 @@ fn apply(
             }
             Outcome::Append(outcome)
         }
-        Request::Link {
+        WriteRequest::Link {
             stream,
             ids,
             expected,
             ..
         } => Outcome::Link(refused(link(conn, stream, ids, *expected))?),
-        Request::Delete {
+        WriteRequest::Delete {
             stream, expected, ..
         } => Outcome::Delete(refused(delete(conn, stream, *expected))?),
     })
