@@ -20,27 +20,9 @@ use crate::error::{EsError, Result};
 use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
 use crate::subscription::{BoxError, Feed, validate_name};
 
-/// tokio-postgres displays a server error as only "db error" (and a connection failure without its cause):
-/// keep the server's message, code and detail, or the cause.
+/// The server's message, code and detail, or the cause (tokio-postgres alone displays only "db error").
 fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> EsError {
-    move |e| match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!(
-                "PostgreSQL {}: {} ({})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
-            if let Some(detail) = db.detail() {
-                text.push_str(&format!("; {detail}"));
-            }
-            EsError::storage(what, text)
-        }
-        None => match std::error::Error::source(&e) {
-            Some(cause) => EsError::storage(what, format!("{e}: {cause}")),
-            None => EsError::storage(what, e),
-        },
-    }
+    move |e| EsError::storage(what, herald_postgres::error_text(&e))
 }
 
 fn validate_schema(schema: &str) -> Result<()> {

@@ -117,7 +117,7 @@ pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
     MAX_HOOK_SQL_LEN,
 };
-pub use schema::apply_migrations;
+pub use schema::{apply_migrations, error_text};
 // For upgrade tests.
 #[doc(hidden)]
 pub use schema::store_migrations;

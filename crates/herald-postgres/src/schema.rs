@@ -125,9 +125,10 @@ pub(crate) fn latest_version() -> usize {
     MIGRATIONS.len()
 }
 
-/// Wraps a driver error; a server error keeps its message, detail and SQLSTATE in the text (the driver's own
-/// `Display` says only "db error").
-pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
+/// A driver error as text that says what went wrong: a server error keeps its severity, message, SQLSTATE and
+/// detail; another error its cause (the driver's own `Display` says only "db error", or omits the cause).
+/// Other Herald crates that talk to PostgreSQL use it for their messages too.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut text = format!(
@@ -139,10 +140,18 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
             if let Some(detail) = db.detail() {
                 text.push_str(&format!("; {detail}"));
             }
-            Error::backend(text)
+            text
         }
-        None => Error::backend(e),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
+}
+
+/// Wraps a driver error (see [`error_text`]).
+pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
+    Error::backend(error_text(&e))
 }
 
 /// The driver configuration for `url`, with `search_path` pinned to `schema`.

@@ -775,15 +775,8 @@ fn hook_failure(request: &Request, e: &tokio_postgres::Error) -> Outcome {
     };
     Outcome::Append(Err(Error::backend(format!(
         "an append hook's statement failed for the append to `{stream}`: {}",
-        backend_text(e)
+        schema::error_text(e)
     ))))
-}
-
-fn backend_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }
 
 /// Where the batch's events go and when they are recorded.
