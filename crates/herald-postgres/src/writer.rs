@@ -1164,15 +1164,14 @@ impl<'a> Plan<'a> {
         }
         // The one-round-trip path opens the transaction here: lock and guard go first in the same pipeline.
         let guard_params = guard.map(|g| {
-            let names: Vec<&str> = g.streams.keys().map(String::as_str).collect();
-            let versions: Vec<Option<i64>> = names
-                .iter()
-                .map(|n| g.streams[*n].version.map(|v| v as i64))
-                .collect();
-            let throughs: Vec<i64> = names
-                .iter()
-                .map(|n| g.streams[*n].deleted_through)
-                .collect();
+            let mut names = Vec::with_capacity(g.streams.len());
+            let mut versions = Vec::with_capacity(g.streams.len());
+            let mut throughs = Vec::with_capacity(g.streams.len());
+            for (name, state) in g.streams {
+                names.push(name.as_str());
+                versions.push(state.version.map(|v| v as i64));
+                throughs.push(state.deleted_through);
+            }
             (
                 g.last_recorded,
                 g.last_position as i64,

@@ -240,6 +240,18 @@ impl SqliteStore {
         expected: ExpectedVersion,
         extra: AppendExtra,
     ) -> Result<AppendResult> {
+        self.submit_append(stream, events, expected, Some(extra))
+            .await
+    }
+
+    /// Validates an append and hands it to the writer.
+    async fn submit_append(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        extra: Option<AppendExtra>,
+    ) -> Result<AppendResult> {
         self.config
             .limits
             .validate_append(stream, &events, expected)?;
@@ -247,7 +259,7 @@ impl SqliteStore {
             stream: stream.as_str().to_owned(),
             events,
             expected,
-            extra: Some(extra),
+            extra,
             reply,
         })
         .await
@@ -289,17 +301,7 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
-        self.config
-            .limits
-            .validate_append(stream, &events, expected)?;
-        self.submit(|reply| WriteRequest::Append {
-            stream: stream.as_str().to_owned(),
-            events,
-            expected,
-            extra: None,
-            reply,
-        })
-        .await
+        self.submit_append(stream, events, expected, None).await
     }
 
     async fn link(
