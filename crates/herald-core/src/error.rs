@@ -1,5 +1,6 @@
-//! The one error type of the event store port. A variant means the same thing on every backend, so callers can
-//! branch on it without knowing which backend they talk to.
+//! The one error type of Herald's ports (the event store and the job queue). A variant means the same thing on
+//! every backend, so callers can branch on it without knowing which backend they talk to, and an error that
+//! crosses ports (a version conflict in an append that enqueues jobs) keeps its kind.
 
 use uuid::Uuid;
 
@@ -41,6 +42,27 @@ pub enum Error {
     EventNotFound {
         /// The unknown id.
         id: Uuid,
+    },
+    /// No job (or dead job) with this id. It may have finished, been retried or discarded meanwhile.
+    #[error("job {id} not found")]
+    JobNotFound {
+        /// The unknown job id.
+        id: Uuid,
+    },
+    /// A job's unique key is taken by a pending or running job (moving a dead job back into its queue).
+    #[error("duplicate job: {reason}")]
+    DuplicateJob {
+        /// Which key or job, and why.
+        reason: String,
+    },
+    /// The backend does not offer this operation (e.g. a store without a job queue asked to enqueue jobs in an
+    /// append's transaction). Use a backend that does; nothing was written.
+    #[error("{operation} is not supported by this {backend}")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+        /// The kind of backend that refused it.
+        backend: &'static str,
     },
     /// The caller's input breaks a rule (stream name, event type, JSON, size limit, range). Fix the input.
     #[error("invalid input: {0}")]

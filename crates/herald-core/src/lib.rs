@@ -13,7 +13,9 @@
 //! | [`query`] | [`ReadQuery`]: stream, category or global log, direction, from, limit, types, time range |
 //! | [`store`] | the [`EventStore`] trait, its results, and [`EventStoreExt`] (streaming reads, follow) |
 //! | [`limits`] | [`Limits`] and the validation every backend runs before it writes |
-//! | [`error`] | [`Error`], the same meaning on every backend |
+//! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
+//! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
+//! | [`error`] | [`Error`], the same meaning on every backend and port |
 
 //! # Semantics every backend implements (the conformance suite checks them)
 //!
@@ -43,8 +45,10 @@
 //! - **Bad input** is [`Error::InvalidInput`] (stream names are checked by [`StreamName::new`], everything else
 //!   by [`Limits`] and [`ReadQuery::validate`]), and nothing is written.
 
+pub mod clock;
 pub mod error;
 pub mod event;
+pub mod jobs;
 pub mod limits;
 pub mod query;
 pub mod store;
@@ -53,8 +57,10 @@ pub mod timefmt;
 pub mod version;
 pub mod write;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};
+pub use jobs::{JobQueue, JobRouter, JobsConfig, NewJob};
 pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};
 pub use store::{AppendResult, EventStore, EventStoreExt, Head, LinkResult, StreamInfo};

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
+use crate::jobs::NewJob;
 use crate::query::{Direction, ReadQuery, ReadScope};
 use crate::stream::StreamName;
 use crate::version::ExpectedVersion;
@@ -119,6 +120,27 @@ pub trait EventStore: Send + Sync + 'static {
     /// A receiver of the commit head: it changes after every commit made through this store handle (and, for
     /// backends that can see them, commits by other processes).
     fn watch_head(&self) -> watch::Receiver<Head>;
+
+    /// [`EventStore::append`], enqueueing `jobs` in the same transaction: both commit or neither does. A
+    /// refused append (version conflict, duplicate id) enqueues nothing and returns the append's own error;
+    /// an idempotent retry of a committed append enqueues nothing again. `now_micros` is the job clock's
+    /// reading for the jobs' enqueue and run times. The jobs go to the job queue in the store's database (see
+    /// [`crate::jobs`]); callers validate them ([`NewJob::validate`]). A backend without job tables answers
+    /// [`Error::Unsupported`] and writes nothing.
+    async fn append_with_jobs(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        jobs: Vec<NewJob>,
+        now_micros: i64,
+    ) -> Result<AppendResult> {
+        let _ = (stream, events, expected, jobs, now_micros);
+        Err(Error::Unsupported {
+            operation: "enqueueing jobs in an append's transaction",
+            backend: "event store",
+        })
+    }
 }
 
 #[async_trait]
@@ -161,6 +183,18 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
     }
     fn watch_head(&self) -> watch::Receiver<Head> {
         (**self).watch_head()
+    }
+    async fn append_with_jobs(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        jobs: Vec<NewJob>,
+        now_micros: i64,
+    ) -> Result<AppendResult> {
+        (**self)
+            .append_with_jobs(stream, events, expected, jobs, now_micros)
+            .await
     }
 }
 

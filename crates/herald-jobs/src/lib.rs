@@ -97,7 +97,10 @@
 //! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
 //! | `herald jobs …` CLI | yes | yes |
 
-mod clock;
+/// The job clock is herald-core's one clock.
+mod clock {
+    pub use herald_core::clock::*;
+}
 mod cron;
 mod error;
 mod events;

@@ -1,5 +1,6 @@
-//! Time as the job queue sees it. Everything that decides *when* (run_at, backoff, lease expiry, cron ticks)
-//! reads a [`Clock`], so tests move time with [`ManualClock`] instead of sleeping.
+//! The one time source of Herald. Everything that decides *when* (job run times, backoff, leases, cron ticks,
+//! consumer-group heartbeats) reads a [`Clock`] in microseconds since the Unix epoch, so tests move time with
+//! [`ManualClock`] instead of sleeping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -50,12 +51,19 @@ impl ManualClock {
     }
 }
 
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::now()
+    }
+}
+
 impl Clock for ManualClock {
     fn now_micros(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }
 }
 
-pub(crate) fn micros(d: Duration) -> i64 {
+/// A duration in microseconds, saturating at `i64::MAX` (about 292,000 years).
+pub fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
