@@ -3,7 +3,7 @@
 # HERALD_DATABASE_URL says otherwise). Builds the CLI, then appends, links, reads and inspects events.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p herald --quiet
+cargo build --release -p herald-cli --quiet
 herald() { ./target/release/herald "$@"; }
 show() { echo; echo "\$ herald $*"; herald "$@"; }
 

@@ -10,8 +10,8 @@
 //! then inspect the database with the CLI:
 //!
 //! ```text
-//! cargo run -p herald -- --database sqlite://seed.db read --category user
-//! cargo run -p herald -- --database sqlite://seed.db streams
+//! cargo run -p herald-cli -- --database sqlite://seed.db read --category user
+//! cargo run -p herald-cli -- --database sqlite://seed.db streams
 //! ```
 //!
 //! What happens:
@@ -541,9 +541,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let url = format!("sqlite://{}", db.display());
     println!("\ninspect it with the CLI:");
-    println!("  cargo run -p herald -- --database {url} read --category user");
-    println!("  cargo run -p herald -- --database {url} read order-{order_id}");
-    println!("  cargo run -p herald -- --database {url} streams");
+    println!("  cargo run -p herald-cli -- --database {url} read --category user");
+    println!("  cargo run -p herald-cli -- --database {url} read order-{order_id}");
+    println!("  cargo run -p herald-cli -- --database {url} streams");
     println!("  cat {}", outbox.display());
     Ok(())
 }

@@ -34,8 +34,14 @@ pub use herald_core::{
     LinkResult, NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo,
     StreamName, time, timefmt, uuid,
 };
+/// Durable jobs and async event handlers.
+#[cfg(feature = "jobs")]
+pub use herald_jobs as jobs;
 /// The in-memory backend.
 pub use herald_memory as memory;
+/// The PostgreSQL backend.
+#[cfg(feature = "postgres")]
+pub use herald_postgres as postgres;
 /// The embedded SQLite backend.
 #[cfg(feature = "sqlite")]
 pub use herald_sqlite as sqlite;

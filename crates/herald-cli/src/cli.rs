@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use herald_core::{
+use herald::uuid::Uuid;
+use herald::{
     Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName, timefmt,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use uuid::Uuid;
 
 use crate::output::{event_line, json_line};
 

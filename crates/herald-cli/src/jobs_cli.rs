@@ -8,9 +8,9 @@
 //! PostgreSQL), 1 otherwise.
 
 use clap::{Args, Subcommand};
-use herald_core::Error;
-use herald_jobs::{JobError, JobStore, JobsConfig, ListFilter};
-use uuid::Uuid;
+use herald::Error;
+use herald::jobs::{JobError, JobStore, JobsConfig, ListFilter};
+use herald::uuid::Uuid;
 
 use crate::cli::CliError;
 use crate::output::json_line;
@@ -76,7 +76,7 @@ fn parse_id(text: &str) -> Result<Uuid, CliError> {
 
 async fn open(database: &str) -> Result<JobStore, CliError> {
     if database.starts_with("sqlite://") {
-        let url: herald_sqlite::SqliteUrl = database.parse()?;
+        let url: herald::sqlite::SqliteUrl = database.parse()?;
         return JobStore::open(&url.path, JobsConfig::default())
             .await
             .map_err(cli_error);

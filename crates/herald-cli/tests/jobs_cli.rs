@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use herald_jobs::{JobResult, JobStore, JobsConfig, NewJob, WorkerPool};
+use herald::jobs::{JobResult, JobStore, JobsConfig, NewJob, WorkerPool};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

@@ -3,14 +3,14 @@
 
 use std::borrow::Cow;
 
-use herald_core::{RecordedEvent, timefmt};
+use herald::{RecordedEvent, timefmt};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// One event, as `herald read` prints it.
 #[derive(Serialize)]
 struct EventLine<'a> {
-    id: uuid::Uuid,
+    id: herald::uuid::Uuid,
     #[serde(rename = "type")]
     event_type: &'a str,
     stream: &'a str,
