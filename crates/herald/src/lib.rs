@@ -1,5 +1,6 @@
-//! Herald: an event-driven-architecture toolkit — one facade over the event store, its backends and (as they
-//! land) in-process events, jobs and broker bridges.
+//! Herald: an event-driven-architecture toolkit — the one dependency an application needs. The event store
+//! and its backends, event sourcing, durable jobs and in-process events are each a part, re-exported here as a
+//! module and chosen by a cargo feature named after it, the way sqlx does.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -18,11 +19,24 @@
 //! # }
 //! ```
 //!
+//! # Features
+//!
 //! | feature | default | gives |
 //! | --- | --- | --- |
-//! | `sqlite` | yes | [`sqlite`]: the embedded backend, `sqlite://PATH` URLs |
+//! | `sqlite` | yes | `herald::sqlite`: the embedded backend, `sqlite://PATH` URLs; with `es`, `herald::es::sqlite` (checkpoints, snapshots, projections in the same file) |
+//! | `postgres` | | `herald::postgres`: the PostgreSQL backend, `postgres://` URLs; with `es`, `herald::es::postgres`; with `jobs`, jobs in the PostgreSQL schema |
+//! | `es` | | `herald::es`: aggregates, repositories, snapshots, command bus, subscriptions, projections, process managers |
+//! | `jobs` | | `herald::jobs`: durable jobs and async event handlers (turns on `sqlite`: the job store needs it today) |
+//! | `notify` | | `herald::notify`: instrumentation and typed domain-event pub/sub |
+//! | `full` | | all of the above |
 //!
-//! The in-memory backend (`memory://`) is always available.
+//! Always there: [`core`] (the event model, the [`EventStore`] port, errors; its common types are also at
+//! the root), [`memory`] (the in-memory backend, `memory://`) and [`connect`].
+//!
+//! ```toml
+//! [dependencies]
+//! herald = { version = "0.1", default-features = false, features = ["postgres", "es"] }  # no SQLite compiled
+//! ```
 
 mod connect;
 
@@ -34,11 +48,17 @@ pub use herald_core::{
     LinkResult, NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo,
     StreamName, time, timefmt, uuid,
 };
+/// Event sourcing and CQRS: aggregates, repositories, snapshots, command bus, subscriptions, projections.
+#[cfg(feature = "es")]
+pub use herald_es as es;
 /// Durable jobs and async event handlers.
 #[cfg(feature = "jobs")]
 pub use herald_jobs as jobs;
 /// The in-memory backend.
 pub use herald_memory as memory;
+/// Instrumentation and typed domain-event pub/sub.
+#[cfg(feature = "notify")]
+pub use herald_notify as notify;
 /// The PostgreSQL backend.
 #[cfg(feature = "postgres")]
 pub use herald_postgres as postgres;
