@@ -26,24 +26,27 @@
 //!    is refused with a version conflict; concurrent commands succeed through the retrying repository.
 //!
 //! Run it twice: the second run finds the users already registered, sends no email, and adds a new order.
+//!
+//! It is written the way an application would be: against the `herald` facade alone (features `sqlite`, `es`,
+//! `notify`), reaching SQLite's transaction type through `herald::sqlite::rusqlite`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
-use herald_es::bus::{
+use herald::es::bus::{
     Command, CommandBus, CommandTiming, Correlation, Logging, Timing, Validation, command_fn,
 };
-use herald_es::sqlite::{
+use herald::es::sqlite::{
     SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
 };
-use herald_es::{
+use herald::es::{
     Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, Envelope, EventSet,
     ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
 };
-use herald_sqlite::{SqliteConfig, SqliteStore};
-use rusqlite::Transaction;
+use herald::sqlite::rusqlite::{self, Transaction};
+use herald::sqlite::{SqliteConfig, SqliteStore};
+use herald::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------------- users
@@ -122,7 +125,7 @@ impl SqliteReadModel for UsersTable {
     fn apply(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
         let UserEvent::UserRegistered { email, name } =
             UserEvent::decode(&event.event_type, serde_json::from_str(&event.data)?)?;
-        let at = herald_core::timefmt::format_rfc3339_micros(event.recorded_at);
+        let at = herald::timefmt::format_rfc3339_micros(event.recorded_at);
         tx.execute(
             "INSERT OR REPLACE INTO users (email, name, registered_at) VALUES (?1, ?2, ?3)",
             [email, name, at],
@@ -243,8 +246,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     // Command timings through the instrumentation API.
     let timings: Arc<Mutex<Vec<CommandTiming>>> = Arc::default();
-    let _timing = herald_notify::Notifier::global()
-        .subscribe(herald_notify::Pattern::exact(Timing::EVENT), {
+    let _timing = herald::notify::Notifier::global()
+        .subscribe(herald::notify::Pattern::exact(Timing::EVENT), {
             let timings = timings.clone();
             move |e| {
                 if let Some(t) = e.payload_as::<CommandTiming>() {
@@ -406,7 +409,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 
     println!("\n3. optimistic concurrency on an order aggregate");
-    let order_id = format!("{}", herald_core::uuid::Uuid::now_v7().simple());
+    let order_id = format!("{}", herald::uuid::Uuid::now_v7().simple());
     let order_id = &order_id[order_id.len() - 8..];
     bus.dispatch(
         OrderCmd(
