@@ -71,6 +71,32 @@ pub async fn stale_owner_completion_changes_nothing(backend: JobsBackend) {
     assert!(live(q).await.is_empty());
 }
 
+/// The same owner re-claimed the job after its lease expired (its renewals stalled): a completion for the
+/// earlier attempt changes nothing; one for the current attempt works.
+pub async fn completion_for_an_earlier_attempt_changes_nothing(backend: JobsBackend) {
+    let (f, clock) = open(&backend).await;
+    let q = f.queue();
+    let id = enqueue_one(q, job("l", 1).max_attempts(5)).await;
+    let a = owner();
+    let old = claim(q, "default", a, 10).await.remove(0);
+    clock.advance(LEASE + Duration::from_secs(1));
+    let new = claim(q, "default", a, 10).await.remove(0);
+    assert_eq!((new.id, new.attempt), (id, 2));
+    let before = live_job(q, id).await;
+    for finish_as in [
+        Finish::Delete,
+        dead("stale"),
+        reschedule(START, "stale"),
+        Finish::Release,
+    ] {
+        finish(q, a, &old, finish_as).await;
+    }
+    assert_eq!(live_job(q, id).await, before, "untouched");
+    assert!(q.dead(10).await.expect("dead").is_empty());
+    finish(q, a, &new, Finish::Delete).await;
+    assert!(live(q).await.is_empty());
+}
+
 /// A completion that arrives after the lease ended but before any claim returned the job still counts
 /// (pinned: the lease is lost when a claim returns the job, not at the instant it ends).
 pub async fn completion_before_anyone_reclaims_still_counts(backend: JobsBackend) {

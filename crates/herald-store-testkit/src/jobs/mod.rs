@@ -258,6 +258,7 @@ macro_rules! __job_queue_cases {
             expired_lease_goes_to_another_owner_with_the_next_attempt,
             lease_holds_until_it_ends,
             stale_owner_completion_changes_nothing,
+            completion_for_an_earlier_attempt_changes_nothing,
             completion_before_anyone_reclaims_still_counts,
             expiry_on_the_last_attempt_sends_the_job_to_the_dead_set,
             renew_extends_the_lease,
