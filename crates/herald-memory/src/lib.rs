@@ -13,6 +13,12 @@
 //! | delete, streams listing | yes |
 //! | live feed ([`EventStore::watch_head`]) | yes, for commits through this handle and its clones |
 //! | durability, other processes | no |
+//! | jobs in an append's transaction ([`EventStore::append_with_jobs`], a [`JobRouter`]) | yes, into [`InMemoryStore::job_queue`] |
+//!
+//! The job queue port is here too: [`InMemoryJobQueue`], standalone ([`InMemoryJobQueue::new`]) or sharing
+//! the store's jobs ([`InMemoryStore::job_queue`]), so that an append and its jobs commit together. A store
+//! built with [`InMemoryStore::with_job_router`] enqueues the router's jobs with every append that writes
+//! events.
 //!
 //! ```
 //! use herald_core::{EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName};
@@ -38,6 +44,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use herald_core::jobs::{JobRouter, JobsConfig, NewJob};
 use herald_core::time::OffsetDateTime;
 use herald_core::uuid::Uuid;
 use herald_core::{
@@ -46,6 +53,10 @@ use herald_core::{
     stream::category_of, timefmt,
 };
 use tokio::sync::watch;
+
+mod jobs;
+
+pub use jobs::InMemoryJobQueue;
 
 /// An event store kept in memory. Cheap to clone: clones share the same events and the same live feed.
 #[derive(Clone)]
@@ -57,6 +68,10 @@ struct Inner {
     limits: Limits,
     state: Mutex<State>,
     head: watch::Sender<Head>,
+    /// The job queue in this store's "database": appends write jobs into it under the state lock.
+    jobs: Arc<jobs::SharedJobs>,
+    /// Computes jobs from every append's events.
+    router: Option<Arc<dyn JobRouter>>,
 }
 
 /// An event as appended; `position` is its index in `State::log` plus one.
@@ -114,14 +129,33 @@ impl InMemoryStore {
 
     /// An empty store enforcing `limits`.
     pub fn with_limits(limits: Limits) -> Self {
+        Self::open(limits, None)
+    }
+
+    /// An empty store (default [`Limits`]) that enqueues `router`'s jobs with every append that writes
+    /// events, atomically with them, into the queue of [`InMemoryStore::job_queue`].
+    pub fn with_job_router(router: Arc<dyn JobRouter>) -> Self {
+        Self::open(Limits::default(), Some(router))
+    }
+
+    fn open(limits: Limits, router: Option<Arc<dyn JobRouter>>) -> Self {
         let (head, _) = watch::channel(Head::default());
         InMemoryStore {
             inner: Arc::new(Inner {
                 limits,
                 state: Mutex::new(State::default()),
                 head,
+                jobs: Arc::default(),
+                router,
             }),
         }
+    }
+
+    /// A job queue handle on this store's jobs, opened with `config`: jobs enqueued by
+    /// [`EventStore::append_with_jobs`] and by the store's router show in it. Every handle shares the same
+    /// jobs (like processes on one database); each reads its own clock and lease.
+    pub fn job_queue(&self, config: JobsConfig) -> InMemoryJobQueue {
+        InMemoryJobQueue::on(Arc::clone(&self.inner.jobs), config)
     }
 
     /// The limits this store enforces.
@@ -285,6 +319,21 @@ impl EventStore for InMemoryStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
+        self.append_with_jobs(stream, events, expected, Vec::new(), 0)
+            .await
+    }
+
+    /// The append is decided under the state lock; the jobs (`jobs` and the router's) are checked before
+    /// anything is written and inserted before the lock is released, so no reader sees the events without
+    /// the jobs or the jobs without the events. A refused append or an idempotent retry enqueues nothing.
+    async fn append_with_jobs(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        jobs: Vec<NewJob>,
+        now_micros: i64,
+    ) -> Result<AppendResult> {
         self.inner
             .limits
             .validate_append(stream, &events, expected)?;
@@ -297,6 +346,12 @@ impl EventStore for InMemoryStore {
         expected.check(name, current)?;
         let first_version = current.map_or(0, |v| v + 1);
         let first_position = state.log.len() as u64 + 1;
+        let jobs = self.inner.jobs.prepare_append(
+            self.inner.router.as_deref(),
+            (name, &events, first_version, first_position),
+            jobs,
+            now_micros,
+        )?;
         let recorded_at = state.commit_time();
         let state = &mut *state;
         let entries = state.streams.entry(name.to_owned()).or_default();
@@ -322,6 +377,9 @@ impl EventStore for InMemoryStore {
             });
         }
         let count = ids.len() as u64;
+        if let Some(jobs) = jobs {
+            jobs.commit();
+        }
         self.publish(state);
         Ok(AppendResult {
             stream: name.to_owned(),

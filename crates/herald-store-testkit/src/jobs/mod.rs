@@ -1,0 +1,374 @@
+//! The conformance suite of the job queue port ([`herald_core::jobs`]): the cases every [`JobQueue`]
+//! backend runs, the fixture a backend's factory returns, and the runner behind [`job_queue_conformance!`](crate::job_queue_conformance).
+//!
+//! Unlike a store case, a job case opens its backend itself, through [`JobsBackend::open`], because it
+//! chooses the queue's settings (a [`ManualClock`](herald_core::ManualClock), a short lease, small dead-set
+//! limits) and whether the store has a [`JobRouter`]. The factory gets those two and returns a
+//! [`JobsFixture`]: an event store and a job queue on the *same* database, plus whatever must outlive them
+//! (a temporary directory, a PostgreSQL schema guard). See the crate docs for the wiring and for the
+//! decisions the suite pins.
+
+pub mod claim_order;
+pub mod completions;
+pub mod concurrency;
+pub mod cron;
+pub mod dead_set;
+pub mod enqueue;
+pub mod leases;
+pub mod order_keys;
+pub mod support;
+pub mod transactional;
+pub mod type_limits;
+pub mod unique_keys;
+pub mod views;
+pub mod wakeups;
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use herald_core::EventStore;
+use herald_core::jobs::{JobQueue, JobRouter, JobsConfig};
+
+/// A future of another queue handle on the fixture's database.
+type HandleFuture = Pin<Box<dyn Future<Output = Arc<dyn JobQueue>>>>;
+/// Opens another queue handle on the fixture's database.
+type HandleOpener = Box<dyn Fn() -> HandleFuture + Send + Sync>;
+/// The factory, boxed: settings and router in, fixture out.
+type Factory = Arc<
+    dyn Fn(JobsConfig, Option<Arc<dyn JobRouter>>) -> Pin<Box<dyn Future<Output = JobsFixture>>>,
+>;
+
+/// What a backend's factory returns: an event store and a job queue sharing one database, and anything that
+/// must outlive both (dropped after them when the case ends).
+pub struct JobsFixture {
+    store: Arc<dyn EventStore>,
+    queue: Arc<dyn JobQueue>,
+    handles: Option<HandleOpener>,
+    // Declared last: fields drop in order, so the store and queues are closed before the guard goes (a
+    // schema dropped under open connections would make the drop wait on their locks).
+    guard: Option<Box<dyn Any + Send>>,
+}
+
+impl std::fmt::Debug for JobsFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsFixture")
+            .field("queue", &self.queue.describe())
+            .field("other_handles", &self.handles.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobsFixture {
+    /// A fixture for `store` and `queue`, which must share one database: jobs given to
+    /// [`EventStore::append_with_jobs`] and routed by the store's [`JobRouter`] must show in `queue`.
+    pub fn new(store: impl EventStore, queue: impl JobQueue) -> Self {
+        JobsFixture {
+            store: Arc::new(store),
+            queue: Arc::new(queue),
+            handles: None,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` alive until the case has finished and the store and queues are dropped.
+    pub fn with_guard(mut self, guard: impl Any + Send) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
+    /// Lets cases open further queue handles on the same database, as other processes would (their own
+    /// connections; on memory, another handle on the shared state). Cases that race claimers or cron
+    /// enqueues spread them over such handles; without an opener they share the fixture's queue.
+    pub fn with_other_handles<F, Fut>(mut self, open: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future + 'static,
+        Fut::Output: JobQueue,
+    {
+        self.handles = Some(Box::new(move || {
+            let opening = open();
+            Box::pin(async move { Arc::new(opening.await) as Arc<dyn JobQueue> })
+        }));
+        self
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The job queue.
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.queue
+    }
+
+    /// Another queue handle on the same database when the backend offers one, else the fixture's queue.
+    pub async fn other_handle(&self) -> Arc<dyn JobQueue> {
+        match &self.handles {
+            Some(open) => open().await,
+            None => Arc::clone(&self.queue),
+        }
+    }
+}
+
+/// A backend under test, as a case sees it: opens fresh fixtures with the settings the case needs.
+#[derive(Clone)]
+pub struct JobsBackend {
+    factory: Factory,
+}
+
+impl std::fmt::Debug for JobsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsBackend").finish_non_exhaustive()
+    }
+}
+
+impl JobsBackend {
+    /// Wraps a factory: an `async fn(JobsConfig, Option<Arc<dyn JobRouter>>) -> JobsFixture` (or a closure
+    /// returning such a future) that opens a fresh, empty database each call.
+    pub fn new<F, Fut>(factory: F) -> Self
+    where
+        F: Fn(JobsConfig, Option<Arc<dyn JobRouter>>) -> Fut + 'static,
+        Fut: Future<Output = JobsFixture> + 'static,
+    {
+        JobsBackend {
+            factory: Arc::new(move |config, router| Box::pin(factory(config, router))),
+        }
+    }
+
+    /// A fresh, empty database with a queue opened with `config` and a store given `router`.
+    pub async fn open(
+        &self,
+        config: JobsConfig,
+        router: Option<Arc<dyn JobRouter>>,
+    ) -> JobsFixture {
+        (self.factory)(config, router).await
+    }
+}
+
+/// Runs one job-queue case on a fresh runtime under [`crate::CASE_TIMEOUT`]: what each test generated by
+/// [`job_queue_conformance!`](crate::job_queue_conformance) calls. Public so a backend can run a single case by hand.
+pub fn run_jobs_case<C, CFut>(name: &str, backend: JobsBackend, case: C)
+where
+    C: FnOnce(JobsBackend) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building a Tokio runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(crate::CASE_TIMEOUT, case(backend))
+            .await
+            .is_err()
+        {
+            panic!(
+                "job queue conformance case {name} did not finish within {:?}",
+                crate::CASE_TIMEOUT
+            );
+        }
+    });
+}
+
+/// Expands to one test per job-queue conformance case, for a backend `factory`: an `fn` or closure taking
+/// `(JobsConfig, Option<Arc<dyn JobRouter>>)` and returning a future of a [`JobsFixture`] on a fresh, empty
+/// database.
+///
+/// Tests are generated in a module `job_queue`, one module per topic inside it, named like the case
+/// functions in [`jobs`](crate::jobs), e.g. `job_queue::leases::expired_lease_goes_to_another_owner`.
+/// Invoke once per test file, at module level.
+///
+/// ```ignore
+/// async fn fresh(config: JobsConfig, router: Option<Arc<dyn JobRouter>>) -> JobsFixture {
+///     let store = herald_memory::InMemoryStore::with_job_router(router);
+///     let queue = store.job_queue(config);
+///     JobsFixture::new(store, queue)
+/// }
+/// herald_store_testkit::job_queue_conformance!(fresh);
+/// ```
+#[macro_export]
+macro_rules! job_queue_conformance {
+    ($factory:expr $(,)?) => {
+        fn __herald_job_queue_backend() -> $crate::jobs::JobsBackend {
+            $crate::jobs::JobsBackend::new($factory)
+        }
+        mod job_queue {
+            $crate::__job_queue_cases!(__herald_job_queue_backend);
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __job_queue_module {
+    ($backend:ident, $module:ident : [$($case:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $case() {
+                    $crate::jobs::run_jobs_case(
+                        concat!("job_queue::", stringify!($module), "::", stringify!($case)),
+                        super::super::$backend(),
+                        $crate::jobs::$module::$case,
+                    );
+                }
+            )*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __job_queue_cases {
+    ($backend:ident) => {
+        $crate::__job_queue_module!($backend, enqueue: [
+            enqueue_returns_the_ids_and_stores_every_field,
+            empty_enqueue_inserts_nothing,
+            delayed_and_scheduled_jobs_wait_for_the_clock,
+            unknown_job_is_none,
+        ]);
+        $crate::__job_queue_module!($backend, claim_order: [
+            priority_first_then_enqueue_order,
+            one_claim_returns_jobs_in_order,
+            claim_takes_at_most_the_limit,
+            queues_are_separate,
+            a_claim_leases_the_job_and_counts_an_attempt,
+        ]);
+        $crate::__job_queue_module!($backend, unique_keys: [
+            second_enqueue_while_pending_inserts_nothing,
+            second_enqueue_while_running_inserts_nothing,
+            key_is_free_again_once_the_job_is_gone,
+            same_key_twice_in_one_batch_keeps_the_first,
+            racing_enqueues_of_one_key_insert_once,
+        ]);
+        $crate::__job_queue_module!($backend, order_keys: [
+            only_the_first_job_of_a_key_is_claimable,
+            a_later_job_waits_for_its_key_whatever_its_priority,
+            a_rescheduled_job_keeps_its_place_and_blocks_its_key,
+            a_dead_job_frees_its_key,
+            a_delayed_first_job_blocks_its_key,
+            a_released_job_keeps_its_place,
+            a_cancelled_first_job_frees_its_key,
+            an_ordering_key_spans_queues,
+        ]);
+        $crate::__job_queue_module!($backend, leases: [
+            expired_lease_goes_to_another_owner_with_the_next_attempt,
+            lease_holds_until_it_ends,
+            stale_owner_completion_changes_nothing,
+            completion_for_an_earlier_attempt_changes_nothing,
+            completion_before_anyone_reclaims_still_counts,
+            expiry_on_the_last_attempt_sends_the_job_to_the_dead_set,
+            renew_extends_the_lease,
+            release_all_returns_the_jobs_and_counts_the_attempt,
+        ]);
+        $crate::__job_queue_module!($backend, completions: [
+            delete_removes_the_job,
+            reschedule_waits_then_runs_the_next_attempt,
+            dead_moves_the_job_with_its_history,
+            finish_release_does_not_count_the_attempt,
+            several_completions_in_one_call,
+            another_owners_completion_changes_nothing,
+        ]);
+        $crate::__job_queue_module!($backend, type_limits: [
+            limit_caps_one_claim_and_skips_to_other_types,
+            limit_counts_jobs_running_for_other_owners,
+            limit_counts_running_jobs_of_every_queue,
+            a_finished_or_rescheduled_job_frees_its_slot,
+        ]);
+        $crate::__job_queue_module!($backend, views: [
+            empty_queue_has_no_stats,
+            stats_count_per_queue_in_name_order,
+            a_due_scheduled_job_counts_as_available,
+            list_is_in_queue_then_enqueue_order,
+            list_filters_and_limits,
+            job_by_id_sees_pending_and_running_jobs_only,
+            config_and_describe,
+        ]);
+        $crate::__job_queue_module!($backend, dead_set: [
+            dead_set_is_most_recent_first_up_to_the_limit,
+            retry_one_dead_job_with_fresh_attempts_and_its_history,
+            retry_every_dead_job,
+            retry_of_an_unknown_dead_job_moves_nothing,
+            retry_with_a_taken_unique_key_is_a_duplicate_and_moves_nothing,
+            discard_dead,
+            cancel_removes_pending_jobs_only,
+            dead_set_is_trimmed_by_count,
+            dead_set_is_trimmed_by_age,
+        ]);
+        $crate::__job_queue_module!($backend, cron: [
+            each_tick_is_enqueued_once,
+            schedules_have_their_own_ticks,
+            overlapping_windows_enqueue_only_new_ticks,
+            racing_schedulers_enqueue_each_tick_once,
+            a_tick_whose_job_is_unique_is_consumed,
+            recent_ticks_are_remembered,
+        ]);
+        $crate::__job_queue_module!($backend, concurrency: [
+            racing_claimers_never_lease_a_job_twice,
+            racing_claimers_share_a_type_limit,
+            racing_claimers_take_one_job_per_ordering_key,
+            enqueues_racing_claims_are_each_claimed_once,
+        ]);
+        $crate::__job_queue_module!($backend, transactional: [
+            append_with_jobs_commits_events_and_jobs,
+            wrong_expected_version_leaves_no_job,
+            duplicate_event_id_leaves_no_job,
+            invalid_append_leaves_no_job,
+            idempotent_retry_enqueues_nothing_again,
+            unique_key_taken_skips_the_job_not_the_append,
+            router_jobs_follow_every_append_with_final_positions,
+            router_jobs_keep_positions_under_racing_appends,
+            refused_appends_route_nothing,
+        ]);
+        $crate::__job_queue_module!($backend, wakeups: [
+            enqueue_wakes_waiting_workers,
+            cron_enqueue_wakes_waiting_workers,
+            append_with_jobs_wakes_waiting_workers,
+            routed_append_wakes_waiting_workers,
+        ]);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` in `src/jobs` (but `support`) must be listed in `__job_queue_cases!`, or backends
+    /// would silently not run it.
+    #[test]
+    fn every_job_case_is_listed_in_the_macro() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jobs");
+        let source = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+        let listing = &source[source.find("macro_rules! __job_queue_cases").unwrap()..];
+        let mut missing = Vec::new();
+        let mut modules = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let module = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            if module == "mod" || module == "support" {
+                continue;
+            }
+            modules += 1;
+            let cases = std::fs::read_to_string(&path).unwrap();
+            let block_start = listing
+                .find(&format!("$backend, {module}: ["))
+                .unwrap_or_else(|| panic!("module {module} is not in the macro"));
+            let block = &listing[block_start..];
+            let block = &block[..block.find("]);").unwrap()];
+            for line in cases.lines() {
+                if let Some(rest) = line.strip_prefix("pub async fn ") {
+                    let name = &rest[..rest.find(['(', '<']).unwrap()];
+                    if !block.contains(&format!(" {name},")) {
+                        missing.push(format!("{module}::{name}"));
+                    }
+                }
+            }
+        }
+        assert!(modules > 10, "found only {modules} case modules");
+        assert!(
+            missing.is_empty(),
+            "cases missing from the macro: {missing:?}"
+        );
+    }
+}
