@@ -91,6 +91,7 @@
 
 mod config;
 pub mod hook;
+mod jobs;
 mod listen;
 mod read;
 mod schema;
@@ -117,6 +118,7 @@ pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
     MAX_HOOK_SQL_LEN,
 };
+pub use jobs::{PostgresJobQueue, insert_jobs};
 pub use schema::{apply_migrations, error_text};
 // For upgrade tests.
 #[doc(hidden)]

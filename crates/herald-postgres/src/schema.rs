@@ -159,6 +159,18 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
     })
 }
 
+/// Wraps a connection pool failure as [`Error::Backend`]: a server or connection error as [`backend`] does,
+/// a pool error (timeout, closed pool) with what it was; either keeps the original as the source.
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => Error::backend(DbError {
+            text: format!("PostgreSQL connection pool: {other}"),
+            source: Box::new(other),
+        }),
+    }
+}
+
 /// A database (or connection pool) failure with a message that says what went wrong: the driver's own
 /// `Display` is often only "db error", so the message is built when the error is wrapped and the driver's
 /// error stays reachable as the source.
