@@ -41,11 +41,14 @@ mod migrations;
 mod port;
 mod queue;
 mod sql;
+mod store;
 mod wake;
 
 pub(crate) use migrations::migrate;
 pub use queue::PostgresJobQueue;
 pub use sql::insert_jobs;
+pub use store::JobRouters;
+pub(crate) use store::{append_jobs, store_hooks};
 
 /// Job states as stored (`herald_jobs.state`).
 const AVAILABLE: i16 = 0;

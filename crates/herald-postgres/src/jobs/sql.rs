@@ -12,6 +12,7 @@ use herald_core::Result;
 use herald_core::jobs::NewJob;
 
 use super::{AVAILABLE, SCHEDULED};
+use crate::hook::{HookParam, HookWrites};
 use crate::schema::backend;
 
 /// The error a job lease lost to expiry records.
@@ -264,6 +265,37 @@ impl InsertArrays {
             &self.now,
         ]
     }
+}
+
+/// Adds the insert of `jobs` (at `now`) to an append's hook statements: the statement [`insert_jobs`] runs,
+/// with its `NOTIFY` (delivered when the append commits, so workers in every process wake then). The event
+/// store's `append_with_jobs` and its job routers use it.
+pub(crate) fn push_inserts(
+    writes: &mut HookWrites,
+    schema: &str,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let a = InsertArrays::new(jobs, now);
+    let params: Vec<HookParam> = vec![
+        Box::new(a.ids),
+        Box::new(a.queues),
+        Box::new(a.kinds),
+        Box::new(a.args),
+        Box::new(a.metadata),
+        Box::new(a.priorities),
+        Box::new(a.states),
+        Box::new(a.run_at),
+        Box::new(a.max_attempts),
+        Box::new(a.unique_keys),
+        Box::new(a.order_keys),
+        Box::new(a.now),
+    ];
+    writes.push(insert_sql(schema), params)?;
+    Ok(())
 }
 
 /// Inserts `jobs` on `client` — inside the caller's transaction when it is one — into the job tables of
