@@ -167,6 +167,8 @@ impl PostgresJobQueue {
         Ok(())
     }
 
+    /// Trims the dead set to [`JobsConfig::dead_max_age`] and [`JobsConfig::dead_max_jobs`] (two statements,
+    /// pipelined), after jobs died.
     pub(super) async fn trim_dead(
         &self,
         client: &Object,
