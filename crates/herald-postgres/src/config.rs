@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use herald_core::{Error, Limits, Result};
 
+use herald_core::jobs::JobRouter;
+
 use crate::hook::{AppendHook, AppendHooks};
+use crate::jobs::JobRouters;
 
 /// Default schema holding Herald's tables.
 pub const DEFAULT_SCHEMA: &str = "herald";
@@ -38,6 +41,8 @@ pub struct PostgresConfig {
     pub limits: Limits,
     /// Hooks run inside every append's transaction (see [`crate::hook`]); none by default.
     pub append_hooks: AppendHooks,
+    /// Routers whose jobs are enqueued inside every append's transaction; none by default.
+    pub job_routers: JobRouters,
 }
 
 impl Default for PostgresConfig {
@@ -48,6 +53,7 @@ impl Default for PostgresConfig {
             max_batch: DEFAULT_MAX_BATCH,
             limits: Limits::default(),
             append_hooks: AppendHooks::default(),
+            job_routers: JobRouters::default(),
         }
     }
 }
@@ -81,6 +87,16 @@ impl PostgresConfig {
     /// commit or roll back with the events (see [`crate::hook`]). Hooks run in the order they were added.
     pub fn with_append_hook(mut self, hook: Arc<dyn AppendHook>) -> Self {
         self.append_hooks.0.push(hook);
+        self
+    }
+
+    /// Adds a job router: for every append that writes events, the writer asks it for the jobs those events
+    /// cause ([`JobRouter::jobs_for`], with their final ids, versions and positions) and enqueues them in the
+    /// append's transaction, stamped with [`JobRouter::now_micros`], into the job tables of the store's
+    /// schema (created on open). A refused append and an idempotent retry enqueue nothing. Routers run after
+    /// the append hooks, in the order they were added.
+    pub fn with_job_router(mut self, router: Arc<dyn JobRouter>) -> Self {
+        self.job_routers.0.push(router);
         self
     }
 

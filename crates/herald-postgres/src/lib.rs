@@ -47,6 +47,12 @@
 //!   connection, so they go into the same pipeline: a hooked append costs no extra round trip and shares
 //!   its batch with the others. A hook statement that fails fails its append only: the writer rolls the
 //!   batch back and runs it again without that append.
+//! - **Jobs** ([`PostgresJobQueue`]): herald-core's job queue port on the job tables of the store's schema
+//!   (created when the store or a queue opens; open one with [`PostgresStore::job_queue`] or
+//!   [`PostgresJobQueue::open`]). [`EventStore::append_with_jobs`] and the routers given to
+//!   [`PostgresConfig::with_job_router`] enqueue inside the append's transaction, as one more statement of its
+//!   batch, with a `NOTIFY` delivered at commit that wakes idle workers in every process; [`insert_jobs`]
+//!   does the same in a transaction of your own.
 //! - **Live feed**: after each `COMMIT` and before replying, the writer queues a `NOTIFY` on a connection of
 //!   its own, without waiting for its answer (not inside the write transaction: a notifying commit holds
 //!   PostgreSQL's global notify lock through its WAL flush; that session sets `synchronous_commit = off`,
@@ -83,14 +89,19 @@
 //! | live head ([`EventStore::watch_head`]) | commits through this handle at once; other processes' via `LISTEN`/`NOTIFY` |
 //! | data and metadata byte for byte | yes (`text` columns, never `jsonb`) |
 //! | append hooks (outbox, job rows in the append's transaction) | yes ([`hook`]) |
+//! | job queue ([`herald_core::jobs::JobQueue`]) | yes ([`PostgresJobQueue`]: `FOR UPDATE SKIP LOCKED` claims, wake-ups across processes) |
+//! | jobs in the append's transaction | yes ([`EventStore::append_with_jobs`], [`PostgresConfig::with_job_router`]) |
 //!
 //! # Connections
 //!
 //! Each store handle uses one write connection, one notifying connection (opened at the first commit), one
-//! listening connection and up to `pool_size` read connections. TLS is not built in (`NoTls`): use it on trusted networks or through a local proxy.
+//! listening connection and up to `pool_size` read connections. A job queue has its own: up to `pool_size`
+//! (at least 2), one listening, and a second pool with `durable_progress` off. TLS is not built in
+//! (`NoTls`): use it on trusted networks or through a local proxy.
 
 mod config;
 pub mod hook;
+mod jobs;
 mod listen;
 mod read;
 mod schema;
@@ -101,11 +112,12 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use herald_core::jobs::{JobsConfig, NewJob};
 use herald_core::{
     AppendResult, Error, EventStore, ExpectedVersion, Head, LinkResult, NewEvent, ReadQuery,
     RecordedEvent, Result, StreamInfo, StreamName,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -117,6 +129,7 @@ pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
     MAX_HOOK_SQL_LEN,
 };
+pub use jobs::{JobRouters, PostgresJobQueue, insert_jobs};
 pub use schema::{apply_migrations, error_text};
 // For upgrade tests.
 #[doc(hidden)]
@@ -150,6 +163,10 @@ pub struct PostgresStore {
     reads: Pool,
     head: watch::Receiver<Head>,
     counters: Arc<writer::Counters>,
+    /// The driver's settings as given (no `search_path`), for the job queues opened on this store.
+    connection: tokio_postgres::Config,
+    /// The wake-ups of the job queues opened on this store: signalled after `append_with_jobs` commits.
+    jobs_wake: Arc<Notify>,
     /// Dropping it stops the listener.
     _stop_listener: oneshot::Sender<()>,
 }
@@ -171,12 +188,17 @@ impl PostgresStore {
     }
 
     /// Opens the store at `connection` (a URL or `key=value` string without Herald's parameters) with these
-    /// settings, applying pending migrations.
+    /// settings, applying pending migrations: the store's and the job tables' (so
+    /// [`EventStore::append_with_jobs`] and job routers work on any store schema).
     pub async fn open(connection: &str, config: PostgresConfig) -> Result<Self> {
         config.validate()?;
         let pg = schema::pg_config(connection, &config.schema)?;
+        let raw: tokio_postgres::Config = connection
+            .parse()
+            .map_err(|e| Error::invalid(format!("PostgreSQL URL is not valid: {e}")))?;
         let mut write_client = schema::connect(&pg).await?;
         schema::migrate(&mut write_client, &config.schema).await?;
+        jobs::migrate(&mut write_client, &config.schema).await?;
         let position: i64 = write_client
             .query_one("SELECT coalesce(max(position), 0) FROM events", &[])
             .await
@@ -221,7 +243,7 @@ impl PostgresStore {
             counters: Arc::clone(&counters),
             channel,
             instance,
-            hooks: config.append_hooks.0.clone(),
+            hooks: jobs::store_hooks(&config),
             remembered: None,
             last_batch: 0,
         };
@@ -233,8 +255,25 @@ impl PostgresStore {
             reads,
             head: head_rx,
             counters,
+            connection: raw,
+            jobs_wake: Arc::new(Notify::new()),
             _stop_listener: stop_tx,
         })
+    }
+
+    /// Opens the job queue on this store's database and schema, with the store's connection settings and
+    /// `pool_size` (at least 2): the queue that [`EventStore::append_with_jobs`] and the store's job routers
+    /// enqueue into. Its [`wakeups`](herald_core::jobs::JobQueue::wakeups) are signalled at once by this
+    /// store's `append_with_jobs` (and, as every queue's, by `NOTIFY` from any process).
+    pub async fn job_queue(&self, config: JobsConfig) -> Result<PostgresJobQueue> {
+        PostgresJobQueue::connect(
+            self.connection.clone(),
+            self.config.schema.clone(),
+            self.config.pool_size,
+            config,
+            Arc::clone(&self.jobs_wake),
+        )
+        .await
     }
 
     /// The settings in force.
@@ -364,5 +403,28 @@ impl EventStore for PostgresStore {
 
     fn watch_head(&self) -> watch::Receiver<Head> {
         self.head.clone()
+    }
+
+    /// The jobs go in as one more statement of the append's batch (the queue's insert, with a `NOTIFY`
+    /// delivered at commit that wakes the workers of every process), into the job tables of the store's
+    /// schema.
+    async fn append_with_jobs(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        jobs: Vec<NewJob>,
+        now_micros: i64,
+    ) -> Result<AppendResult> {
+        if jobs.is_empty() {
+            return self.submit_append(stream, events, expected, None).await;
+        }
+        let extra = jobs::append_jobs(self.config.schema.clone(), jobs, now_micros);
+        let result = self
+            .submit_append(stream, events, expected, Some(extra))
+            .await?;
+        // This process's workers at once; other processes' when the commit's NOTIFY reaches them.
+        self.jobs_wake.notify_waiters();
+        Ok(result)
     }
 }

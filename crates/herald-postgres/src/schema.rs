@@ -149,9 +149,47 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Wraps a driver error (see [`error_text`]).
+/// Wraps a driver error as [`Error::Backend`]: shown as [`error_text`] says, with the driver's error kept in
+/// the source chain (the backend error's source is a [`DbError`], whose source is the driver's error), so a
+/// caller can still read its SQLSTATE.
 pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
-    Error::backend(error_text(&e))
+    Error::backend(DbError {
+        text: error_text(&e),
+        source: Box::new(e),
+    })
+}
+
+/// Wraps a connection pool failure as [`Error::Backend`]: a server or connection error as [`backend`] does,
+/// a pool error (timeout, closed pool) with what it was; either keeps the original as the source.
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => Error::backend(DbError {
+            text: format!("PostgreSQL connection pool: {other}"),
+            source: Box::new(other),
+        }),
+    }
+}
+
+/// A database (or connection pool) failure with a message that says what went wrong: the driver's own
+/// `Display` is often only "db error", so the message is built when the error is wrapped and the driver's
+/// error stays reachable as the source.
+#[derive(Debug)]
+pub(crate) struct DbError {
+    pub(crate) text: String,
+    pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 /// The driver configuration for `url`, with `search_path` pinned to `schema`.
