@@ -49,6 +49,7 @@
 
 mod checkpoint;
 mod config;
+mod error;
 pub mod hook;
 mod read;
 mod schema;
@@ -152,13 +153,15 @@ impl SqliteStore {
         let (path2, config2) = (path.clone(), config.clone());
         let (write_conn, read_conns, position, checkpointer) =
             tokio::task::spawn_blocking(move || {
-                let mut write_conn = schema::connect(&path2, &config2)?;
+                let mut write_conn =
+                    schema::connect(&path2, config2.busy_timeout, config2.durability)?;
                 schema::migrate(&mut write_conn)?;
                 let checkpointer = checkpoint::start(&mut write_conn, &path2, &config2)?;
                 let (position, _) = writer::read_tail(&write_conn).map_err(schema::backend)?;
                 let read_conns = (0..config2.read_connections)
                     .map(|_| {
-                        let conn = schema::connect(&path2, &config2)?;
+                        let conn =
+                            schema::connect(&path2, config2.busy_timeout, config2.durability)?;
                         conn.pragma_update(None, "query_only", true)
                             .map_err(schema::backend)?;
                         Ok(conn)

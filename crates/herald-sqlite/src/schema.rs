@@ -5,11 +5,13 @@
 //! write lock and the second one finds the work done.
 
 use std::path::Path;
+use std::time::Duration;
 
 use herald_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::config::SqliteConfig;
+use crate::config::Durability;
+use crate::error::context;
 
 /// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
 /// Public so that crates keeping their own tables in the same file (herald-jobs) can stamp a fresh file.
@@ -61,21 +63,22 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Opens a connection with the pragmas every Herald connection uses.
-pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> {
+/// Opens a connection with the pragmas every Herald connection uses: the event store's writer, readers and
+/// checkpointer, and the job queue's (which pass their own lock wait and durability).
+pub(crate) fn connect(
+    path: &Path,
+    busy_timeout: Duration,
+    durability: Durability,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::backend(format!(
-            "cannot open SQLite database {}: {e}",
-            path.display()
-        ))
-    })?;
-    conn.busy_timeout(config.busy_timeout).map_err(backend)?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| context(format!("cannot open SQLite database {}", path.display()), e))?;
+    conn.busy_timeout(busy_timeout).map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(64);
-    conn.pragma_update(None, "synchronous", config.durability.pragma_value())
+    conn.pragma_update(None, "synchronous", durability.pragma_value())
         .map_err(backend)?;
     conn.pragma_update(None, "foreign_keys", false)
         .map_err(backend)?;
@@ -130,7 +133,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)
-            .map_err(|e| Error::backend(format!("migration {} failed: {e}", index + 1)))?;
+            .map_err(|e| context(format!("migration {} failed", index + 1), e))?;
         tracing::info!(migration = index + 1, "applied herald-sqlite migration");
     }
     if version < known {

@@ -33,6 +33,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::error::{DriverError, context};
 use crate::hook::{AppendExtra, AppendHook, AppendedEvent};
 use crate::schema::{backend, is_constraint_violation};
 
@@ -230,9 +231,10 @@ fn commit_batch(
         }
         Err(e) => {
             tracing::error!(error = %e, requests = size, "herald-sqlite batch failed; nothing written");
-            let shared = Arc::new(e);
+            let shared =
+                DriverError::shared("the batch transaction failed; nothing was written", e);
             for request in batch.drain(..) {
-                request.fail(Error::backend(Arc::clone(&shared)));
+                request.fail(shared.to_error());
             }
         }
     }
@@ -282,9 +284,10 @@ fn apply(
                                 .execute([])?;
                             // The events are gone again: their positions are free for the next request.
                             tail.next_position = r.first_position;
-                            Err(Error::backend(format!(
-                                "an append hook refused the append to `{stream}`: {e}"
-                            )))
+                            Err(context(
+                                format!("an append hook refused the append to `{stream}`"),
+                                e,
+                            ))
                         }
                     }
                 }
