@@ -53,8 +53,6 @@ pub(crate) fn context(what: impl Into<Cow<'static, str>>, e: rusqlite::Error) ->
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
-
     use super::*;
 
     #[test]

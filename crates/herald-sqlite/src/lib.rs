@@ -51,6 +51,7 @@ mod checkpoint;
 mod config;
 mod error;
 pub mod hook;
+mod jobs;
 mod read;
 mod schema;
 mod writer;
@@ -74,6 +75,7 @@ pub use config::{
 };
 
 pub use hook::{AppendExtra, AppendHook, AppendedEvent};
+pub use jobs::{SqliteJobQueue, insert_job};
 /// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
 pub use rusqlite;
 pub use schema::APPLICATION_ID;

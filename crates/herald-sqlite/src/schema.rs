@@ -2,7 +2,8 @@
 //!
 //! Migrations are numbered SQL scripts applied in order on open; `PRAGMA user_version` records how many have
 //! run. They run inside `BEGIN IMMEDIATE`, so two processes opening a fresh file at once serialise on the
-//! write lock and the second one finds the work done.
+//! write lock and the second one finds the work done. The job tables' migrations (`jobs/schema.rs`, their own
+//! bookkeeping) run in the same transaction, so opening a store or a job queue leaves the file with both.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::config::Durability;
 use crate::error::context;
 
 /// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
-/// Public so that crates keeping their own tables in the same file (herald-jobs) can stamp a fresh file.
+/// Public so that crates keeping their own tables in the same file can stamp a fresh file.
 pub const APPLICATION_ID: i32 = 0x4845_5241; // "HERA"
 
 /// The migrations, in order. Never edit a released one: append a new one.
@@ -93,7 +94,8 @@ pub(crate) fn connect(
     Ok(conn)
 }
 
-/// Puts the file in WAL mode and applies pending migrations. Safe to run from several processes at once.
+/// Puts the file in WAL mode and applies pending migrations, of the event tables and the job tables. Safe to
+/// run from several processes at once.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     // Switching to WAL needs a brief exclusive lock; the busy timeout covers a concurrent opener.
     let mode: String = conn
@@ -140,6 +142,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", known)
             .map_err(backend)?;
     }
+    // The job tables too, in the same transaction: an append can enqueue jobs on any store file, whether a
+    // job queue was ever opened on it or not.
+    crate::jobs::schema::migrate(&tx)?;
     tx.commit().map_err(backend)?;
     Ok(())
 }
