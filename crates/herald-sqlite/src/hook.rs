@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use herald_core::AppendResult;
 pub use herald_core::AppendedEvent;
+use herald_core::JobRouter;
 
 /// Called by the writer inside every append's savepoint (see the module docs). Register with
 /// [`crate::SqliteConfig::with_append_hook`].
@@ -58,3 +59,36 @@ impl PartialEq for AppendHooks {
 }
 
 impl Eq for AppendHooks {}
+
+/// The job router of a store, if any (see [`crate::SqliteConfig::with_job_router`]). Compared by identity.
+#[derive(Clone, Default)]
+pub struct JobRouting(pub(crate) Option<Arc<dyn JobRouter>>);
+
+impl JobRouting {
+    /// True when the store has a router.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for JobRouting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() {
+            "JobRouting(set)"
+        } else {
+            "JobRouting(none)"
+        })
+    }
+}
+
+impl PartialEq for JobRouting {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for JobRouting {}

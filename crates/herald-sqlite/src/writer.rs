@@ -13,9 +13,11 @@
 //! before the data is durable); if `COMMIT` fails, every request of the batch gets the error. At low load a
 //! batch holds one request, so latency stays one commit.
 //!
-//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or an extra) runs
-//! inside `SAVEPOINT append_hooks`, because the rows a hook writes are not the writer's to undo; a hook error
-//! rolls back to it and fails that append only. A store without hooks pays nothing for them.
+//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or a job router,
+//! or an extra) runs inside `SAVEPOINT append_hooks`, because the rows a hook writes are not the writer's to
+//! undo; a hook error rolls back to it and fails that append only. A store without hooks pays nothing for
+//! them. The job router's jobs are inserted there too, and after a commit that wrote some the writer wakes
+//! the store's idle job workers.
 //!
 //! Being the only writer (and holding SQLite's write lock while it writes) is what makes global positions
 //! contiguous and commit-ordered: the writer assigns them.
@@ -27,14 +29,15 @@ use std::time::{Duration, Instant};
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{
-    AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result, timefmt,
+    AppendResult, Error, ExpectedVersion, Head, JobRouter, LinkResult, NewEvent, Result, timefmt,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::error::{DriverError, context};
-use crate::hook::{AppendExtra, AppendHook, AppendedEvent};
+use crate::hook::{AppendExtra, AppendHooks, AppendedEvent};
+use crate::jobs::insert_jobs;
 use crate::schema::{backend, is_constraint_violation};
 
 /// One write request and where its answer goes.
@@ -73,6 +76,23 @@ struct Tail {
     recorded_at: i64,
 }
 
+/// What the writer runs inside an append's savepoint besides the events, and whom it tells about jobs.
+pub(crate) struct AppendSide {
+    /// The store's append hooks.
+    pub(crate) hooks: AppendHooks,
+    /// The store's job router.
+    pub(crate) router: Option<Arc<dyn JobRouter>>,
+    /// Notified after a commit that wrote router jobs: the store's job wake-ups.
+    pub(crate) job_wake: Arc<Notify>,
+}
+
+impl AppendSide {
+    /// True when an append needs nothing but its events (no savepoint).
+    fn is_empty(&self) -> bool {
+        self.hooks.is_empty() && self.router.is_none()
+    }
+}
+
 /// Counters of the writer, shared with the store handle.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -87,7 +107,7 @@ pub(crate) fn run(
     head: watch::Sender<Head>,
     max_batch: usize,
     counters: Arc<Counters>,
-    hooks: crate::hook::AppendHooks,
+    side: AppendSide,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut gather = Gather::default();
@@ -100,7 +120,7 @@ pub(crate) fn run(
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         let size = batch.len();
         let started = Instant::now();
-        commit_batch(&mut conn, &mut batch, &head, &hooks.0);
+        commit_batch(&mut conn, &mut batch, &head, &side);
         gather.record(size, started.elapsed());
     }
     tracing::debug!("herald-sqlite writer stopped");
@@ -172,12 +192,13 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Request>,
     head: &watch::Sender<Head>,
-    hooks: &[Arc<dyn AppendHook>],
+    side: &AppendSide,
 ) {
     let size = batch.len();
     let started = std::time::Instant::now();
     let mut outcomes = Vec::with_capacity(size);
     let mut last_position = 0;
+    let mut wrote_jobs = false;
     let result = (|| -> rusqlite::Result<()> {
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let (last, last_time) = match read_tail(conn) {
@@ -192,7 +213,7 @@ fn commit_batch(
             recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),
         };
         for request in batch.iter_mut() {
-            match apply(conn, &mut tail, request, hooks) {
+            match apply(conn, &mut tail, request, side, &mut wrote_jobs) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(fatal) => {
                     rollback(conn);
@@ -217,6 +238,9 @@ fn commit_batch(
 
     match result {
         Ok(()) => {
+            if wrote_jobs {
+                side.job_wake.notify_waiters();
+            }
             let changed = outcomes.iter().filter(|o| o.succeeded()).count() as u64;
             if changed > 0 {
                 head.send_if_modified(|h| {
@@ -255,7 +279,8 @@ fn apply(
     conn: &Connection,
     tail: &mut Tail,
     request: &mut Request,
-    hooks: &[Arc<dyn AppendHook>],
+    side: &AppendSide,
+    wrote_jobs: &mut bool,
 ) -> rusqlite::Result<Outcome> {
     Ok(match request {
         WriteRequest::Append {
@@ -265,16 +290,19 @@ fn apply(
             extra,
             ..
         } => {
-            // Only an append with hooks (or an extra) pays for a savepoint: arbitrary hook writes cannot be
+            // Only an append with hooks (a router, an extra) pays for a savepoint: arbitrary hook writes cannot be
             // undone row by row the way the writer undoes its own.
-            let hooked = !hooks.is_empty() || extra.is_some();
+            let hooked = !side.is_empty() || extra.is_some();
             if hooked {
                 conn.prepare_cached("SAVEPOINT append_hooks")?.execute([])?;
             }
             let outcome = match append(conn, tail, stream, events, *expected) {
                 Ok(r) if hooked => {
-                    match run_hooks(conn, stream, events, &r, hooks, extra.take()) {
-                        Ok(()) => Ok(r),
+                    match run_hooks(conn, stream, events, &r, side, extra.take()) {
+                        Ok(jobs) => {
+                            *wrote_jobs |= jobs > 0;
+                            Ok(r)
+                        }
                         Err(e) => {
                             if conn.is_autocommit() {
                                 // SQLite rolled the whole transaction back (I/O error, disk full).
@@ -425,25 +453,33 @@ fn undo_entries(conn: &Connection, stream: &str, first_version: u64) -> rusqlite
     Ok(())
 }
 
-/// Runs the store's append hooks, then this append's extra, inside the append's savepoint.
+/// Runs the store's append hooks, then its job router, then this append's extra, inside the append's
+/// savepoint. Returns how many jobs the router inserted.
 fn run_hooks(
     conn: &Connection,
     stream: &str,
     events: &[NewEvent],
     result: &AppendResult,
-    hooks: &[Arc<dyn AppendHook>],
+    side: &AppendSide,
     extra: Option<AppendExtra>,
-) -> rusqlite::Result<()> {
-    if !hooks.is_empty() {
+) -> rusqlite::Result<usize> {
+    let mut jobs = 0;
+    if !side.is_empty() {
         let appended = AppendedEvent::list(events, result);
-        for hook in hooks {
+        for hook in &side.hooks.0 {
             hook.on_append(conn, stream, &appended)?;
+        }
+        if let Some(router) = &side.router {
+            let routed = router.jobs_for(stream, &appended);
+            if !routed.is_empty() {
+                jobs = insert_jobs(conn, &routed, router.now_micros())?.len();
+            }
         }
     }
     if let Some(extra) = extra {
         extra(conn, result)?;
     }
-    Ok(())
+    Ok(jobs)
 }
 
 fn event_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
