@@ -29,6 +29,10 @@
 //! - **Schema** migrations are embedded and applied on open (`PRAGMA user_version`), under `BEGIN IMMEDIATE`,
 //!   so several processes may open the same file at once. Several stores (or processes) may share one file:
 //!   their writers serialise on SQLite's write lock (`busy_timeout`), positions stay contiguous.
+//! - **Jobs** live in the same file: the open creates the job tables too. [`SqliteJobQueue`] implements the
+//!   job queue port ([`herald_core::JobQueue`]); [`EventStore::append_with_jobs`] and a
+//!   [job router](SqliteConfig::with_job_router) write job rows in the append's own transaction, and the store
+//!   wakes the queues opened with [`SqliteStore::job_queue`] after such commits.
 //!
 //! # Durability
 //!
@@ -46,6 +50,8 @@
 //! | group commit | yes (`max_batch` requests per transaction) |
 //! | live head ([`EventStore::watch_head`]) | commits through this handle; other processes' commits are seen by polling followers |
 //! | several processes on one file | yes (one machine; not on network file systems) |
+//! | job queue ([`SqliteJobQueue`]) | yes, in the store's file |
+//! | jobs in an append's transaction ([`EventStore::append_with_jobs`], job router) | yes |
 
 mod checkpoint;
 mod config;
@@ -183,7 +189,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let max_batch = config.max_batch;
         let job_wake = Arc::new(Notify::new());
-        let side = writer::AppendSide {
+        let side = hook::AppendSide {
             hooks: config.append_hooks.clone(),
             router: config.job_router.0.clone(),
             job_wake: Arc::clone(&job_wake),
@@ -401,6 +407,10 @@ impl EventStore for SqliteStore {
         jobs: Vec<NewJob>,
         now_micros: i64,
     ) -> Result<AppendResult> {
+        if jobs.is_empty() {
+            // Nothing to enqueue: a plain append, without the extra's savepoint.
+            return self.submit_append(stream, events, expected, None).await;
+        }
         // The extra runs only when the append writes its events, so a refused append or an idempotent retry
         // leaves this false and wakes nobody.
         let wrote_jobs = Arc::new(AtomicBool::new(false));

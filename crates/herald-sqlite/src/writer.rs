@@ -29,15 +29,14 @@ use std::time::{Duration, Instant};
 use herald_core::stream::category_of;
 use herald_core::version::MAX_VERSION;
 use herald_core::{
-    AppendResult, Error, ExpectedVersion, Head, JobRouter, LinkResult, NewEvent, Result, timefmt,
+    AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result, timefmt,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::{DriverError, context};
-use crate::hook::{AppendExtra, AppendHooks, AppendedEvent};
-use crate::jobs::insert_jobs;
+use crate::hook::{AppendExtra, AppendSide};
 use crate::schema::{backend, is_constraint_violation};
 
 /// One write request and where its answer goes.
@@ -74,23 +73,6 @@ struct Tail {
     /// Commit time of this batch: now, but never earlier than the last stored event, so `recorded_at` only
     /// grows along the log even if the wall clock steps back.
     recorded_at: i64,
-}
-
-/// What the writer runs inside an append's savepoint besides the events, and whom it tells about jobs.
-pub(crate) struct AppendSide {
-    /// The store's append hooks.
-    pub(crate) hooks: AppendHooks,
-    /// The store's job router.
-    pub(crate) router: Option<Arc<dyn JobRouter>>,
-    /// Notified after a commit that wrote router jobs: the store's job wake-ups.
-    pub(crate) job_wake: Arc<Notify>,
-}
-
-impl AppendSide {
-    /// True when an append needs nothing but its events (no savepoint).
-    fn is_empty(&self) -> bool {
-        self.hooks.is_empty() && self.router.is_none()
-    }
 }
 
 /// Counters of the writer, shared with the store handle.
@@ -298,7 +280,7 @@ fn apply(
             }
             let outcome = match append(conn, tail, stream, events, *expected) {
                 Ok(r) if hooked => {
-                    match run_hooks(conn, stream, events, &r, side, extra.take()) {
+                    match side.run(conn, stream, events, &r, extra.take()) {
                         Ok(jobs) => {
                             *wrote_jobs |= jobs > 0;
                             Ok(r)
@@ -451,35 +433,6 @@ fn undo_entries(conn: &Connection, stream: &str, first_version: u64) -> rusqlite
     conn.prepare_cached("DELETE FROM stream_entries WHERE stream = ?1 AND version >= ?2")?
         .execute(params![stream, first_version as i64])?;
     Ok(())
-}
-
-/// Runs the store's append hooks, then its job router, then this append's extra, inside the append's
-/// savepoint. Returns how many jobs the router inserted.
-fn run_hooks(
-    conn: &Connection,
-    stream: &str,
-    events: &[NewEvent],
-    result: &AppendResult,
-    side: &AppendSide,
-    extra: Option<AppendExtra>,
-) -> rusqlite::Result<usize> {
-    let mut jobs = 0;
-    if !side.is_empty() {
-        let appended = AppendedEvent::list(events, result);
-        for hook in &side.hooks.0 {
-            hook.on_append(conn, stream, &appended)?;
-        }
-        if let Some(router) = &side.router {
-            let routed = router.jobs_for(stream, &appended);
-            if !routed.is_empty() {
-                jobs = insert_jobs(conn, &routed, router.now_micros())?.len();
-            }
-        }
-    }
-    if let Some(extra) = extra {
-        extra(conn, result)?;
-    }
-    Ok(jobs)
 }
 
 fn event_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
