@@ -32,7 +32,7 @@ pub(crate) fn start(
     path: &Path,
     config: &SqliteConfig,
 ) -> Result<JoinHandle<()>> {
-    let conn = connect(path, config)?;
+    let conn = connect(path, config.busy_timeout, config.durability)?;
     let (wake, woken) = mpsc::sync_channel::<()>(1);
     // Wake the checkpointer once per CHECKPOINT_PAGES new frames, not after every commit past the first
     // threshold: under a steady stream of commits a PASSIVE checkpoint never quite catches up with the writer,

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use herald_core::{Error, Limits, Result};
+use herald_core::{Error, JobRouter, Limits, Result};
 
-use crate::hook::{AppendHook, AppendHooks};
+use crate::hook::{AppendHook, AppendHooks, JobRouting};
 
 /// What an acknowledged append survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +77,9 @@ pub struct SqliteConfig {
     pub busy_timeout: Duration,
     /// Hooks run inside every append's savepoint (see [`crate::hook`]); none by default.
     pub append_hooks: AppendHooks,
+    /// Computes the jobs of every append, written in its transaction (see [`SqliteConfig::with_job_router`]);
+    /// none by default.
+    pub job_router: JobRouting,
 }
 
 impl Default for SqliteConfig {
@@ -88,6 +91,7 @@ impl Default for SqliteConfig {
             max_batch: DEFAULT_MAX_BATCH,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             append_hooks: AppendHooks::default(),
+            job_router: JobRouting::default(),
         }
     }
 }
@@ -127,6 +131,18 @@ impl SqliteConfig {
     /// back with the events (see [`crate::hook`]). Hooks run in the order they were added.
     pub fn with_append_hook(mut self, hook: Arc<dyn AppendHook>) -> Self {
         self.append_hooks.0.push(hook);
+        self
+    }
+
+    /// Sets the job router: for every append that writes events, the writer calls
+    /// [`JobRouter::jobs_for`] with the appended events (ids, versions and positions final) inside the
+    /// append's savepoint, after the append hooks, and inserts the jobs it returns into the job tables of the
+    /// store's file, enqueued at [`JobRouter::now_micros`]: they commit with the events or not at all. A refused
+    /// append and an idempotent retry write no event and call no router. The jobs are stored as returned
+    /// (validate them in the router if they come from input). After a commit that wrote jobs the store wakes
+    /// its job queues' idle workers (see [`crate::SqliteStore::job_queue`]). Replaces any router set before.
+    pub fn with_job_router(mut self, router: Arc<dyn JobRouter>) -> Self {
+        self.job_router = JobRouting(Some(router));
         self
     }
 

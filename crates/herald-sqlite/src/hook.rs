@@ -7,6 +7,10 @@
 //! rolls back with the append. An error from a hook or extra fails that append only (the other requests of the
 //! batch are unaffected): the caller gets [`herald_core::Error::Backend`] and nothing of the append is stored.
 //!
+//! A store's [job router](crate::SqliteConfig::with_job_router) is the built-in extension point of the same
+//! kind: the writer inserts its jobs after the hooks, in the same savepoint ([`JobRouting`]; the writer's
+//! side of all this is `AppendSide` below).
+//!
 //! Hooks run on the single writer thread, so they must be quick: a few indexed inserts, no network, no locks
 //! that the writer could wait on. An idempotent retry of an already committed append writes nothing and runs
 //! no hook (its rows were written with the original append).
@@ -14,8 +18,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use herald_core::AppendResult;
 pub use herald_core::AppendedEvent;
+use herald_core::{AppendResult, JobRouter, NewEvent};
+use tokio::sync::Notify;
+
+use crate::jobs::insert_jobs;
 
 /// Called by the writer inside every append's savepoint (see the module docs). Register with
 /// [`crate::SqliteConfig::with_append_hook`].
@@ -58,3 +65,82 @@ impl PartialEq for AppendHooks {
 }
 
 impl Eq for AppendHooks {}
+
+/// The job router of a store, if any (see [`crate::SqliteConfig::with_job_router`]). Compared by identity.
+#[derive(Clone, Default)]
+pub struct JobRouting(pub(crate) Option<Arc<dyn JobRouter>>);
+
+impl JobRouting {
+    /// True when the store has a router.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for JobRouting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() {
+            "JobRouting(set)"
+        } else {
+            "JobRouting(none)"
+        })
+    }
+}
+
+impl PartialEq for JobRouting {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for JobRouting {}
+
+/// What the writer runs inside an append's savepoint besides the events, and whom it tells about jobs.
+pub(crate) struct AppendSide {
+    /// The store's append hooks.
+    pub(crate) hooks: AppendHooks,
+    /// The store's job router.
+    pub(crate) router: Option<Arc<dyn JobRouter>>,
+    /// Notified after a commit that wrote router jobs: the store's job wake-ups.
+    pub(crate) job_wake: Arc<Notify>,
+}
+
+impl AppendSide {
+    /// True when an append needs nothing but its events (no savepoint).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hooks.is_empty() && self.router.is_none()
+    }
+
+    /// Runs the store's append hooks, then its job router, then this append's extra, inside the append's
+    /// savepoint. Returns how many jobs the router inserted.
+    pub(crate) fn run(
+        &self,
+        conn: &rusqlite::Connection,
+        stream: &str,
+        events: &[NewEvent],
+        result: &AppendResult,
+        extra: Option<AppendExtra>,
+    ) -> rusqlite::Result<usize> {
+        let mut jobs = 0;
+        if !self.is_empty() {
+            let appended = AppendedEvent::list(events, result);
+            for hook in &self.hooks.0 {
+                hook.on_append(conn, stream, &appended)?;
+            }
+            if let Some(router) = &self.router {
+                let routed = router.jobs_for(stream, &appended);
+                if !routed.is_empty() {
+                    jobs = insert_jobs(conn, &routed, router.now_micros())?.len();
+                }
+            }
+        }
+        if let Some(extra) = extra {
+            extra(conn, result)?;
+        }
+        Ok(jobs)
+    }
+}

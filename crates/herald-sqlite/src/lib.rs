@@ -29,6 +29,10 @@
 //! - **Schema** migrations are embedded and applied on open (`PRAGMA user_version`), under `BEGIN IMMEDIATE`,
 //!   so several processes may open the same file at once. Several stores (or processes) may share one file:
 //!   their writers serialise on SQLite's write lock (`busy_timeout`), positions stay contiguous.
+//! - **Jobs** live in the same file: the open creates the job tables too. [`SqliteJobQueue`] implements the
+//!   job queue port ([`herald_core::JobQueue`]); [`EventStore::append_with_jobs`] and a
+//!   [job router](SqliteConfig::with_job_router) write job rows in the append's own transaction, and the store
+//!   wakes the queues opened with [`SqliteStore::job_queue`] after such commits.
 //!
 //! # Durability
 //!
@@ -46,25 +50,29 @@
 //! | group commit | yes (`max_batch` requests per transaction) |
 //! | live head ([`EventStore::watch_head`]) | commits through this handle; other processes' commits are seen by polling followers |
 //! | several processes on one file | yes (one machine; not on network file systems) |
+//! | job queue ([`SqliteJobQueue`]) | yes, in the store's file |
+//! | jobs in an append's transaction ([`EventStore::append_with_jobs`], job router) | yes |
 
 mod checkpoint;
 mod config;
+mod error;
 pub mod hook;
+mod jobs;
 mod read;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use herald_core::{
-    AppendResult, Error, EventStore, ExpectedVersion, Head, LinkResult, NewEvent, ReadQuery,
-    RecordedEvent, Result, StreamInfo, StreamName,
+    AppendResult, Error, EventStore, ExpectedVersion, Head, JobsConfig, LinkResult, NewEvent,
+    NewJob, ReadQuery, RecordedEvent, Result, StreamInfo, StreamName,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use uuid::Uuid;
 
 pub use config::{
@@ -72,7 +80,8 @@ pub use config::{
     SqliteUrl,
 };
 
-pub use hook::{AppendExtra, AppendHook, AppendedEvent};
+pub use hook::{AppendExtra, AppendHook, AppendedEvent, JobRouting};
+pub use jobs::{SqliteJobQueue, insert_job};
 /// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
 pub use rusqlite;
 pub use schema::APPLICATION_ID;
@@ -101,6 +110,8 @@ pub struct SqliteStore {
     reads: Arc<ReadPool>,
     head: watch::Receiver<Head>,
     counters: Arc<writer::Counters>,
+    /// Notified after commits that wrote jobs; shared with the job queues opened by [`SqliteStore::job_queue`].
+    job_wake: Arc<Notify>,
     /// Keeps the directory of a temporary store alive; removed after the writer stops.
     _temp: Option<tempfile::TempDir>,
 }
@@ -152,13 +163,15 @@ impl SqliteStore {
         let (path2, config2) = (path.clone(), config.clone());
         let (write_conn, read_conns, position, checkpointer) =
             tokio::task::spawn_blocking(move || {
-                let mut write_conn = schema::connect(&path2, &config2)?;
+                let mut write_conn =
+                    schema::connect(&path2, config2.busy_timeout, config2.durability)?;
                 schema::migrate(&mut write_conn)?;
                 let checkpointer = checkpoint::start(&mut write_conn, &path2, &config2)?;
                 let (position, _) = writer::read_tail(&write_conn).map_err(schema::backend)?;
                 let read_conns = (0..config2.read_connections)
                     .map(|_| {
-                        let conn = schema::connect(&path2, &config2)?;
+                        let conn =
+                            schema::connect(&path2, config2.busy_timeout, config2.durability)?;
                         conn.pragma_update(None, "query_only", true)
                             .map_err(schema::backend)?;
                         Ok(conn)
@@ -175,12 +188,17 @@ impl SqliteStore {
         });
         let (tx, rx) = mpsc::channel();
         let max_batch = config.max_batch;
-        let hooks = config.append_hooks.clone();
+        let job_wake = Arc::new(Notify::new());
+        let side = hook::AppendSide {
+            hooks: config.append_hooks.clone(),
+            router: config.job_router.0.clone(),
+            job_wake: Arc::clone(&job_wake),
+        };
         let counters = Arc::new(writer::Counters::default());
         let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("herald-sqlite-writer".to_owned())
-            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters, hooks))
+            .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters, side))
             .map_err(|e| Error::backend(format!("cannot start the writer thread: {e}")))?;
         tracing::debug!(path = %path.display(), schema = schema::latest_version(), "opened herald-sqlite store");
         Ok(SqliteStore {
@@ -192,6 +210,7 @@ impl SqliteStore {
             reads: Arc::new(ReadPool::new(read_conns)),
             head: head_rx,
             counters,
+            job_wake,
             _temp: temp,
         })
     }
@@ -241,6 +260,17 @@ impl SqliteStore {
         extra: AppendExtra,
     ) -> Result<AppendResult> {
         self.submit_append(stream, events, expected, Some(extra))
+            .await
+    }
+
+    /// Opens the job queue in this store's file (its tables exist: the store's open created them), sharing the
+    /// store's job wake-ups: the queue's [`JobQueue::wakeups`](herald_core::JobQueue::wakeups) is notified
+    /// after every commit of this store that wrote jobs ([`EventStore::append_with_jobs`], the
+    /// [job router](SqliteConfig::with_job_router)), so this process's idle workers start them at once. The
+    /// queue has its own connections and writer thread; it may outlive the store (not a temporary store's
+    /// file, which is removed with the store).
+    pub async fn job_queue(&self, config: JobsConfig) -> Result<SqliteJobQueue> {
+        SqliteJobQueue::open_with_wakeups(self.path.clone(), config, Arc::clone(&self.job_wake))
             .await
     }
 
@@ -367,5 +397,36 @@ impl EventStore for SqliteStore {
 
     fn watch_head(&self) -> watch::Receiver<Head> {
         self.head.clone()
+    }
+
+    async fn append_with_jobs(
+        &self,
+        stream: &StreamName,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        jobs: Vec<NewJob>,
+        now_micros: i64,
+    ) -> Result<AppendResult> {
+        if jobs.is_empty() {
+            // Nothing to enqueue: a plain append, without the extra's savepoint.
+            return self.submit_append(stream, events, expected, None).await;
+        }
+        // The extra runs only when the append writes its events, so a refused append or an idempotent retry
+        // leaves this false and wakes nobody.
+        let wrote_jobs = Arc::new(AtomicBool::new(false));
+        let wrote = Arc::clone(&wrote_jobs);
+        let extra: AppendExtra = Box::new(move |conn, _| {
+            let inserted = jobs::insert_jobs(conn, &jobs, now_micros)?;
+            wrote.store(!inserted.is_empty(), Ordering::Relaxed);
+            Ok(())
+        });
+        let result = self
+            .submit_append(stream, events, expected, Some(extra))
+            .await?;
+        // The reply comes after COMMIT: the jobs are durable and visible to the workers being woken.
+        if wrote_jobs.load(Ordering::Relaxed) {
+            self.job_wake.notify_waiters();
+        }
+        Ok(result)
     }
 }

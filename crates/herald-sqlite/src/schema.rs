@@ -2,17 +2,20 @@
 //!
 //! Migrations are numbered SQL scripts applied in order on open; `PRAGMA user_version` records how many have
 //! run. They run inside `BEGIN IMMEDIATE`, so two processes opening a fresh file at once serialise on the
-//! write lock and the second one finds the work done.
+//! write lock and the second one finds the work done. The job tables' migrations (`jobs/schema.rs`, their own
+//! bookkeeping) run in the same transaction, so opening a store or a job queue leaves the file with both.
 
 use std::path::Path;
+use std::time::Duration;
 
 use herald_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::config::SqliteConfig;
+use crate::config::Durability;
+use crate::error::context;
 
 /// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
-/// Public so that crates keeping their own tables in the same file (herald-jobs) can stamp a fresh file.
+/// Public so that crates keeping their own tables in the same file can stamp a fresh file.
 pub const APPLICATION_ID: i32 = 0x4845_5241; // "HERA"
 
 /// The migrations, in order. Never edit a released one: append a new one.
@@ -61,21 +64,22 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Opens a connection with the pragmas every Herald connection uses.
-pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> {
+/// Opens a connection with the pragmas every Herald connection uses: the event store's writer, readers and
+/// checkpointer, and the job queue's (which pass their own lock wait and durability).
+pub(crate) fn connect(
+    path: &Path,
+    busy_timeout: Duration,
+    durability: Durability,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::backend(format!(
-            "cannot open SQLite database {}: {e}",
-            path.display()
-        ))
-    })?;
-    conn.busy_timeout(config.busy_timeout).map_err(backend)?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| context(format!("cannot open SQLite database {}", path.display()), e))?;
+    conn.busy_timeout(busy_timeout).map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(64);
-    conn.pragma_update(None, "synchronous", config.durability.pragma_value())
+    conn.pragma_update(None, "synchronous", durability.pragma_value())
         .map_err(backend)?;
     conn.pragma_update(None, "foreign_keys", false)
         .map_err(backend)?;
@@ -90,7 +94,8 @@ pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> 
     Ok(conn)
 }
 
-/// Puts the file in WAL mode and applies pending migrations. Safe to run from several processes at once.
+/// Puts the file in WAL mode and applies pending migrations, of the event tables and the job tables. Safe to
+/// run from several processes at once.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     // Switching to WAL needs a brief exclusive lock; the busy timeout covers a concurrent opener.
     let mode: String = conn
@@ -130,13 +135,16 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)
-            .map_err(|e| Error::backend(format!("migration {} failed: {e}", index + 1)))?;
+            .map_err(|e| context(format!("migration {} failed", index + 1), e))?;
         tracing::info!(migration = index + 1, "applied herald-sqlite migration");
     }
     if version < known {
         tx.pragma_update(None, "user_version", known)
             .map_err(backend)?;
     }
+    // The job tables too, in the same transaction: an append can enqueue jobs on any store file, whether a
+    // job queue was ever opened on it or not.
+    crate::jobs::schema::migrate(&tx)?;
     tx.commit().map_err(backend)?;
     Ok(())
 }

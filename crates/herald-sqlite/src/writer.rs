@@ -13,9 +13,11 @@
 //! before the data is durable); if `COMMIT` fails, every request of the batch gets the error. At low load a
 //! batch holds one request, so latency stays one commit.
 //!
-//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or an extra) runs
-//! inside `SAVEPOINT append_hooks`, because the rows a hook writes are not the writer's to undo; a hook error
-//! rolls back to it and fails that append only. A store without hooks pays nothing for them.
+//! [Append hooks](crate::hook) are the one exception to "no savepoint": an append with hooks (or a job router,
+//! or an extra) runs inside `SAVEPOINT append_hooks`, because the rows a hook writes are not the writer's to
+//! undo; a hook error rolls back to it and fails that append only. A store without hooks pays nothing for
+//! them. The job router's jobs are inserted there too, and after a commit that wrote some the writer wakes
+//! the store's idle job workers.
 //!
 //! Being the only writer (and holding SQLite's write lock while it writes) is what makes global positions
 //! contiguous and commit-ordered: the writer assigns them.
@@ -33,7 +35,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::hook::{AppendExtra, AppendHook, AppendedEvent};
+use crate::error::{DriverError, context};
+use crate::hook::{AppendExtra, AppendSide};
 use crate::schema::{backend, is_constraint_violation};
 
 /// One write request and where its answer goes.
@@ -86,7 +89,7 @@ pub(crate) fn run(
     head: watch::Sender<Head>,
     max_batch: usize,
     counters: Arc<Counters>,
-    hooks: crate::hook::AppendHooks,
+    side: AppendSide,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut gather = Gather::default();
@@ -99,7 +102,7 @@ pub(crate) fn run(
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         let size = batch.len();
         let started = Instant::now();
-        commit_batch(&mut conn, &mut batch, &head, &hooks.0);
+        commit_batch(&mut conn, &mut batch, &head, &side);
         gather.record(size, started.elapsed());
     }
     tracing::debug!("herald-sqlite writer stopped");
@@ -171,12 +174,13 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Request>,
     head: &watch::Sender<Head>,
-    hooks: &[Arc<dyn AppendHook>],
+    side: &AppendSide,
 ) {
     let size = batch.len();
     let started = std::time::Instant::now();
     let mut outcomes = Vec::with_capacity(size);
     let mut last_position = 0;
+    let mut wrote_jobs = false;
     let result = (|| -> rusqlite::Result<()> {
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let (last, last_time) = match read_tail(conn) {
@@ -191,7 +195,7 @@ fn commit_batch(
             recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),
         };
         for request in batch.iter_mut() {
-            match apply(conn, &mut tail, request, hooks) {
+            match apply(conn, &mut tail, request, side, &mut wrote_jobs) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(fatal) => {
                     rollback(conn);
@@ -216,6 +220,9 @@ fn commit_batch(
 
     match result {
         Ok(()) => {
+            if wrote_jobs {
+                side.job_wake.notify_waiters();
+            }
             let changed = outcomes.iter().filter(|o| o.succeeded()).count() as u64;
             if changed > 0 {
                 head.send_if_modified(|h| {
@@ -230,9 +237,10 @@ fn commit_batch(
         }
         Err(e) => {
             tracing::error!(error = %e, requests = size, "herald-sqlite batch failed; nothing written");
-            let shared = Arc::new(e);
+            let shared =
+                DriverError::shared("the batch transaction failed; nothing was written", e);
             for request in batch.drain(..) {
-                request.fail(Error::backend(Arc::clone(&shared)));
+                request.fail(shared.to_error());
             }
         }
     }
@@ -253,7 +261,8 @@ fn apply(
     conn: &Connection,
     tail: &mut Tail,
     request: &mut Request,
-    hooks: &[Arc<dyn AppendHook>],
+    side: &AppendSide,
+    wrote_jobs: &mut bool,
 ) -> rusqlite::Result<Outcome> {
     Ok(match request {
         WriteRequest::Append {
@@ -263,16 +272,19 @@ fn apply(
             extra,
             ..
         } => {
-            // Only an append with hooks (or an extra) pays for a savepoint: arbitrary hook writes cannot be
+            // Only an append with hooks (a router, an extra) pays for a savepoint: arbitrary hook writes cannot be
             // undone row by row the way the writer undoes its own.
-            let hooked = !hooks.is_empty() || extra.is_some();
+            let hooked = !side.is_empty() || extra.is_some();
             if hooked {
                 conn.prepare_cached("SAVEPOINT append_hooks")?.execute([])?;
             }
             let outcome = match append(conn, tail, stream, events, *expected) {
                 Ok(r) if hooked => {
-                    match run_hooks(conn, stream, events, &r, hooks, extra.take()) {
-                        Ok(()) => Ok(r),
+                    match side.run(conn, stream, events, &r, extra.take()) {
+                        Ok(jobs) => {
+                            *wrote_jobs |= jobs > 0;
+                            Ok(r)
+                        }
                         Err(e) => {
                             if conn.is_autocommit() {
                                 // SQLite rolled the whole transaction back (I/O error, disk full).
@@ -282,9 +294,10 @@ fn apply(
                                 .execute([])?;
                             // The events are gone again: their positions are free for the next request.
                             tail.next_position = r.first_position;
-                            Err(Error::backend(format!(
-                                "an append hook refused the append to `{stream}`: {e}"
-                            )))
+                            Err(context(
+                                format!("an append hook refused the append to `{stream}`"),
+                                e,
+                            ))
                         }
                     }
                 }
@@ -419,27 +432,6 @@ fn append(
 fn undo_entries(conn: &Connection, stream: &str, first_version: u64) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM stream_entries WHERE stream = ?1 AND version >= ?2")?
         .execute(params![stream, first_version as i64])?;
-    Ok(())
-}
-
-/// Runs the store's append hooks, then this append's extra, inside the append's savepoint.
-fn run_hooks(
-    conn: &Connection,
-    stream: &str,
-    events: &[NewEvent],
-    result: &AppendResult,
-    hooks: &[Arc<dyn AppendHook>],
-    extra: Option<AppendExtra>,
-) -> rusqlite::Result<()> {
-    if !hooks.is_empty() {
-        let appended = AppendedEvent::list(events, result);
-        for hook in hooks {
-            hook.on_append(conn, stream, &appended)?;
-        }
-    }
-    if let Some(extra) = extra {
-        extra(conn, result)?;
-    }
     Ok(())
 }
 
