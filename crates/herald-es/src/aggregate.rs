@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use herald_core::{
-    AppendResult, EventStore, EventStoreExt, ExpectedVersion, ReadQuery, RecordedEvent, StreamName,
+    AppendResult, Clock, EventStore, EventStoreExt, ExpectedVersion, NewJob, ReadQuery,
+    RecordedEvent, StreamName, SystemClock,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -200,6 +201,24 @@ pub enum ExecuteError<E: std::error::Error + 'static> {
     Es(#[from] EsError),
 }
 
+/// Computes the jobs a save enqueues with its events (see [`Repository::with_jobs`]).
+type JobsFor<E> = Arc<dyn Fn(&str, &[E]) -> Vec<NewJob> + Send + Sync>;
+
+/// The jobs of [`Repository::with_jobs`] and the clock their times are read from.
+struct SaveJobs<E> {
+    jobs_for: JobsFor<E>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<E> Clone for SaveJobs<E> {
+    fn clone(&self) -> Self {
+        SaveJobs {
+            jobs_for: Arc::clone(&self.jobs_for),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+}
+
 type StateToJson<A> = fn(&A) -> serde_json::Result<String>;
 type StateFromJson<A> = fn(&str) -> serde_json::Result<A>;
 
@@ -229,6 +248,7 @@ pub struct Repository<A: Aggregate> {
     retry: RetryPolicy,
     batch_size: usize,
     idempotent: bool,
+    jobs: Option<SaveJobs<A::Event>>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -240,6 +260,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             retry: self.retry,
             batch_size: self.batch_size,
             idempotent: self.idempotent,
+            jobs: self.jobs.clone(),
         }
     }
 }
@@ -264,7 +285,38 @@ impl<A: Aggregate> Repository<A> {
             retry: RetryPolicy::default(),
             batch_size: 1024,
             idempotent: false,
+            jobs: None,
         }
+    }
+
+    /// Enqueues the jobs `jobs_for(id, new_events)` computes with every save that writes events, in the
+    /// append's transaction (see [`EventStore::append_with_jobs`]): a receipt job commits with `OrderPaid` or
+    /// not at all, and a save refused for a version conflict (retried by [`Repository::execute`]) leaves no
+    /// job behind. The jobs' enqueue and run times are read from the system clock; see
+    /// [`Repository::with_jobs_clock`]. The store must host a job queue (memory, SQLite and PostgreSQL do);
+    /// otherwise saves fail with [`herald_core::Error::Unsupported`] and write nothing.
+    pub fn with_jobs(
+        mut self,
+        jobs_for: impl Fn(&str, &[A::Event]) -> Vec<NewJob> + Send + Sync + 'static,
+    ) -> Self {
+        let clock = self
+            .jobs
+            .take()
+            .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |j| j.clock);
+        self.jobs = Some(SaveJobs {
+            jobs_for: Arc::new(jobs_for),
+            clock,
+        });
+        self
+    }
+
+    /// The clock [`Repository::with_jobs`] reads (the job queue's, e.g. a test's
+    /// [`ManualClock`](herald_core::ManualClock)). Call after `with_jobs`.
+    pub fn with_jobs_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        if let Some(jobs) = self.jobs.as_mut() {
+            jobs.clock = clock;
+        }
+        self
     }
 
     /// Makes commands idempotent by command id: the events a command causes get ids derived from
@@ -429,10 +481,34 @@ impl<A: Aggregate> Repository<A> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let result = self
-            .store
-            .append(&loaded.stream, new_events, loaded.expected_version())
-            .await?;
+        let jobs = match &self.jobs {
+            Some(jobs) => {
+                let new_jobs = (jobs.jobs_for)(&loaded.id, &events);
+                for job in &new_jobs {
+                    job.validate()?;
+                }
+                Some((new_jobs, jobs.clock.now_micros()))
+            }
+            None => None,
+        };
+        let result = match jobs {
+            Some((jobs, now)) if !jobs.is_empty() => {
+                self.store
+                    .append_with_jobs(
+                        &loaded.stream,
+                        new_events,
+                        loaded.expected_version(),
+                        jobs,
+                        now,
+                    )
+                    .await?
+            }
+            _ => {
+                self.store
+                    .append(&loaded.stream, new_events, loaded.expected_version())
+                    .await?
+            }
+        };
         let expected_first = loaded.version.map_or(0, |v| v + 1);
         if result.first_version != expected_first {
             // The store recognised a repeat of an append already committed (same ids): another delivery of

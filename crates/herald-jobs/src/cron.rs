@@ -1,8 +1,8 @@
 //! Periodic jobs from cron expressions with a time zone, enqueued exactly once per tick across processes.
 //!
-//! Every process may run a [`Scheduler`] with the same schedules. For each tick, the enqueue inserts
-//! `(schedule, tick)` into `herald_jobs_cron` (primary key) and the job in the same transaction; a second
-//! process reaching the same tick finds the key taken and enqueues nothing. A scheduler starts at "now" (it does
+//! Every process may run a [`Scheduler`] with the same schedules. For each tick, the job queue records
+//! `(schedule, tick)` and enqueues the job in the same transaction ([`JobQueue::enqueue_cron`]); a second
+//! process reaching the same tick finds the tick taken and enqueues nothing. A scheduler starts at "now" (it does
 //! not catch up on ticks missed while no scheduler ran) and then covers every tick up to the clock's time.
 
 use std::str::FromStr;
@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use herald_sqlite::rusqlite::params;
+use herald_core::jobs::{CronTick, JobQueue};
+use herald_core::{Error, NewJob, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{JobError, Result};
-use crate::job::NewJob;
-use crate::store::{JobStore, insert_job};
+use crate::store::JobStore;
 
 /// One periodic job.
 #[derive(Debug, Clone)]
@@ -39,11 +38,12 @@ impl Periodic {
         } else {
             expr.to_owned()
         };
-        let schedule = cron::Schedule::from_str(&full)
-            .map_err(|e| JobError::invalid(format!("cron expression `{expr}`: {e}")))?;
+        let schedule = cron::Schedule::from_str(&full).map_err(|e| {
+            Error::invalid(format!("cron expression `{}`: {e}", expr.escape_debug()))
+        })?;
         let tz: Tz = tz
             .parse()
-            .map_err(|_| JobError::invalid(format!("unknown time zone `{tz}`")))?;
+            .map_err(|_| Error::invalid(format!("unknown time zone `{}`", tz.escape_debug())))?;
         Ok(Periodic {
             name: name.into(),
             schedule,
@@ -93,7 +93,7 @@ impl Scheduler {
     /// Enqueues every tick in `(after, until]` (µs since the epoch) that no process enqueued yet, in one
     /// transaction. Returns how many jobs this call enqueued.
     pub async fn enqueue_due(&self, after: i64, until: i64) -> Result<usize> {
-        let due: Vec<(String, i64, NewJob)> = self
+        let due: Vec<CronTick> = self
             .entries
             .iter()
             .flat_map(|p| {
@@ -104,43 +104,18 @@ impl Scheduler {
                         .clone()
                         .id(uuid::Uuid::now_v7())
                         .metadata(meta.to_string());
-                    (p.name.clone(), tick, job)
+                    CronTick {
+                        schedule: p.name.clone(),
+                        tick,
+                        job,
+                    }
                 })
             })
             .collect();
         if due.is_empty() {
             return Ok(0);
         }
-        let now = self.jobs.now_micros();
-        #[cfg(feature = "postgres")]
-        if let Some(pg) = self.jobs.pg() {
-            let n = pg.cron(due, now, until).await?;
-            if n > 0 {
-                self.jobs.wake();
-            }
-            return Ok(n);
-        }
-        let n = self
-            .jobs
-            .write(move |conn| {
-                let mut n = 0;
-                for (name, tick, job) in &due {
-                    let fresh = conn
-                        .prepare_cached(
-                            "INSERT INTO herald_jobs_cron (schedule, tick) VALUES (?1, ?2)
-                             ON CONFLICT DO NOTHING",
-                        )?
-                        .execute(params![name, tick])?;
-                    if fresh == 1 && insert_job(conn, job, now)? {
-                        n += 1;
-                    }
-                }
-                // Ticks a week before this window are never reached again.
-                conn.prepare_cached("DELETE FROM herald_jobs_cron WHERE tick < ?1")?
-                    .execute([now.min(until) - 7 * 24 * 3600 * 1_000_000])?;
-                Ok(n)
-            })
-            .await?;
+        let n = self.jobs.queue().enqueue_cron(due, until).await?;
         if n > 0 {
             self.jobs.wake();
         }

@@ -1,28 +1,29 @@
-//! Async event handlers: one durable job per (event, handler), written by an append hook in the same
-//! transaction as the event.
+//! Async event handlers: one durable job per (event, handler), written in the same transaction as the event.
 //!
-//! [`AsyncHandlers`] holds the routes (handler name → event types, queue, options). Install it in the event
-//! store — [`AsyncHandlers::hook`] with [`herald_sqlite::SqliteConfig::with_append_hook`], or (feature
-//! `postgres`) `AsyncHandlers::postgres_hook` with `herald_postgres::PostgresConfig::with_append_hook` —
-//! and every append then inserts, in its own transaction, one job per matching (event, route). The job's kind is the handler name, its arguments name the
-//! event, and its metadata carries the event's correlation id (the event id when it has none) and the event
-//! id as causation id. A worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`].
+//! [`AsyncHandlers`] holds the routes (handler name → event types, queue, options) and is a
+//! [`JobRouter`]: give it to the event store when it opens (`herald_sqlite::SqliteConfig::with_job_router`,
+//! `herald_postgres::PostgresConfig::with_job_router`, `herald_memory::InMemoryStore::with_job_router`, or
+//! `herald::open`, which does it for you), and every append then writes, in its own transaction, one job per
+//! matching (event, route). The job's kind is the handler name, its arguments name the event, and its metadata
+//! carries the event's correlation id (the event id when it has none) and the event id as causation id. A
+//! worker pool runs them with [`crate::WorkerPoolBuilder::handle_events`]. Routes may be added after the store
+//! opened: they are shared.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use herald_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
-//! use herald_jobs::{AsyncHandlers, JobResult, JobStore, JobsConfig, Route, WorkerPool};
-//! use herald_sqlite::{SqliteConfig, SqliteStore};
+//! use herald_core::{EventStore, ExpectedVersion, JobsConfig, NewEvent, StreamName};
+//! use herald_jobs::{AsyncHandlers, JobResult, JobStore, Route, WorkerPool};
+//! use herald_memory::InMemoryStore;
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! # let dir = tempfile::tempdir().unwrap();
-//! let path = dir.path().join("herald.db");
-//! // Jobs first, then the event store with the routing hook: appends and their jobs commit together.
-//! let jobs = JobStore::open(&path, JobsConfig::default()).await?;
-//! let handlers = AsyncHandlers::new(&jobs);
+//! let config = JobsConfig::default();
+//! // The routes first, then the event store with them: appends and their jobs commit together.
+//! let handlers = AsyncHandlers::new(&config);
 //! handlers.route(Route::new("send_welcome", &["UserRegistered"]).queue("mailers"));
-//! let store = Arc::new(SqliteStore::open(&path, SqliteConfig::default().with_append_hook(handlers.hook())).await?);
+//! let store = InMemoryStore::new().with_job_router(handlers.router());
+//! let jobs = JobStore::from(store.job_queue(config));
+//! let store = Arc::new(store);
 //!
 //! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 //! let stop = CancellationToken::new();
@@ -45,14 +46,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use herald_sqlite::rusqlite::Connection;
-use herald_sqlite::{AppendHook, AppendedEvent};
+use herald_core::jobs::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobRouter, JobsConfig};
+use herald_core::{AppendedEvent, Clock, NewJob};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::clock::Clock;
-use crate::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, NewJob};
-use crate::store::{JobStore, insert_job};
 
 /// The arguments of an async-handler job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,23 +110,19 @@ impl Route {
     }
 }
 
-/// The async-handler routes, shared with the append hook. Register routes before appending.
+/// The async-handler routes, shared with the stores they were given to. Register routes before appending.
 #[derive(Debug, Clone)]
 pub struct AsyncHandlers {
     routes: Arc<RwLock<Vec<Route>>>,
     clock: Arc<dyn Clock>,
-    /// The job store's PostgreSQL schema (`None` on SQLite).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    schema: Option<String>,
 }
 
 impl AsyncHandlers {
-    /// Routes for jobs in `jobs` (its clock stamps them).
-    pub fn new(jobs: &JobStore) -> Self {
+    /// Routes for jobs stamped by the clock of `config` (the job queue's settings).
+    pub fn new(config: &JobsConfig) -> Self {
         AsyncHandlers {
             routes: Arc::new(RwLock::new(Vec::new())),
-            clock: Arc::clone(&jobs.config().clock),
-            schema: jobs.postgres_schema().map(str::to_owned),
+            clock: Arc::clone(&config.clock),
         }
     }
 
@@ -142,32 +135,24 @@ impl AsyncHandlers {
         self
     }
 
-    /// The append hook to give to [`herald_sqlite::SqliteConfig::with_append_hook`].
-    pub fn hook(&self) -> Arc<dyn AppendHook> {
+    /// These routes as the [`JobRouter`] an event store takes when it opens.
+    pub fn router(&self) -> Arc<dyn JobRouter> {
         Arc::new(self.clone())
     }
+}
 
-    /// The append hook to give to `herald_postgres::PostgresConfig::with_append_hook` (feature `postgres`).
-    /// The routes must come from a PostgreSQL [`JobStore`] on the event store's database; its jobs go to that
-    /// store's schema.
-    #[cfg(feature = "postgres")]
-    pub fn postgres_hook(&self) -> crate::Result<Arc<dyn herald_postgres::AppendHook>> {
-        match &self.schema {
-            Some(_) => Ok(Arc::new(PostgresHook(self.clone()))),
-            None => Err(crate::JobError::invalid(
-                "a PostgreSQL append hook needs AsyncHandlers made from a PostgreSQL job store",
-            )),
-        }
+impl JobRouter for AsyncHandlers {
+    fn now_micros(&self) -> i64 {
+        self.clock.now_micros()
     }
 
-    /// The jobs for `events` just appended to `stream` (the same event type on both backends' hooks).
-    fn jobs_for(&self, stream: &str, events: &[herald_core::AppendedEvent<'_>]) -> Vec<NewJob> {
+    fn jobs_for(&self, stream: &str, events: &[AppendedEvent<'_>]) -> Vec<NewJob> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let mut jobs = Vec::new();
         if routes.is_empty() {
             return jobs;
         }
-        for &herald_core::AppendedEvent {
+        for &AppendedEvent {
             id,
             event_type,
             position,
@@ -211,43 +196,5 @@ impl AsyncHandlers {
             }
         }
         jobs
-    }
-}
-
-/// [`AsyncHandlers`] as a herald-postgres append hook: one insert statement (arrays) for all the jobs of an
-/// append, sent by the event store's writer in the append's batch transaction.
-#[cfg(feature = "postgres")]
-struct PostgresHook(AsyncHandlers);
-
-#[cfg(feature = "postgres")]
-impl herald_postgres::AppendHook for PostgresHook {
-    fn on_append(
-        &self,
-        stream: &str,
-        events: &[herald_postgres::AppendedEvent<'_>],
-        writes: &mut herald_postgres::HookWrites,
-    ) -> std::result::Result<(), herald_postgres::HookError> {
-        let jobs = self.0.jobs_for(stream, events);
-        let Some(schema) = &self.0.schema else {
-            return Err("AsyncHandlers without a PostgreSQL job store".into());
-        };
-        crate::postgres::push_inserts(writes, schema, &jobs, self.0.clock.now_micros())?;
-        Ok(())
-    }
-}
-
-impl AppendHook for AsyncHandlers {
-    fn on_append(
-        &self,
-        tx: &Connection,
-        stream: &str,
-        events: &[AppendedEvent<'_>],
-    ) -> herald_sqlite::rusqlite::Result<()> {
-        let jobs = self.jobs_for(stream, events);
-        let now = self.clock.now_micros();
-        for job in &jobs {
-            insert_job(tx, job, now)?;
-        }
-        Ok(())
     }
 }

@@ -1,7 +1,12 @@
-//! Herald's durable job queue and async event handlers, in the event store's database — its SQLite file or
-//! its PostgreSQL schema, same API and semantics on both (the Sidekiq /
-//! ActiveJob analogue, with what Sidekiq OSS lacks: no job lost on a crash, transactional enqueue with event
-//! appends, unique jobs, per-key ordering, cron with time zones, per-type concurrency limits).
+//! Herald's durable jobs and async event handlers (the Sidekiq / ActiveJob analogue, with what Sidekiq OSS
+//! lacks: no job lost on a crash, jobs enqueued in the same transaction as event appends, unique jobs,
+//! per-key ordering, cron with time zones, per-type concurrency limits).
+//!
+//! This crate is backend-free: the worker pool, cron and async event handlers run on the job-queue port
+//! ([`JobQueue`], in herald-core) of whichever backend they are given — `herald_memory::InMemoryJobQueue`,
+//! `herald_sqlite::SqliteJobQueue` (the SQLite file of the events), `herald_postgres::PostgresJobQueue` (the
+//! PostgreSQL schema of the events), or `herald::open(url)`, which picks by URL. Every backend runs the same
+//! conformance suite (`herald-store-testkit`'s `job_queue_conformance!`).
 //!
 //! ```
 //! use herald_jobs::{JobResult, JobStore, JobType, JobsConfig, NewJob, WorkerPool};
@@ -12,8 +17,7 @@
 //! impl JobType for SendWelcome { const NAME: &'static str = "send_welcome"; }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let dir = tempfile::tempdir().unwrap();
-//! let jobs = JobStore::open(dir.path().join("herald.db"), JobsConfig::default()).await?;
+//! let jobs = JobStore::from(herald_memory::InMemoryJobQueue::new(JobsConfig::default()));
 //! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 //! let stop = CancellationToken::new();
 //! let pool = WorkerPool::builder(jobs.clone())
@@ -27,29 +31,21 @@
 //! assert_eq!(rx.recv().await, Some(("ada@example.com".to_owned(), 1)));
 //! stop.cancel();
 //! pool.join().await;
-//! # Ok::<(), herald_jobs::JobError>(())
+//! # Ok::<(), herald_jobs::Error>(())
 //! # }).unwrap();
 //! ```
 //!
 //! # Semantics
 //!
-//! - **Durable enqueue.** `enqueue` returns after the job is committed (`synchronous = FULL` by default).
-//!   On SQLite concurrent writes are group-committed by one writer thread (one fsync per batch); on
-//!   PostgreSQL every statement commits with `synchronous_commit = on` and the server merges concurrent
-//!   flushes.
-//! - **Several processes.** Any number of processes may open the same database and run pools. On
-//!   PostgreSQL, claims lease jobs with `FOR UPDATE SKIP LOCKED` in batches (a job is leased to one worker
-//!   at a time; `tests/processes.rs` checks two processes of 8 workers over 4,000 jobs), and idle pools are
-//!   woken by `LISTEN`/`NOTIFY` within milliseconds of an enqueue in any process, and of a completion in any
-//!   process that frees an ordering key or a slot of a limited type (`tests/wakeups.rs`); on SQLite, by this
-//!   process's enqueues at once and other processes' at the next poll.
-//! - **Transactional enqueue.** [`JobStore::append_with_jobs`] (`append_with_jobs_postgres`) and
-//!   [`AsyncHandlers`] (an append hook of either event store) write jobs in the same transaction as the
-//!   events: no event without its jobs, no job for a rolled-back append.
+//! - **Durable enqueue.** `enqueue` returns after the job is committed (see [`JobsConfig::full_sync`]).
+//! - **Transactional enqueue.** [`JobStore::append_with_jobs`] (jobs the caller computed) and
+//!   [`AsyncHandlers`] (a [`JobRouter`](herald_core::JobRouter) the event store calls for every append) write
+//!   jobs in the same transaction as the events: no event without its jobs, no job for a refused or
+//!   rolled-back append, and a refused append keeps its typed error ([`Error::WrongExpectedVersion`]).
 //! - **At-least-once.** A claimed job is leased ([`JobsConfig::lease`]) and the pool renews the lease. If the
-//!   worker dies, the lease expires and the job runs again with the next attempt number; handlers get the job id
-//!   and attempt in [`JobContext`] to be idempotent. A lease expiring on the last attempt sends the job to the
-//!   dead set.
+//!   worker dies, the lease expires and the job runs again with the next attempt number; handlers get the job
+//!   id and attempt in [`JobContext`] to be idempotent. A lease expiring on the last attempt sends the job to
+//!   the dead set.
 //! - **Order.** Within a queue: higher priority first, then enqueue order. Jobs sharing an ordering key run one
 //!   at a time in enqueue order; a retrying job keeps its place and holds back later jobs of its key until it
 //!   succeeds, is discarded or dies (a dead job no longer blocks its key).
@@ -60,67 +56,48 @@
 //!   set with its error history. Arguments that do not deserialize go to the dead set at once.
 //! - **Dead set.** [`JobStore::dead`], [`JobStore::retry_dead`], [`JobStore::retry_all_dead`],
 //!   [`JobStore::discard_dead`]; trimmed to [`JobsConfig::dead_max_jobs`] and [`JobsConfig::dead_max_age`].
+//! - **Wake-ups.** Idle workers wait on the queue's [`JobQueue::wakeups`] (enqueues through this process, and
+//!   on PostgreSQL `LISTEN`/`NOTIFY` from every process) and poll ([`WorkerPoolBuilder::poll_interval`]).
 //! - **Observability.** Every run is an instrumentation event [`JOB_RUN_EVENT`] on herald-notify's global
-//!   notifier with a [`JobRun`] payload (id, type, queue, attempt, duration, outcome, metadata).
+//!   notifier with a [`JobRun`] payload (id, type, queue, attempt, duration, outcome, metadata); enqueue,
+//!   claim and complete are `tracing` spans named `herald.jobs.enqueue`, `herald.jobs.claim`,
+//!   `herald.jobs.complete`.
 //! - **Time.** Everything scheduled reads the [`Clock`] in [`JobsConfig`]; tests use [`ManualClock`].
-//!
-//! # Feature flags
-//!
-//! | feature | default | what |
-//! | --- | --- | --- |
-//! | `postgres` | no | the PostgreSQL backend: `JobStore::open_postgres`, `postgres://` in [`JobStore::open_url`], `insert_jobs_postgres` |
-//!
-//! SQLite is always there (herald-sqlite: the job tables live in the event store's SQLite file).
 //!
 //! # Where things are
 //!
 //! | item | role |
 //! | --- | --- |
-//! | [`JobStore`] | open the tables; enqueue (one, bulk, with an append); stats, list, dead-set operations |
+//! | [`JobStore`] | validate and enqueue (one, bulk, with an append); stats, list, dead-set operations |
 //! | [`WorkerPool`] | queues with concurrency, typed handlers, leases, retries, graceful shutdown |
-//! | [`AsyncHandlers`] | the append hook that writes one job per (event, async handler) |
+//! | [`AsyncHandlers`] | the routes that write one job per (event, async handler) in the append's transaction |
 //! | [`Scheduler`], [`Periodic`] | cron jobs with time zones, one enqueue per tick across processes |
-//! | [`insert_job`] | enqueue on an SQLite connection inside someone else's transaction |
-//! | `insert_jobs_postgres` | the same on a PostgreSQL client or transaction (feature `postgres`) |
 //!
-//! # Capabilities
+//! # Capabilities of the backends
 //!
-//! | capability | SQLite (same file as the events) | PostgreSQL (feature `postgres`, same schema as the events by default) |
-//! | --- | --- | --- |
-//! | enqueue (one, bulk, delayed), priorities, unique keys, per-key order, per-type limits | yes | yes |
-//! | leases, retries with backoff, dead set with limits, graceful shutdown | yes | yes |
-//! | cron exactly once per tick across processes | yes | yes |
-//! | several worker processes | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
-//! | wake-up of idle workers on enqueue | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
-//! | wake-up when a completion frees an ordering key or a limited type's slot | the same queue of this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` after the completion commits |
-//! | transactional enqueue with appends | yes: [`AsyncHandlers::hook`], [`JobStore::append_with_jobs`] | yes: `AsyncHandlers::postgres_hook`, `JobStore::append_with_jobs_postgres` (herald-postgres append hooks), `insert_jobs_postgres` in your own transaction |
-//! | every job durably committed | `synchronous = FULL` | `synchronous_commit = on` |
-//! | `herald jobs …` CLI | yes | yes |
+//! | capability | memory | SQLite (same file as the events) | PostgreSQL (same schema as the events) |
+//! | --- | --- | --- | --- |
+//! | enqueue (one, bulk, delayed), priorities, unique keys, per-key order, per-type limits | yes | yes | yes |
+//! | leases, retries with backoff, dead set with limits, graceful shutdown | yes | yes | yes |
+//! | cron exactly once per tick | yes (one process) | yes, across processes | yes, across processes |
+//! | several worker processes | no (one process) | yes (one writer at a time) | yes (`FOR UPDATE SKIP LOCKED`) |
+//! | wake-up of idle workers on enqueue | at once | this process at once, others at the poll | every process, `LISTEN`/`NOTIFY` |
+//! | transactional enqueue with appends | yes (one lock) | yes (the writer's transaction) | yes (the group commit's transaction) |
+//! | every job durably committed | no (memory) | `synchronous = FULL` | `synchronous_commit = on` |
 
-/// The job clock is herald-core's one clock.
-mod clock {
-    pub use herald_core::clock::*;
-}
 mod cron;
-mod error;
 mod events;
 mod job;
-#[cfg(feature = "postgres")]
-mod postgres;
-mod schema;
 mod store;
 mod worker;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use cron::{Periodic, Scheduler};
-pub use error::{JobError, Result};
 pub use events::{AsyncHandlers, EventJobArgs, Route};
-pub use job::{
-    Backoff, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobContext, JobResult, JobType, NewJob,
+pub use herald_core::jobs::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DeadJob, JobInfo, JobQueue, JobState, JobType, JobsConfig,
+    ListFilter, NewJob, QueueStats, Stats,
 };
-#[cfg(feature = "postgres")]
-pub use postgres::insert_jobs_postgres;
-pub use store::{
-    DeadJob, JobInfo, JobStore, JobsConfig, ListFilter, QueueStats, Stats, insert_job,
-};
+pub use herald_core::{Clock, Error, ManualClock, Result, SystemClock};
+pub use job::{Backoff, JobContext, JobResult};
+pub use store::{JobStore, MAX_LIST_LIMIT};
 pub use worker::{HandlerOptions, JOB_RUN_EVENT, JobRun, WorkerPool, WorkerPoolBuilder};

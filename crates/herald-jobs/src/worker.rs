@@ -24,10 +24,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::clock::micros;
+use herald_core::clock::micros;
+use herald_core::jobs::{Claimed, Completion, Finish, JobType};
+
 use crate::events::EventJobArgs;
-use crate::job::{Backoff, JobContext, JobResult, JobType};
-use crate::store::{Claimed, Completion, Finish, JobStore};
+use crate::job::{Backoff, JobContext, JobResult};
+use crate::store::JobStore;
 
 type HandlerFn = Arc<dyn Fn(String, JobContext) -> BoxFuture<'static, JobResult> + Send + Sync>;
 
@@ -364,7 +366,7 @@ async fn fetcher(
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let wake = Arc::clone(&shared.jobs.inner.wake);
+    let wake = shared.jobs.queue().wakeups();
     loop {
         if shared.shutdown.is_cancelled() {
             break;
