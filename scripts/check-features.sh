@@ -13,6 +13,7 @@ combinations=(
   "notify"
   "jobs"
   "postgres,es"
+  "postgres,jobs"
   "postgres,es,notify"
   "sqlite,es,notify"
   "sqlite,postgres,es"
@@ -24,9 +25,9 @@ for features in "${combinations[@]}"; do
 done
 
 # The promise DESIGN.md makes: an application on PostgreSQL does not compile SQLite (rusqlite, libsqlite3-sys,
-# herald-sqlite). jobs is left out while herald-jobs depends on herald-sqlite unconditionally.
-echo "== no SQLite in: cargo tree -p herald --no-default-features --features postgres,es,notify"
-if cargo tree -p herald --locked --no-default-features --features postgres,es,notify --prefix none --edges normal,build \
+# herald-sqlite), whichever parts it uses.
+echo "== no SQLite in: cargo tree -p herald --no-default-features --features postgres,es,jobs,notify"
+if cargo tree -p herald --locked --no-default-features --features postgres,es,jobs,notify --prefix none --edges normal,build \
   | grep -i sqlite; then
   echo "check-features: a PostgreSQL-only build of herald compiles SQLite (above)" >&2
   exit 1

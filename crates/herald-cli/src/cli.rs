@@ -86,8 +86,7 @@ enum Command {
         #[arg(long = "type")]
         types: Vec<String>,
     },
-    /// Inspect and manage durable jobs (SQLite, PostgreSQL): stats, list, dead, retry, retry-all, discard.
-    #[cfg(feature = "sqlite")]
+    /// Inspect and manage durable jobs: stats, list, dead, retry, retry-all, discard.
     Jobs(crate::jobs_cli::JobsArgs),
 }
 
@@ -172,9 +171,10 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::Store(Error::WrongExpectedVersion { .. }) => 3,
-            CliError::Store(Error::EventNotFound { .. }) | CliError::NotFound(_) => 4,
+            CliError::Store(Error::EventNotFound { .. } | Error::JobNotFound { .. })
+            | CliError::NotFound(_) => 4,
             CliError::Store(Error::InvalidInput(_)) => 5,
-            CliError::Store(Error::DuplicateEvent { .. }) => 6,
+            CliError::Store(Error::DuplicateEvent { .. } | Error::DuplicateJob { .. }) => 6,
             _ => 1,
         }
     }
@@ -201,7 +201,6 @@ pub(crate) fn usage_error(e: clap::Error) -> ExitCode {
 type CliResult<T = ()> = Result<T, CliError>;
 
 pub(crate) async fn run(cli: Cli) -> CliResult {
-    #[cfg(feature = "sqlite")]
     if let Command::Jobs(args) = cli.command {
         let mut out = Output::new();
         for line in crate::jobs_cli::run(&cli.database, args).await? {
@@ -256,7 +255,6 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
             query.from = from;
             tail(store, query, &mut out).await?;
         }
-        #[cfg(feature = "sqlite")]
         Command::Jobs(_) => unreachable!("handled before connecting"),
     }
     out.flush()

@@ -1,15 +1,15 @@
-//! `herald jobs …`: inspect and manage the durable job queue (herald-jobs) in a SQLite database, or a
-//! PostgreSQL one (`postgres://…[?schema=S]`, the job tables in the event store's schema) with the `postgres`
-//! feature.
+//! `herald jobs …`: inspect and manage the durable job queue in the database the URL names (SQLite file,
+//! PostgreSQL schema, or `memory://`, which starts empty), opened with [`herald::open`] like every other
+//! command, so URL options mean the same here as for `append` or `read`.
 //!
 //! Output: with `--json`, one JSON value a line (`stats` one object, `list`/`dead` one job a line, the
 //! operations one result object); without, the same lines as short text. Exit codes as everywhere: 4 for an
-//! unknown job id, 5 for bad input (a state that does not exist, a database URL that is neither SQLite nor
-//! PostgreSQL), 1 otherwise.
+//! unknown job id, 5 for bad input (a state that does not exist, a limit out of range, a database URL this
+//! build cannot open), 6 when a dead job's unique key is taken by a live job, 1 otherwise.
 
 use clap::{Args, Subcommand};
 use herald::Error;
-use herald::jobs::{JobError, JobStore, JobsConfig, ListFilter};
+use herald::jobs::{JobState, JobStore, ListFilter};
 use herald::uuid::Uuid;
 
 use crate::cli::CliError;
@@ -61,40 +61,18 @@ enum JobsCommand {
     },
 }
 
-fn cli_error(e: JobError) -> CliError {
-    match e {
-        JobError::NotFound(id) => CliError::NotFound(format!("job {id} not found")),
-        JobError::InvalidInput(m) => CliError::Store(Error::invalid(m)),
-        other => CliError::Store(Error::backend(other.to_string())),
-    }
-}
-
 fn parse_id(text: &str) -> Result<Uuid, CliError> {
-    Uuid::parse_str(text)
-        .map_err(|e| CliError::Store(Error::invalid(format!("`{text}` is not a UUID: {e}"))))
+    let id = Uuid::parse_str(text).map_err(|e| {
+        CliError::Store(Error::invalid(format!(
+            "`{}` is not a UUID: {e}",
+            text.escape_debug()
+        )))
+    })?;
+    Ok(id)
 }
 
 async fn open(database: &str) -> Result<JobStore, CliError> {
-    if database.starts_with("sqlite://") {
-        let url: herald::sqlite::SqliteUrl = database.parse()?;
-        return JobStore::open(&url.path, JobsConfig::default())
-            .await
-            .map_err(cli_error);
-    }
-    #[cfg(feature = "postgres")]
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return JobStore::open_postgres(database, JobsConfig::default())
-            .await
-            .map_err(cli_error);
-    }
-    Err(CliError::Store(Error::invalid(format!(
-        "herald jobs needs a sqlite://{} database (got `{database}`)",
-        if cfg!(feature = "postgres") {
-            " or postgres://"
-        } else {
-            ""
-        }
-    ))))
+    Ok(herald::open(database).await?.jobs)
 }
 
 /// Runs a `herald jobs` command; returns the lines to print.
@@ -103,7 +81,7 @@ pub(crate) async fn run(database: &str, args: JobsArgs) -> Result<Vec<String>, C
     let json = args.json;
     let lines = match args.command {
         JobsCommand::Stats => {
-            let stats = jobs.stats().await.map_err(cli_error)?;
+            let stats = jobs.stats().await?;
             if json {
                 vec![json_line(&stats)]
             } else {
@@ -128,10 +106,10 @@ pub(crate) async fn run(database: &str, args: JobsArgs) -> Result<Vec<String>, C
         } => {
             let filter = ListFilter {
                 queue,
-                state,
+                state: state.as_deref().map(str::parse::<JobState>).transpose()?,
                 limit: Some(limit),
             };
-            let list = jobs.list(filter).await.map_err(cli_error)?;
+            let list = jobs.list(filter).await?;
             list.iter()
                 .map(|j| {
                     if json {
@@ -146,7 +124,7 @@ pub(crate) async fn run(database: &str, args: JobsArgs) -> Result<Vec<String>, C
                 .collect()
         }
         JobsCommand::Dead { limit } => {
-            let dead = jobs.dead(limit).await.map_err(cli_error)?;
+            let dead = jobs.dead(limit).await?;
             dead.iter()
                 .map(|j| {
                     if json {
@@ -166,16 +144,16 @@ pub(crate) async fn run(database: &str, args: JobsArgs) -> Result<Vec<String>, C
         }
         JobsCommand::Retry { id } => {
             let id = parse_id(&id)?;
-            jobs.retry_dead(id).await.map_err(cli_error)?;
+            jobs.retry_dead(id).await?;
             vec![outcome(json, "retried", serde_json::json!({ "id": id }))]
         }
         JobsCommand::RetryAll => {
-            let n = jobs.retry_all_dead().await.map_err(cli_error)?;
+            let n = jobs.retry_all_dead().await?;
             vec![outcome(json, "retried", serde_json::json!({ "count": n }))]
         }
         JobsCommand::Discard { id } => {
             let id = parse_id(&id)?;
-            jobs.discard_dead(id).await.map_err(cli_error)?;
+            jobs.discard_dead(id).await?;
             vec![outcome(json, "discarded", serde_json::json!({ "id": id }))]
         }
     };

@@ -26,12 +26,14 @@
 //! | `sqlite` | yes | `herald::sqlite`: the embedded backend, `sqlite://PATH` URLs; with `es`, `herald::es::sqlite` (checkpoints, snapshots, projections in the same file) |
 //! | `postgres` | | `herald::postgres`: the PostgreSQL backend, `postgres://` URLs; with `es`, `herald::es::postgres`; with `jobs`, jobs in the PostgreSQL schema |
 //! | `es` | | `herald::es`: aggregates, repositories, snapshots, command bus, subscriptions, projections, process managers |
-//! | `jobs` | | `herald::jobs`: durable jobs and async event handlers (turns on `sqlite`: the job store needs it today) |
+//! | `jobs` | | `herald::jobs`: durable jobs and async event handlers (the worker pool, cron, routes) on the chosen backend's job queue |
 //! | `notify` | | `herald::notify`: instrumentation and typed domain-event pub/sub |
 //! | `full` | | all of the above |
 //!
-//! Always there: [`core`] (the event model, the [`EventStore`] port, errors; its common types are also at
-//! the root), [`memory`] (the in-memory backend, `memory://`) and [`connect`].
+//! Always there: [`core`] (the event model, the [`EventStore`] and [`JobQueue`] ports, errors; its common
+//! types are also at the root), [`memory`] (the in-memory backend, `memory://`), [`connect`] (the event store
+//! a URL names) and [`open`] (everything Herald keeps in that database: the store, its job queue, the async
+//! handlers' routes and, with `es`, the checkpoints).
 //!
 //! ```toml
 //! [dependencies]
@@ -39,14 +41,16 @@
 //! ```
 
 mod connect;
+mod open;
 
 pub use connect::{DEFAULT_DATABASE_URL, connect};
 /// The core crate: event model, the [`EventStore`] port and its errors.
 pub use herald_core as core;
 pub use herald_core::{
-    AppendResult, Direction, Error, EventStore, EventStoreExt, ExpectedVersion, Head, Limits,
-    LinkResult, NewEvent, Origin, ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo,
-    StreamName, time, timefmt, uuid,
+    AppendResult, Clock, Direction, Error, EventStore, EventStoreExt, ExpectedVersion, Head,
+    JobQueue, JobRouter, JobsConfig, Limits, LinkResult, ManualClock, NewEvent, NewJob, Origin,
+    ReadQuery, ReadScope, RecordedEvent, Result, StreamInfo, StreamName, SystemClock, time,
+    timefmt, uuid,
 };
 /// Event sourcing and CQRS: aggregates, repositories, snapshots, command bus, subscriptions, projections.
 #[cfg(feature = "es")]
@@ -65,6 +69,7 @@ pub use herald_postgres as postgres;
 /// The embedded SQLite backend.
 #[cfg(feature = "sqlite")]
 pub use herald_sqlite as sqlite;
+pub use open::{Herald, OpenOptions, open, open_with};
 
 /// The README's Rust examples run as doctests, so the README cannot drift from the code.
 #[cfg(doctest)]
