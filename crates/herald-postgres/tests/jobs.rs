@@ -277,6 +277,65 @@ async fn router_jobs_commit_with_the_append_and_never_for_a_refused_one() {
     assert_eq!(kinds, ["project", "project", "project", "notify"]);
 }
 
+/// A router's jobs are written in the append's own transaction: an `append_with` statement that fails on the
+/// server after them rolls the whole append back, the router's jobs with it, and leaves no gap in the global
+/// order (moved from herald-jobs, where `AsyncHandlers` was the router).
+#[tokio::test]
+async fn router_jobs_roll_back_with_an_append_whose_extra_fails_on_the_server() {
+    if !support::postgres_available(
+        "router_jobs_roll_back_with_an_append_whose_extra_fails_on_the_server",
+    )
+    .await
+    {
+        return;
+    }
+    let clock = ManualClock::at_micros(1_700_000_000_000_000);
+    let router = Arc::new(PerEvent {
+        clock: clock.clone(),
+    });
+    let (store, _schema) = support::fresh_store(|c| c.with_job_router(router)).await;
+    let queue = store
+        .job_queue(JobsConfig::default().clock(clock.clone()))
+        .await
+        .unwrap();
+    let order = stream("order-6");
+    let err = store
+        .append_with(
+            &order,
+            vec![NewEvent::new("OrderPlaced")],
+            ExpectedVersion::Any,
+            Box::new(|_, writes| {
+                writes.push("SELECT 1 / 0", vec![])?;
+                Ok(())
+            }),
+        )
+        .await
+        .expect_err("the extra fails on the server");
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(live_jobs(&queue).await.is_empty());
+    assert_eq!(store.stream_version(&order).await.unwrap(), None);
+
+    let caller = NewJob::raw("notify", "{}");
+    let ok = store
+        .append_with_jobs(
+            &order,
+            vec![NewEvent::new("OrderPlaced")],
+            ExpectedVersion::NoStream,
+            vec![caller],
+            clock.now_micros(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.first_position, 1, "the rolled-back append left no gap");
+    let mut kinds: Vec<String> = live_jobs(&queue)
+        .await
+        .into_iter()
+        .map(|j| j.kind)
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["notify", "project"]);
+}
+
 #[tokio::test]
 async fn another_handles_queue_wakes_when_an_append_with_jobs_commits() {
     if !support::postgres_available("another_handles_queue_wakes_when_an_append_with_jobs_commits")
@@ -323,14 +382,29 @@ async fn opening_from_a_url_names_bad_options_and_describes_without_the_password
     }
     let server = support::database_url();
     let separator = if server.contains('?') { '&' } else { '?' };
-    for (option, value) in [("pool_size", "0"), ("pool_size", "many"), ("schema", "Bad")] {
+    for (option, value) in [
+        ("pool_size", "0"),
+        ("pool_size", "many"),
+        ("schema", "Bad"),
+        ("schema", "Bad-Name"),
+        // PostgreSQL's reserved prefix.
+        ("schema", "pg_jobs"),
+    ] {
         let url = format!("{server}{separator}{option}={value}");
         match PostgresJobQueue::open_url(&url).await {
             Err(Error::InvalidInput(message)) => {
-                assert!(message.contains(option), "{option}={value}: {message}")
+                assert!(message.contains(option), "{option}={value}: {message}");
+                if option == "schema" {
+                    assert!(message.contains(value), "{option}={value}: {message}");
+                }
             }
             other => panic!("{option}={value}: {other:?}"),
         }
+    }
+    // Another database's URL is refused before any connection, naming what it got.
+    match PostgresJobQueue::open_url("mysql://root@localhost/test").await {
+        Err(Error::InvalidInput(message)) => assert!(message.contains("mysql://"), "{message}"),
+        other => panic!("mysql://: {other:?}"),
     }
 
     // The test server trusts its clients, so a password is accepted and ignored: it must not be shown.
