@@ -5,13 +5,16 @@
 //! one-by-one enqueues, default 5000; `JOBS_SAMPLES` latency samples, default 500; `JOBS_DIR` where the
 //! database goes, default a temporary directory; `JOBS_BACKEND=postgres` runs on PostgreSQL at `JOBS_PG_URL`
 //! (default `postgres://root@127.0.0.1:5432/test`), each part in a fresh schema dropped afterwards). Prints
-//! `RESULT {"metric":…,"value":…}` lines like the Sidekiq scripts in `shared/bench/ruby`.
+//! `RESULT {"metric":…,"value":…}` lines like the Sidekiq scripts in `shared/bench/ruby`. The queue is the
+//! backend's own: `herald_sqlite::SqliteJobQueue` on a file, `herald_postgres::PostgresJobQueue` on a schema.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_jobs::{JobResult, JobStore, JobsConfig, ListFilter, NewJob, WorkerPool};
+use herald_postgres::{PostgresJobQueue, tokio_postgres};
+use herald_sqlite::SqliteJobQueue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +49,19 @@ fn schema_of(name: &str) -> String {
     format!("hjbench_{}", name.trim_end_matches(".db").replace('-', "_"))
 }
 
-async fn open(dir: &std::path::Path, name: &str) -> JobStore {
+/// `url` (the PostgreSQL server) with `schema=SCHEMA` added.
+fn schema_url(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={schema}")
+}
+
+/// One part's job queue, and its PostgreSQL schema (dropped by [`close`]).
+struct Part {
+    jobs: JobStore,
+    schema: Option<String>,
+}
+
+async fn open(dir: &std::path::Path, name: &str) -> Part {
     let full = std::env::var("JOBS_SYNC").map_or(true, |s| s != "normal");
     let lazy = std::env::var("JOBS_PROGRESS").is_ok_and(|p| p == "lazy");
     let config = JobsConfig::default()
@@ -56,19 +71,30 @@ async fn open(dir: &std::path::Path, name: &str) -> JobStore {
         Some(url) => {
             let schema = schema_of(name);
             pg_execute(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
-            let sep = if url.contains('?') { '&' } else { '?' };
-            JobStore::open_postgres(&format!("{url}{sep}schema={schema}"), config)
+            let queue = PostgresJobQueue::open(&schema_url(&url, &schema), config)
                 .await
-                .expect("open")
+                .expect("open");
+            Part {
+                jobs: JobStore::from(queue),
+                schema: Some(schema),
+            }
         }
-        None => JobStore::open(dir.join(name), config).await.expect("open"),
+        None => Part {
+            jobs: JobStore::from(
+                SqliteJobQueue::open(dir.join(name), config)
+                    .await
+                    .expect("open"),
+            ),
+            schema: None,
+        },
     }
 }
 
 /// Drops a part's PostgreSQL schema (the SQLite files go with the temporary directory).
-async fn close(jobs: JobStore) {
-    if let (Some(url), Some(schema)) = (postgres(), jobs.postgres_schema().map(str::to_owned)) {
-        drop(jobs);
+async fn close(part: Part) {
+    let Part { jobs, schema } = part;
+    drop(jobs);
+    if let (Some(url), Some(schema)) = (postgres(), schema) {
         pg_execute(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
     }
 }
@@ -78,7 +104,8 @@ fn noop(i: usize) -> NewJob {
 }
 
 async fn drain(dir: &std::path::Path, n: usize, concurrency: usize) -> f64 {
-    let jobs = open(dir, &format!("drain-{concurrency}.db")).await;
+    let part = open(dir, &format!("drain-{concurrency}.db")).await;
+    let jobs = part.jobs.clone();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         jobs.enqueue_bulk(chunk.iter().map(|i| noop(*i)).collect())
             .await
@@ -117,7 +144,8 @@ async fn drain(dir: &std::path::Path, n: usize, concurrency: usize) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     pool.join().await;
-    close(jobs).await;
+    drop(jobs);
+    close(part).await;
     n as f64 / elapsed
 }
 
@@ -149,7 +177,8 @@ async fn main() {
 
 async fn enqueue(dir: &std::path::Path, n: usize, single: usize) {
     // Enqueue one by one from one task: one commit (fsync) each.
-    let jobs = open(dir, "enqueue.db").await;
+    let part = open(dir, "enqueue.db").await;
+    let jobs = part.jobs.clone();
     let t = Instant::now();
     for i in 0..single {
         jobs.enqueue(noop(i)).await.expect("enqueue");
@@ -183,7 +212,8 @@ async fn enqueue(dir: &std::path::Path, n: usize, single: usize) {
     );
 
     // Bulk: 1000 jobs per call.
-    let bulk = open(dir, "bulk.db").await;
+    let bulk_part = open(dir, "bulk.db").await;
+    let bulk = bulk_part.jobs.clone();
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         bulk.enqueue_bulk(chunk.iter().map(|i| noop(*i)).collect())
@@ -195,28 +225,30 @@ async fn enqueue(dir: &std::path::Path, n: usize, single: usize) {
         n as f64 / t.elapsed().as_secs_f64(),
         "jobs/s",
     );
-    close(jobs).await;
-    close(bulk).await;
+    drop((jobs, bulk));
+    close(part).await;
+    close(bulk_part).await;
 }
 
 async fn latency(dir: &std::path::Path, samples: usize) {
     // Enqueue → start latency with idle workers; the enqueue goes through the workers' own store handle,
     // which wakes them in process.
-    let jobs = open(dir, "latency.db").await;
-    let lat = measure_latency(&jobs, &jobs, samples).await;
+    let part = open(dir, "latency.db").await;
+    let jobs = &part.jobs;
+    let lat = measure_latency(jobs, jobs, samples).await;
     report_latency("latency", lat);
     // On PostgreSQL also through a second handle, as another process would: only LISTEN/NOTIFY wakes them.
-    if let (Some(url), Some(schema)) = (postgres(), jobs.postgres_schema()) {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let other =
-            JobStore::open_postgres(&format!("{url}{sep}schema={schema}"), JobsConfig::default())
+    if let (Some(url), Some(schema)) = (postgres(), part.schema.as_deref()) {
+        let other = JobStore::from(
+            PostgresJobQueue::open(&schema_url(&url, schema), JobsConfig::default())
                 .await
-                .expect("open a second handle");
-        let lat = measure_latency(&jobs, &other, samples).await;
+                .expect("open a second handle"),
+        );
+        let lat = measure_latency(jobs, &other, samples).await;
         report_latency("latency_notify", lat);
         drop(other);
     }
-    close(jobs).await;
+    close(part).await;
 }
 
 async fn measure_latency(workers: &JobStore, enqueuer: &JobStore, samples: usize) -> Vec<Duration> {

@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::{Kind, eventually};
-use herald_jobs::{JobResult, JobStore, JobsConfig, ListFilter, NewJob, WorkerPool};
+use common::{Fixture, eventually};
+use herald_jobs::{JobResult, JobState, JobsConfig, ListFilter, NewJob, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
 const JOBS: u64 = 20;
@@ -30,7 +30,7 @@ async fn crash_child() {
     ) else {
         return;
     };
-    let jobs = JobStore::open_url(&db, config()).await.unwrap();
+    let jobs = common::open_url(&db, config()).await.unwrap();
     let stop = CancellationToken::new();
     let _pool = WorkerPool::builder(jobs)
         .queue("default", 4)
@@ -55,23 +55,11 @@ async fn crash_child() {
     std::future::pending::<()>().await;
 }
 
-#[tokio::test]
-async fn sigkill_mid_job_loses_nothing_sqlite() {
-    sigkill_mid_job_loses_nothing(Kind::Sqlite).await;
-}
-
-#[tokio::test]
-async fn sigkill_mid_job_loses_nothing_postgres() {
-    if common::postgres_available("sigkill_mid_job_loses_nothing_postgres").await {
-        sigkill_mid_job_loses_nothing(Kind::Postgres).await;
-    }
-}
-
-async fn sigkill_mid_job_loses_nothing(kind: Kind) {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, _schema) = common::fresh_url(kind, dir.path());
-    let log = dir.path().join("done.log");
-    let jobs = JobStore::open_url(&db, config()).await.unwrap();
+async fn sigkill_mid_job_loses_nothing(f: Fixture) {
+    // The fixture's database, through a handle on the system clock with a 1 s lease (what the child uses).
+    let db = f.url.clone();
+    let log = f.dir.path().join("done.log");
+    let jobs = common::open_url(&db, config()).await.unwrap();
     let all: Vec<NewJob> = (0..JOBS)
         .map(|i| NewJob::raw("work", i.to_string()))
         .collect();
@@ -106,7 +94,7 @@ async fn sigkill_mid_job_loses_nothing(kind: Kind) {
     child.wait().unwrap();
     let running = jobs
         .list(ListFilter {
-            state: Some("running".into()),
+            state: Some(JobState::Running),
             ..Default::default()
         })
         .await
@@ -158,3 +146,5 @@ async fn sigkill_mid_job_loses_nothing(kind: Kind) {
     assert_eq!(done, (0..JOBS).collect(), "nothing lost");
     assert!(jobs.dead(10).await.unwrap().is_empty());
 }
+
+database_backends!(sigkill_mid_job_loses_nothing);

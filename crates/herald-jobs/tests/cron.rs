@@ -2,7 +2,7 @@
 
 mod common;
 
-use herald_jobs::{JobStore, JobsConfig, ListFilter, NewJob, Periodic, Scheduler};
+use herald_jobs::{JobsConfig, ListFilter, NewJob, Periodic, Scheduler};
 
 // 2026-01-15T00:00:00Z and 2026-07-15T00:00:00Z.
 const JAN_15: i64 = 1_768_435_200_000_000;
@@ -96,7 +96,7 @@ async fn cron_child() {
     let Ok(path) = std::env::var("HERALD_JOBS_CRON_URL") else {
         return;
     };
-    let jobs = JobStore::open_url(&path, JobsConfig::default().full_sync(false))
+    let jobs = common::open_url(&path, JobsConfig::default().full_sync(false))
         .await
         .unwrap();
     let s = Scheduler::new(jobs, schedules());
@@ -178,8 +178,14 @@ async fn a_running_scheduler_enqueues_when_the_clock_reaches_a_tick(f: common::F
     assert!(all.iter().all(|j| j.kind == "tick"));
 }
 
-both_backends!(
+all_backends!(
     two_store_handles_racing_enqueue_each_tick_once,
-    cron_exactly_once_across_processes,
     a_running_scheduler_enqueues_when_the_clock_reaches_a_tick,
 );
+
+/// Worker processes need a database they can open (a file or a schema).
+mod processes {
+    use super::*;
+
+    database_backends!(cron_exactly_once_across_processes);
+}

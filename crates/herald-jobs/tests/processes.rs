@@ -1,6 +1,7 @@
-//! Two worker processes on one PostgreSQL job queue never run the same job twice at once, and together run
-//! every job: each process (this test binary re-run as a child) has a pool of 8 workers; every run is logged
-//! with its start and end (wall clock, shared by the processes) and checked afterwards for overlaps.
+//! Two worker processes on one job queue (a PostgreSQL schema, or an SQLite file) never run the same job twice
+//! at once, and together run every job: each process (this test binary re-run as a child) has a pool of 8
+//! workers; every run is logged with its start and end (wall clock, shared by the processes) and checked
+//! afterwards for overlaps.
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_jobs::{JobResult, JobStore, JobsConfig, ListFilter, NewJob, WorkerPool};
+use common::Fixture;
+use herald_jobs::{JobResult, JobsConfig, ListFilter, NewJob, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
 const JOBS: u64 = 4000;
@@ -33,9 +35,7 @@ async fn worker_process() {
     ) else {
         return;
     };
-    let jobs = JobStore::open_url(&url, JobsConfig::default())
-        .await
-        .unwrap();
+    let jobs = common::open_url(&url, JobsConfig::default()).await.unwrap();
     let runs: Arc<Mutex<Vec<(u64, u128, u128)>>> = Arc::default();
     let r = Arc::clone(&runs);
     let stop = CancellationToken::new();
@@ -75,16 +75,10 @@ async fn worker_process() {
     println!("DONE");
 }
 
-#[tokio::test]
-async fn two_processes_never_run_a_job_twice_at_once() {
-    if !common::postgres_available("two_processes_never_run_a_job_twice_at_once").await {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _schema) = common::fresh_url(common::Kind::Postgres, dir.path());
-    let jobs = JobStore::open_url(&url, JobsConfig::default())
-        .await
-        .unwrap();
+async fn two_processes_never_run_a_job_twice_at_once(f: Fixture) {
+    let dir = &f.dir;
+    let url = f.url.clone();
+    let jobs = common::open_url(&url, JobsConfig::default()).await.unwrap();
     let mut children = Vec::new();
     for n in 0..2 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -121,7 +115,8 @@ async fn two_processes_never_run_a_job_twice_at_once() {
         assert!(ready, "a worker process did not start");
         waiting.push((child, lines));
     }
-    // Both pools are idle and listening: enqueue now (LISTEN/NOTIFY wakes both).
+    // Both pools are idle (and on PostgreSQL listening): enqueue now (LISTEN/NOTIFY wakes both; on SQLite
+    // they find the jobs at their next poll).
     for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
         jobs.enqueue_bulk(
             chunk
@@ -187,3 +182,5 @@ async fn two_processes_never_run_a_job_twice_at_once() {
     );
     assert!(jobs.dead(10).await.unwrap().is_empty());
 }
+
+database_backends!(two_processes_never_run_a_job_twice_at_once);

@@ -26,8 +26,12 @@ pub enum Kind {
 pub struct Fixture {
     pub kind: Kind,
     pub dir: tempfile::TempDir,
-    /// The event store on the same database as `jobs` (with the router given to `fixture_routed`).
+    /// The event store on the same database as `jobs` (with the router given to `fixture_with`).
     pub store: Arc<dyn EventStore>,
+    /// `store` itself when it is SQLite's (for what only SQLite has: `append_with`).
+    pub sqlite: Option<Arc<SqliteStore>>,
+    /// `store` itself when it is PostgreSQL's.
+    pub postgres: Option<Arc<PostgresStore>>,
     pub jobs: JobStore,
     pub clock: ManualClock,
     /// The database URL (`memory://`, `sqlite://…` or `postgres://…?schema=…`).
@@ -82,16 +86,17 @@ pub fn fresh_url(kind: Kind, dir: &std::path::Path) -> (String, Option<TestSchem
 
 /// A fresh store and job queue of `kind` on a manual clock; `None` when PostgreSQL is unreachable outside CI.
 pub async fn fixture(kind: Kind, test: &str) -> Option<Fixture> {
-    fixture_with(kind, test, |clock| config(clock), None).await
+    fixture_with(kind, test, config, |_| None).await
 }
 
-/// [`fixture`] whose event store writes the jobs `router` computes in every append's transaction, the job
-/// queue opened with `config(clock)`.
+/// [`fixture`] with the job queue opened with `config(clock)`, and whose event store writes the jobs of the
+/// router `router(&that config)` returns (if any) in every append's transaction (`AsyncHandlers::new(config)`
+/// stamps its jobs with the queue's clock).
 pub async fn fixture_with(
     kind: Kind,
     test: &str,
     config: impl FnOnce(&ManualClock) -> JobsConfig,
-    router: Option<Arc<dyn JobRouter>>,
+    router: impl FnOnce(&JobsConfig) -> Option<Arc<dyn JobRouter>>,
 ) -> Option<Fixture> {
     if kind == Kind::Postgres && !postgres_available(test).await {
         return None;
@@ -99,7 +104,9 @@ pub async fn fixture_with(
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at_micros(1_700_000_000_000_000);
     let config = config(&clock);
+    let router = router(&config);
     let (url, schema) = fresh_url(kind, dir.path());
+    let (mut sqlite, mut postgres) = (None, None);
     let (store, jobs, memory): (Arc<dyn EventStore>, JobStore, _) = match kind {
         Kind::Memory => {
             let store = match router {
@@ -118,7 +125,9 @@ pub async fn fixture_with(
                 .await
                 .unwrap();
             let jobs = JobStore::from(store.job_queue(config).await.unwrap());
-            (Arc::new(store), jobs, None)
+            let store = Arc::new(store);
+            sqlite = Some(Arc::clone(&store));
+            (store, jobs, None)
         }
         Kind::Postgres => {
             let schema_name = schema.as_ref().map(|s| s.name().to_owned()).unwrap();
@@ -126,20 +135,22 @@ pub async fn fixture_with(
             if let Some(router) = router {
                 store_config = store_config.with_job_router(router);
             }
-            let store = PostgresStore::open(
-                &herald_store_testkit::postgres::server_url(),
-                store_config,
-            )
-            .await
-            .unwrap();
+            let store =
+                PostgresStore::open(&herald_store_testkit::postgres::server_url(), store_config)
+                    .await
+                    .unwrap();
             let jobs = JobStore::from(store.job_queue(config).await.unwrap());
-            (Arc::new(store), jobs, None)
+            let store = Arc::new(store);
+            postgres = Some(Arc::clone(&store));
+            (store, jobs, None)
         }
     };
     Some(Fixture {
         kind,
         dir,
         store,
+        sqlite,
+        postgres,
         jobs,
         clock,
         url,
