@@ -1,52 +1,77 @@
-//! The seed flow of Herald, end to end, on SQLite.
+//! The seed flow of Herald, end to end, on any database: the database URL is the only input, and the same code
+//! runs on `memory://`, `sqlite://` and `postgres://`.
 //!
 //! Run it (from the repository root):
 //!
 //! ```text
-//! cargo run -p herald-example-seed                  # writes ./seed.db and ./seed-outbox.log
-//! cargo run -p herald-example-seed -- /tmp/demo.db  # or any path
+//! cargo run -p herald-example-seed                              # sqlite://seed.db: ./seed.db, ./seed-outbox.log
+//! cargo run -p herald-example-seed -- sqlite:///tmp/demo.db     # outbox /tmp/demo-outbox.log
+//! cargo run -p herald-example-seed -- memory://                 # gone at exit; outbox ./seed-memory-outbox.log
+//! cargo run -p herald-example-seed -- 'postgres://root@127.0.0.1:5432/test?schema=seed'
+//!                                                               # schema `seed`; outbox ./seed-postgres-outbox.log
+//! cargo run -p herald-example-seed -- URL OUTBOX                # any URL, the outbox file named
 //! ```
 //!
-//! then inspect the database with the CLI:
+//! Arguments: `[URL] [OUTBOX]`. The URL defaults to `sqlite://seed.db`. The outbox is the file the "welcome
+//! emails" go to, one line each: `OUTBOX` when given, else beside a `sqlite://PATH` file (`PATH`'s stem +
+//! `-outbox.log`), else `seed-SCHEME-outbox.log` in the working directory (shared by every PostgreSQL schema
+//! you run it on: lines are keyed by event id, so that only mixes them).
+//!
+//! Then inspect the database with the CLI (any URL but `memory://`):
 //!
 //! ```text
 //! cargo run -p herald-cli -- --database sqlite://seed.db read --category user
 //! cargo run -p herald-cli -- --database sqlite://seed.db streams
+//! cargo run -p herald-cli -- --database sqlite://seed.db jobs stats
 //! ```
 //!
-//! What happens:
+//! What happens — everything through `herald::open_with(url, …)`, which opens the event store, its job queue,
+//! the async handlers' routes and the checkpoints in that one database:
 //!
-//! 1. `RegisterUser` commands go through the command bus (logging, correlation, validation, timing
+//! 1. `RegisterUser` commands go through the command bus (correlation, logging, timing, validation
 //!    middleware) to the `User` aggregate, which decides `UserRegistered` (or refuses a duplicate).
-//! 2. A durable subscription (the welcome-email handler) sends each new user a "welcome email" — here a line
-//!    in `seed-outbox.log` — and checkpoints in the same SQLite file, so a re-run sends no email twice.
-//! 3. A projection keeps a `users` table (read model) in the same file, in one transaction with its
-//!    checkpoint.
-//! 4. An `Order` aggregate shows optimistic concurrency: two clients load the same version, the second save
-//!    is refused with a version conflict; concurrent commands succeed through the retrying repository.
+//! 2. The welcome email is an async event handler: the route `send_welcome` on `UserRegistered` makes the store
+//!    write one job (queue `mailers`) in the append's own transaction — no user without their email job, no job
+//!    for a refused command. A [`WorkerPool`] runs the jobs and appends a line to the outbox. Delivery is at
+//!    least once (a job whose worker died runs again after its lease), so the handler looks the event id up in
+//!    the outbox first: a redelivery or a re-run never sends an email twice. On SQLite and PostgreSQL the jobs
+//!    outlive the process: a job left by an interrupted run is sent by the next. The program waits (30 s at
+//!    most) until `mailers` has no job available, scheduled or running, then shuts the pool down.
+//! 3. The `users` read model is a [`Projector`] over the `user` category, checkpointed in `herald.checkpoints`.
+//!    It lives in memory, so it is rebuilt at each start ([`Projector::rebuild`]: empty it, delete the
+//!    checkpoint, replay the category). A durable read model in the application's own tables, written in one
+//!    transaction with its checkpoint (exactly once), is what `herald::es::sqlite::SqliteProjection` and
+//!    `herald::es::postgres::PostgresProjection` are for — backend-specific, because the tables are.
+//! 4. An `Order` aggregate shows optimistic concurrency: two clients load the same version, the second save is
+//!    refused with a version conflict; concurrent commands succeed through the retrying repository; a command
+//!    delivered twice is executed once. Its snapshots (every 5 versions) are kept in the event store itself
+//!    ([`EventStoreSnapshotStore`]: streams `snapshot-order-…`), which works on every backend.
+//! 5. Every command's duration comes back through the instrumentation API (`herald::notify`).
 //!
-//! Run it twice: the second run finds the users already registered, sends no email, and adds a new order.
+//! Run it twice on one SQLite file or PostgreSQL schema: the second run finds the users already registered,
+//! sends no email, and adds a new order. On `memory://` every run starts empty.
 //!
-//! It is written the way an application would be: against the `herald` facade alone (features `sqlite`, `es`,
-//! `notify`), reaching SQLite's transaction type through `herald::sqlite::rusqlite`.
+//! It is written the way an application would be: against the `herald` facade alone (features `sqlite`,
+//! `postgres`, `es`, `jobs`, `notify`), with no backend named in the code.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use herald::es::bus::{
     Command, CommandBus, CommandTiming, Correlation, Logging, Timing, Validation, command_fn,
 };
-use herald::es::sqlite::{
-    SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
-};
 use herald::es::{
-    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, Envelope, EventSet,
-    ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
+    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, EventSet,
+    EventStoreSnapshotStore, ExecuteError, Projector, ReadModel, Repository, RetryPolicy,
+    SnapshotPolicy, Subscription,
 };
-use herald::sqlite::rusqlite::{self, Transaction};
-use herald::sqlite::{SqliteConfig, SqliteStore};
-use herald::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
+use herald::jobs::{JobContext, JobResult, JobStore, Route, WorkerPool};
+use herald::{
+    EventStore, EventStoreExt, JobsConfig, OpenOptions, ReadQuery, RecordedEvent, StreamName,
+};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------------- users
@@ -109,31 +134,6 @@ impl Command for RegisterUser {
             return Err("name is empty".into());
         }
         Ok(())
-    }
-}
-
-/// The `users` read model.
-struct UsersTable;
-
-impl SqliteReadModel for UsersTable {
-    fn setup(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS users (
-                 email TEXT PRIMARY KEY, name TEXT NOT NULL, registered_at TEXT NOT NULL)",
-        )
-    }
-    fn apply(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
-        let UserEvent::UserRegistered { email, name } =
-            UserEvent::decode(&event.event_type, serde_json::from_str(&event.data)?)?;
-        let at = herald::timefmt::format_rfc3339_micros(event.recorded_at);
-        tx.execute(
-            "INSERT OR REPLACE INTO users (email, name, registered_at) VALUES (?1, ?2, ?3)",
-            [email, name, at],
-        )?;
-        Ok(())
-    }
-    fn reset(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        tx.execute("DELETE FROM users", []).map(|_| ())
     }
 }
 
@@ -212,11 +212,155 @@ impl Command for OrderCmd {
     type Error = ExecuteError<OrderError>;
 }
 
+// ----------------------------------------------------------------------------------- welcome emails
+
+/// The async event handler's name (the kind of its jobs) and its queue.
+const SEND_WELCOME: &str = "send_welcome";
+const MAILERS: &str = "mailers";
+
+/// The "mail server": a file with one line per email, ending with `(event ID)` — the key that makes sending
+/// idempotent.
+struct Outbox {
+    path: PathBuf,
+    /// Look-up and append are one step for the workers of this process.
+    lock: Mutex<()>,
+}
+
+impl Outbox {
+    fn key(event_id: herald::uuid::Uuid) -> String {
+        format!("(event {event_id})")
+    }
+
+    /// Appends `line` for `event_id` unless a line for that event is already there; `false` when it was.
+    fn send_once(&self, event_id: herald::uuid::Uuid, line: &str) -> std::io::Result<bool> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Self::key(event_id);
+        let sent = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text.lines().any(|l| l.ends_with(&key)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if sent {
+            return Ok(false);
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(file, "{line}  {key}")?;
+        file.sync_data()?;
+        Ok(true)
+    }
+}
+
+/// The `send_welcome` handler: runs once per `UserRegistered` (at least once; idempotent by event id).
+async fn send_welcome(outbox: &Outbox, event: RecordedEvent, ctx: JobContext) -> JobResult {
+    // Typed: the event is decoded (and upcast, were there old versions) into `UserEvent`.
+    let UserEvent::UserRegistered { email, name } =
+        match Codec::<UserEvent>::default().decode_event(&event) {
+            Ok(e) => e,
+            Err(e) => return JobResult::fail(e),
+        };
+    let line = format!("To: {name} <{email}>  Subject: Welcome to Herald!");
+    match outbox.send_once(event.id, &line) {
+        Ok(true) => {
+            println!(
+                "  [email] welcome email sent to {email} (job {}, attempt {})",
+                ctx.id, ctx.attempt
+            );
+            JobResult::Success
+        }
+        Ok(false) => {
+            println!(
+                "  [mailer] {email}: already in the outbox for event {}, not sent again",
+                event.id
+            );
+            JobResult::Success
+        }
+        // Retried with backoff, then the dead set (`herald jobs dead`).
+        Err(e) => JobResult::fail(format!("writing to the outbox: {e}")),
+    }
+}
+
+/// Waits until `queue` has no job available, scheduled or running, for at most `within`; returns the jobs left.
+async fn drain(jobs: &JobStore, queue: &str, within: Duration) -> herald::Result<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: u64 = jobs
+            .stats()
+            .await?
+            .queues
+            .iter()
+            .filter(|q| q.queue == queue)
+            .map(|q| q.available + q.scheduled + q.running)
+            .sum();
+        if left == 0 || Instant::now() >= deadline {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------ users read model
+
+/// The `users` read model: email → (name, registered at), in memory.
+#[derive(Default)]
+struct Users {
+    rows: Mutex<BTreeMap<String, (String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl ReadModel for Users {
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        let UserEvent::UserRegistered { email, name } =
+            Codec::<UserEvent>::default().decode_event(event)?;
+        let at = herald::timefmt::format_rfc3339_micros(event.recorded_at);
+        // Keyed by email: applying an event again (at-least-once delivery) changes nothing.
+        self.rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(email, (name, at));
+        Ok(())
+    }
+    async fn reset(&self) -> Result<(), BoxError> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+}
+
 // ----------------------------------------------------------------------------------------------- main
 
-fn outbox_path(db: &Path) -> PathBuf {
-    let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("seed");
-    db.with_file_name(format!("{stem}-outbox.log"))
+/// The outbox file: the one given, else beside a SQLite file, else in the working directory.
+fn outbox_path(url: &str, given: Option<String>) -> PathBuf {
+    if let Some(path) = given {
+        return PathBuf::from(path);
+    }
+    match url.strip_prefix("sqlite://") {
+        Some(rest) => {
+            let db = Path::new(rest.split('?').next().unwrap_or(rest));
+            let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("seed");
+            db.with_file_name(format!("{stem}-outbox.log"))
+        }
+        None => {
+            let scheme = url.split("://").next().unwrap_or("db");
+            PathBuf::from(format!("seed-{scheme}-outbox.log"))
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, for printing.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 async fn last_position(store: &dyn EventStore, category: &str) -> u64 {
@@ -235,14 +379,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let db = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "seed.db".into()));
-    let outbox = outbox_path(&db);
-    println!("database: {}   outbox: {}", db.display(), outbox.display());
+    let mut args = std::env::args().skip(1);
+    let url = args.next().unwrap_or_else(|| "sqlite://seed.db".into());
+    let outbox = Arc::new(Outbox {
+        path: outbox_path(&url, args.next()),
+        lock: Mutex::new(()),
+    });
+    let shown = redacted(&url);
+    println!("database: {shown}   outbox: {}", outbox.path.display());
 
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(&db, SqliteConfig::default()).await?);
-    let checkpoints = Arc::new(SqliteCheckpointStore::open(&db).await?);
-    let snapshots = Arc::new(SqliteSnapshotStore::open(&db).await?);
+    // Everything in one database: the event store, its job queue, the async handlers' routes, checkpoints.
+    // A worker that dies mid-job loses it to the next worker (or run) after 10 s.
+    let herald = herald::open_with(
+        &url,
+        OpenOptions {
+            jobs: JobsConfig::default().lease(Duration::from_secs(10)),
+        },
+    )
+    .await?;
+    // From now on every append of `UserRegistered` writes a `send_welcome` job in its own transaction.
+    herald
+        .handlers
+        .route(Route::new(SEND_WELCOME, &["UserRegistered"]).queue(MAILERS));
 
     // Command timings through the instrumentation API.
     let timings: Arc<Mutex<Vec<CommandTiming>>> = Arc::default();
@@ -260,10 +418,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .guard();
 
-    let users = Repository::<User>::new(store.clone());
+    let users = Repository::<User>::new(herald.store.clone());
     // 8 concurrent writers on one stream need up to 8 rounds: allow more attempts than the default.
-    let orders = Repository::<Order>::new(store.clone())
-        .with_snapshots(snapshots, SnapshotPolicy::every(5))
+    let orders = Repository::<Order>::new(herald.store.clone())
+        .with_snapshots(
+            Arc::new(EventStoreSnapshotStore::new(herald.store.clone())),
+            SnapshotPolicy::every(5),
+        )
         .with_retry(RetryPolicy {
             max_attempts: 30,
             ..RetryPolicy::default()
@@ -298,52 +459,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }))
         .build();
 
-    // Background: welcome emails (durable subscription) and the users read model (projection).
+    // Background: the welcome emails (worker pool) and the users read model (projector).
     let cancel = CancellationToken::new();
-    let mailer = Arc::new(
-        Subscription::category("welcome-email", "user", store.clone(), checkpoints.clone())?
-            .types(["UserRegistered"])?,
-    );
-    let mailer_task = tokio::spawn({
-        let (mailer, cancel, outbox) = (mailer.clone(), cancel.clone(), outbox.clone());
-        async move {
-            // Typed: each event is decoded (and upcast, were there old versions) into `UserEvent`.
-            let send = typed_handler(
-                Codec::<UserEvent>::default(),
-                move |e: Envelope<UserEvent>| {
-                    let outbox = outbox.clone();
-                    async move {
-                        let UserEvent::UserRegistered { email, name } = e.event;
-                        let mut file = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&outbox)?;
-                        writeln!(
-                            file,
-                            "To: {name} <{email}>  Subject: Welcome to Herald!  (event {})",
-                            e.id
-                        )?;
-                        println!("  [email] welcome email sent to {email}");
-                        Ok::<(), BoxError>(())
-                    }
-                },
-            );
-            mailer.run(&send, &cancel).await
-        }
-    });
-    let projection = Arc::new(
-        SqliteProjection::open(
-            "users",
-            &db,
-            ReadScope::Category("user".into()),
-            store.clone(),
-            UsersTable,
-        )
-        .await?,
-    );
-    let projection_task = tokio::spawn({
-        let (p, c) = (projection.clone(), cancel.clone());
-        async move { p.run(&c).await }
+    let pool = WorkerPool::builder(herald.jobs.clone())
+        .queue(MAILERS, 2)
+        // Async handlers load their event from the store; its commits wake the pool.
+        .events(herald.store.clone())
+        .handle_events(SEND_WELCOME, {
+            let outbox = outbox.clone();
+            move |event, ctx| {
+                let outbox = outbox.clone();
+                async move { send_welcome(&outbox, event, ctx).await }
+            }
+        })
+        .start(cancel.clone());
+    let projector = Arc::new(Projector::new(
+        Subscription::category(
+            "users-in-memory",
+            "user",
+            herald.store.clone(),
+            herald.checkpoints.clone(),
+        )?,
+        Arc::new(Users::default()),
+    ));
+    let projector_task = tokio::spawn({
+        let (p, c) = (projector.clone(), cancel.clone());
+        async move { p.rebuild(&c).await }
     });
 
     println!("\n1. registering users through the command bus");
@@ -375,36 +516,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     }
 
-    // Wait (on the subscriptions' progress, not on a timer) until both have handled every user event.
-    let target = last_position(&*store, "user").await;
+    // The jobs were committed with the events: wait until the workers have done them (bounded), and until the
+    // read model has every user event (on the projector's progress, not on a timer).
+    let left = drain(&herald.jobs, MAILERS, Duration::from_secs(30)).await?;
+    if left > 0 {
+        println!(
+            "  {left} welcome-email jobs still pending after 30 s: they stay queued (`herald jobs list`), a later run sends them"
+        );
+    }
+    let target = last_position(&*herald.store, "user").await;
     if target > 0 {
-        mailer
-            .progress()
-            .wait_for(|p| p.is_some_and(|p| p >= target))
-            .await?;
-        projection
+        projector
+            .subscription()
             .progress()
             .wait_for(|p| p.is_some_and(|p| p >= target))
             .await?;
     }
     println!(
-        "\n2. users read model (table `users`, projected in the same transaction as its checkpoint)"
+        "\n2. users read model (in memory, rebuilt from the `user` category at start; checkpoint in the database)"
     );
-    let rows = projection
-        .query(|c| {
-            let mut stmt =
-                c.prepare("SELECT email, name, registered_at FROM users ORDER BY email")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .await?;
-    for (email, name, at) in rows {
+    let rows = projector
+        .model()
+        .rows
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (email, (name, at)) in rows {
         println!("  {email:<20} {name:<15} {at}");
     }
 
@@ -519,9 +656,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         other => println!("  paying twice: unexpected {other:?}"),
     }
 
+    // Shut down: the pool stops claiming and lets running jobs finish; the projector stops after its batch.
     cancel.cancel();
-    mailer_task.await??;
-    projection_task.await??;
+    pool.join().await;
+    projector_task.await??;
 
     let mut d: Vec<_> = timings
         .lock()
@@ -538,15 +676,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         );
     }
     let first_user = StreamName::new("user-ada@example.com")?;
-    let events = store.read_to_vec(ReadQuery::stream(first_user)).await?;
+    let events = herald
+        .store
+        .read_to_vec(ReadQuery::stream(first_user))
+        .await?;
     if let Some(e) = events.first() {
         println!("   metadata of UserRegistered(ada): {}", e.metadata);
     }
-    let url = format!("sqlite://{}", db.display());
-    println!("\ninspect it with the CLI:");
-    println!("  cargo run -p herald-cli -- --database {url} read --category user");
-    println!("  cargo run -p herald-cli -- --database {url} read order-{order_id}");
-    println!("  cargo run -p herald-cli -- --database {url} streams");
-    println!("  cat {}", outbox.display());
+    if url.starts_with("memory://") {
+        println!("\nmemory://: the database is gone with the process; the emails are in:");
+    } else {
+        let db = if shown.contains(['?', '&', ' ']) {
+            format!("'{shown}'")
+        } else {
+            shown
+        };
+        println!("\ninspect it with the CLI:");
+        println!("  cargo run -p herald-cli -- --database {db} read --category user");
+        println!("  cargo run -p herald-cli -- --database {db} read order-{order_id}");
+        println!("  cargo run -p herald-cli -- --database {db} streams");
+        println!("  cargo run -p herald-cli -- --database {db} jobs stats");
+    }
+    println!("  cat {}", outbox.path.display());
     Ok(())
 }
