@@ -21,7 +21,7 @@
 //! // The routes first, then the event store with them: appends and their jobs commit together.
 //! let handlers = AsyncHandlers::new(&config);
 //! handlers.route(Route::new("send_welcome", &["UserRegistered"]).queue("mailers"));
-//! let store = InMemoryStore::new().with_job_router(handlers.router());
+//! let store = InMemoryStore::with_job_router(handlers.router());
 //! let jobs = JobStore::from(store.job_queue(config));
 //! let store = Arc::new(store);
 //!
