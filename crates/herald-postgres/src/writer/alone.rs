@@ -108,7 +108,7 @@ impl Writer {
             next_position: memory.last_position + 1,
             recorded_at: memory.last_recorded,
         };
-        let plan = Plan::decide(batch, settled, &known, &tail, &self.hooks, false);
+        let plan = Plan::decide(batch, settled, &known, &tail, &self.hooks);
         // A refusal may come from a stale memory (and needs the ids looked up): take the two round trips.
         let all_accepted = plan
             .outcomes

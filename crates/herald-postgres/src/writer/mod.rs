@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `mod.rs` | this loop: batching, attempts of a batch, replies |
 //! | `statements.rs` | the write session, its prepared statements, the look-ups, the hook statement cache |
-//! | `plan.rs` | the pure decision: every request of a batch decided against what was looked up, by [`herald_core::rules`] |
+//! | `plan.rs` | the pure decision: every request of a batch decided against what was looked up, by [`herald_core::rules`] (tests without a database in `plan/tests.rs`) |
 //! | `write.rs` | round trip 2: the batch's net writes, its hook statements and `COMMIT`, pipelined |
 //! | `alone.rs` | the one-round-trip path of a writer that is alone, and its guard |
 //! | `notify.rs` | announcing a commit to other processes' listeners |
@@ -330,7 +330,7 @@ impl Writer {
             recorded_at: now.max(last_recorded.unwrap_or(0)).max(head_clock),
         };
 
-        let mut plan = Plan::decide(batch, settled, &known, &tail, &self.hooks, check_ids);
+        let mut plan = Plan::decide(batch, settled, &known, &tail, &self.hooks);
         if !plan.unchecked_refusals.is_empty() {
             // A refused append may be the retry of a committed one (which succeeds whatever it expected):
             // look its ids up and decide again.
@@ -340,7 +340,7 @@ impl Writer {
             };
             let found = lookup(conn, &needs).await?;
             known.merge(&needs, found);
-            plan = Plan::decide(batch, settled, &known, &tail, &self.hooks, check_ids);
+            plan = Plan::decide(batch, settled, &known, &tail, &self.hooks);
         }
         // The insert stamps `greatest(recorded_at, transaction start)`: the same value, known here.
         let stamped = tail.recorded_at.max(transaction_start);

@@ -3,13 +3,13 @@
 //! (retry or duplicate, expected versions, ranges, links, deletes) are [`herald_core::rules`]; this file
 //! turns the batch's state into their facts and keeps that state moving from one request to the next (an
 //! event appended earlier in the batch is stored for the next request, a delete resets its stream). No
-//! database here: the tests at the bottom decide batches in memory.
+//! database here: the tests (`plan/tests.rs`) decide whole batches in memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use herald_core::rules::{self, AppendDecision, DeleteDecision, IdFact, LinkTarget, StoredEvent};
 use herald_core::stream::category_of;
-use herald_core::version::MAX_VERSION;
 use herald_core::{AppendResult, Error, ExpectedVersion, LinkResult, NewEvent, Result};
 use uuid::Uuid;
 
@@ -110,29 +110,9 @@ impl Known {
         for name in &needs.streams {
             self.streams.entry(name.clone()).or_default();
         }
-        for row in found.streams {
-            let name: String = row.get(0);
-            let version: Option<i64> = row.get(1);
-            let through: Option<i64> = row.get(2);
-            self.streams.insert(
-                name,
-                StreamState {
-                    version: version.map(|v| v as u64),
-                    deleted_through: through.unwrap_or(0),
-                },
-            );
-        }
+        self.streams.extend(found.streams);
         self.looked_up.extend(needs.ids.iter().copied());
-        for row in found.events {
-            self.events.insert(
-                row.get(0),
-                KnownEvent {
-                    position: row.get(1),
-                    stream: row.get(2),
-                    version: row.get(3),
-                },
-            );
-        }
+        self.events.extend(found.events);
         self.links_looked_up.extend(
             needs
                 .links
@@ -141,24 +121,27 @@ impl Known {
                 .cloned()
                 .zip(needs.links.1.iter().copied()),
         );
-        for row in found.linked {
-            self.linked.insert((row.get(0), row.get(1)));
-        }
+        self.linked.extend(found.linked);
     }
 }
 
-/// The rows a look-up returned.
+/// What a look-up found.
+#[derive(Default)]
 pub(super) struct Found {
-    pub(super) streams: Vec<tokio_postgres::Row>,
-    pub(super) events: Vec<tokio_postgres::Row>,
-    pub(super) linked: Vec<tokio_postgres::Row>,
+    /// The named streams that exist or were deleted (the others are missing).
+    pub(super) streams: Vec<(String, StreamState)>,
+    /// The stored events among the ids.
+    pub(super) events: Vec<(Uuid, KnownEvent)>,
+    /// `(stream, position)` of the link entries among the pairs.
+    pub(super) linked: Vec<(String, i64)>,
 }
 
 /// The batch decided: every request's outcome and the net writes.
 pub(super) struct Plan<'a> {
     /// `None` for requests settled by an earlier attempt.
     pub(super) outcomes: Vec<Option<Outcome>>,
-    /// Ids of appends refused for their expected version without their ids looked up.
+    /// Ids of appends the write rules could not decide before their ids are looked up
+    /// ([`AppendDecision::LookUpIds`]): look them up and decide the batch again.
     pub(super) unchecked_refusals: Vec<Uuid>,
     pub(super) events: EventRows<'a>,
     /// New link entries: stream, version, position.
@@ -196,7 +179,6 @@ impl<'a> Plan<'a> {
         known: &Known,
         tail: &Tail,
         hooks: &[Arc<dyn AppendHook>],
-        check_ids: bool,
     ) -> Self {
         let mut plan = Plan {
             outcomes: Vec::with_capacity(batch.len()),
@@ -216,6 +198,7 @@ impl<'a> Plan<'a> {
             streams: known.streams.clone(),
             events: known.events.clone(),
             linked: known.linked.clone(),
+            looked_up: &known.looked_up,
             next_position: tail.next_position,
         };
         for (index, request) in batch.iter().enumerate() {
@@ -236,7 +219,6 @@ impl<'a> Plan<'a> {
                     (stream, events, *expected),
                     hooks,
                     extra.as_ref(),
-                    check_ids || events.iter().all(|e| known.looked_up.contains(&e.id)),
                 )),
                 WriteRequest::Link {
                     stream,
@@ -265,14 +247,17 @@ impl<'a> Plan<'a> {
 }
 
 /// The state of the streams and events as the requests of a batch are decided one after another.
-struct Decider {
+struct Decider<'k> {
     streams: HashMap<String, StreamState>,
+    /// Stored events: looked up, or appended earlier in the batch.
     events: HashMap<Uuid, KnownEvent>,
     linked: HashSet<(String, i64)>,
+    /// Ids looked up, found or not: an id neither here nor in `events` is unknown (see the module docs).
+    looked_up: &'k HashSet<Uuid>,
     next_position: u64,
 }
 
-impl Decider {
+impl Decider<'_> {
     fn stream(&mut self, stream: &str) -> Result<&mut StreamState> {
         self.streams
             .get_mut(stream)
@@ -286,43 +271,39 @@ impl Decider {
         (stream, events, expected): (&'a str, &'a [NewEvent], ExpectedVersion),
         hooks: &[Arc<dyn AppendHook>],
         extra: Option<&AppendExtra>,
-        ids_known: bool,
     ) -> Result<AppendResult> {
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
         let state = self.stream(stream)?.clone();
-        if ids.iter().any(|id| self.events.contains_key(id)) {
-            let stored = ids
-                .iter()
-                .filter_map(|id| {
-                    self.events.get(id).map(|e| Stored {
-                        id: *id,
-                        position: e.position,
-                        version: e.version,
-                        in_own_stream: e.stream == stream && e.position > state.deleted_through,
-                        stream: e.stream.clone(),
-                    })
-                })
-                .collect();
-            return retry_or_duplicate(stream, &ids, stored);
-        }
+        let fact = |id| match self.events.get(&id) {
+            Some(event) => IdFact::Stored(StoredEvent {
+                stream: &event.stream,
+                version: event.version as u64,
+                position: event.position as u64,
+                // Events before the stream's last delete left it.
+                in_stream: event.stream == stream && event.position > state.deleted_through,
+            }),
+            None if self.looked_up.contains(&id) => IdFact::Free,
+            None => IdFact::Unknown,
+        };
+        let first_version =
+            match rules::decide_append(stream, expected, state.version, events, fact)? {
+                AppendDecision::Write(versions) => versions.first,
+                AppendDecision::Retry(original) => return Ok(original),
+                AppendDecision::LookUpIds => {
+                    // The caller looks the ids up and decides the batch again; this outcome is dropped then.
+                    plan.unchecked_refusals.extend(events.iter().map(|e| e.id));
+                    return Err(Error::backend(
+                        "internal: an append was answered before its ids were looked up",
+                    ));
+                }
+            };
         let count = events.len() as u64;
-        let first_version = state.version.map_or(0, |v| v + 1);
-        if let Err(refused) = expected
-            .check(stream, state.version)
-            .and_then(|()| check_range(stream, first_version, events.len()))
-        {
-            if !ids_known {
-                plan.unchecked_refusals.extend(ids);
-            }
-            return Err(refused);
-        }
         let result = AppendResult {
             stream: stream.to_owned(),
             first_version,
             last_version: first_version + count - 1,
             first_position: self.next_position,
             last_position: self.next_position + count - 1,
-            ids,
+            ids: events.iter().map(|e| e.id).collect(),
         };
         if !hooks.is_empty() || extra.is_some() {
             let mut writes = HookWrites::default();
@@ -372,25 +353,19 @@ impl Decider {
         expected: ExpectedVersion,
     ) -> Result<LinkResult> {
         let state = self.stream(stream)?.clone();
-        expected.check(stream, state.version)?;
-        let first_version = state.version.map_or(0, |v| v + 1);
-        check_range(stream, first_version, ids.len())?;
-        let mut positions = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(event) = self.events.get(id) else {
-                return Err(Error::EventNotFound { id: *id });
-            };
-            let own = event.stream == stream && event.position > state.deleted_through;
-            if own || self.linked.contains(&(stream.to_owned(), event.position)) {
-                return Err(Error::DuplicateEvent {
-                    id: *id,
-                    stream: stream.to_owned(),
-                    reason: "the event is already in this stream",
-                });
+        let target = |id| match self.events.get(&id) {
+            None => LinkTarget::Missing,
+            Some(event)
+                if (event.stream == stream && event.position > state.deleted_through)
+                    || self.linked.contains(&(stream.to_owned(), event.position)) =>
+            {
+                LinkTarget::InStream
             }
-            positions.push(event.position);
-        }
-        let last_version = first_version + ids.len() as u64 - 1;
+            Some(event) => LinkTarget::Linkable(event.position),
+        };
+        let (versions, positions) =
+            rules::decide_link(stream, expected, state.version, ids, target)?;
+        let (first_version, last_version) = (versions.first, versions.last);
         for (i, position) in positions.into_iter().enumerate() {
             plan.links
                 .push((stream, (first_version + i as u64) as i64, position));
@@ -413,9 +388,9 @@ impl Decider {
     ) -> Result<()> {
         let next_position = self.next_position;
         let state = self.stream(stream)?;
-        expected.check(stream, state.version)?;
-        if state.version.is_none() {
-            return Ok(());
+        match rules::decide_delete(stream, expected, state.version)? {
+            DeleteDecision::Remove => {}
+            DeleteDecision::Nothing => return Ok(()),
         }
         // Every event of the log so far: the stream's own events are all at or before it.
         let through = next_position as i64 - 1;
@@ -427,25 +402,6 @@ impl Decider {
         plan.versions.insert(stream, None);
         Ok(())
     }
-}
-
-fn check_range(stream: &str, first_version: u64, count: usize) -> Result<()> {
-    if first_version.saturating_add(count as u64 - 1) > MAX_VERSION {
-        return Err(Error::invalid(format!(
-            "stream `{stream}` would pass the largest version {MAX_VERSION}"
-        )));
-    }
-    Ok(())
-}
-
-/// A stored event met by an append's ids.
-struct Stored {
-    id: Uuid,
-    position: i64,
-    stream: String,
-    version: i64,
-    /// Still in the stream it was appended to (that stream was not deleted since).
-    in_own_stream: bool,
 }
 
 /// Asks the store's hooks, then the append's extra, for their statements.
@@ -469,60 +425,5 @@ fn collect_hook_writes(
     Ok(())
 }
 
-/// Some id of the append is stored. It is an idempotent retry when every id sits, in order, at consecutive
-/// versions of `stream` as an event appended there; otherwise it is a duplicate naming a stored id.
-fn retry_or_duplicate(stream: &str, ids: &[Uuid], stored: Vec<Stored>) -> Result<AppendResult> {
-    let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
-        id,
-        stream: stream.to_owned(),
-        reason,
-    };
-    let mut by_id: std::collections::HashMap<Uuid, Stored> =
-        stored.into_iter().map(|s| (s.id, s)).collect();
-    let first_taken = ids
-        .iter()
-        .find(|id| by_id.contains_key(id))
-        .map_or(Uuid::nil(), |id| *id);
-    if by_id.is_empty() {
-        return Err(Error::backend(format!(
-            "internal: append to `{stream}` was taken for a retry without a stored id"
-        )));
-    }
-    if by_id.len() < ids.len() {
-        return Err(duplicate(
-            first_taken,
-            "the id is already used by a stored event (the append mixes new and stored ids)",
-        ));
-    }
-    let rows: Vec<Stored> = ids.iter().filter_map(|id| by_id.remove(id)).collect();
-    let (first_position, first_version) = (rows[0].position, rows[0].version);
-    for (i, (id, row)) in ids.iter().zip(&rows).enumerate() {
-        if row.stream != stream {
-            return Err(duplicate(
-                *id,
-                "the id is already used by an event of another stream",
-            ));
-        }
-        if !row.in_own_stream {
-            return Err(duplicate(
-                *id,
-                "the id belongs to an event of this stream that was deleted",
-            ));
-        }
-        if row.version != first_version + i as i64 || row.position != first_position + i as i64 {
-            return Err(duplicate(
-                *id,
-                "the id is already stored, but not as an exact repeat of a committed append",
-            ));
-        }
-    }
-    let last = &rows[rows.len() - 1];
-    Ok(AppendResult {
-        stream: stream.to_owned(),
-        first_version: first_version as u64,
-        last_version: last.version as u64,
-        first_position: first_position as u64,
-        last_position: last.position as u64,
-        ids: ids.to_vec(),
-    })
-}
+#[cfg(test)]
+mod tests;

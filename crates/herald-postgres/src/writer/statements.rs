@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use herald_core::Result;
 use tokio_postgres::{Client, Statement};
 
-use super::plan::{Found, Needs};
+use super::plan::{Found, KnownEvent, Needs, StreamState};
 use crate::hook::HookWrites;
 use crate::schema::backend;
 
@@ -153,14 +153,10 @@ impl Connection {
     }
 }
 
-/// Runs the look-ups `needs` asks for, pipelined.
+/// Runs the look-ups `needs` asks for, pipelined, and reads their rows into facts for the decision.
 pub(super) async fn lookup(conn: &Connection, needs: &Needs) -> Result<Found> {
     if needs.is_empty() {
-        return Ok(Found {
-            streams: Vec::new(),
-            events: Vec::new(),
-            linked: Vec::new(),
-        });
+        return Ok(Found::default());
     }
     let st = &conn.statements;
     let (streams, events, linked) = tokio::join!(
@@ -185,10 +181,28 @@ pub(super) async fn lookup(conn: &Connection, needs: &Needs) -> Result<Found> {
                 .await
         },
     );
+    let streams = streams.map_err(backend)?.into_iter().map(|row| {
+        let version: Option<i64> = row.get(1);
+        let through: Option<i64> = row.get(2);
+        let state = StreamState {
+            version: version.map(|v| v as u64),
+            deleted_through: through.unwrap_or(0),
+        };
+        (row.get(0), state)
+    });
+    let events = events.map_err(backend)?.into_iter().map(|row| {
+        let event = KnownEvent {
+            position: row.get(1),
+            stream: row.get(2),
+            version: row.get(3),
+        };
+        (row.get(0), event)
+    });
+    let linked = linked.map_err(backend)?.into_iter();
     Ok(Found {
-        streams: streams.map_err(backend)?,
-        events: events.map_err(backend)?,
-        linked: linked.map_err(backend)?,
+        streams: streams.collect(),
+        events: events.collect(),
+        linked: linked.map(|row| (row.get(0), row.get(1))).collect(),
     })
 }
 
