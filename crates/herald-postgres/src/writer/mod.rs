@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `mod.rs` | this loop: batching, attempts of a batch, replies |
 //! | `statements.rs` | the write session, its prepared statements, the look-ups, the hook statement cache |
-//! | `plan.rs` | the pure decision: every request of a batch decided against what was looked up, by [`herald_core::rules`] (tests without a database in `plan/tests.rs`) |
+//! | `plan.rs` | the pure decision: each request decided by [`herald_core::rules`] (tests: `plan/tests.rs`) |
 //! | `write.rs` | round trip 2: the batch's net writes, its hook statements and `COMMIT`, pipelined |
 //! | `alone.rs` | the one-round-trip path of a writer that is alone, and its guard |
 //! | `notify.rs` | announcing a commit to other processes' listeners |
@@ -350,56 +350,45 @@ impl Writer {
             stamped
         };
         if plan.writes_nothing() {
+            // Every request was refused or a retry: nothing to commit.
             conn.client
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(backend)?;
-            Remembered::update(
-                &mut self.remembered,
-                plan.last_position,
-                recorded_after,
-                plan.streams,
-                alone,
-            );
-            return Ok(Attempt::Committed {
-                outcomes: plan.outcomes,
-                last_position: tail.next_position - 1,
-            });
-        }
-
-        let hook_statements = match prepare_hook_statements(conn, &plan.hooks).await {
-            Ok(statements) => statements,
-            Err((sql, e)) => {
-                // A statement the server cannot prepare fails the appends whose hooks wrote it; the failed
-                // prepare aborted the transaction.
-                conn.client
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .map_err(backend)?;
-                for (owner, writes) in &plan.hooks {
-                    if writes.statements.iter().any(|s| s.sql == sql) {
-                        settled[*owner] = Some(hook_failure(&batch[*owner], &e));
+        } else {
+            let hook_statements = match prepare_hook_statements(conn, &plan.hooks).await {
+                Ok(statements) => statements,
+                Err((sql, e)) => {
+                    // A statement the server cannot prepare fails the appends whose hooks wrote it; the
+                    // failed prepare aborted the transaction.
+                    conn.client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(backend)?;
+                    for (owner, writes) in &plan.hooks {
+                        if writes.statements.iter().any(|s| s.sql == sql) {
+                            settled[*owner] = Some(hook_failure(&batch[*owner], &e));
+                        }
                     }
+                    return Ok(Attempt::Retry { check_ids });
                 }
-                return Ok(Attempt::Retry { check_ids });
+            };
+            if let Written::Failed(step, e) = plan.write(conn, &hook_statements, None).await? {
+                return failed_step(step, e, batch, settled, check_ids);
             }
-        };
-        match plan.write(conn, &hook_statements, None).await? {
-            Written::Committed { .. } => {
-                Remembered::update(
-                    &mut self.remembered,
-                    plan.last_position,
-                    recorded_after,
-                    plan.streams,
-                    alone,
-                );
-                Ok(Attempt::Committed {
-                    last_position: plan.last_position,
-                    outcomes: plan.outcomes,
-                })
-            }
-            Written::Failed(step, e) => failed_step(step, e, batch, settled, check_ids),
         }
+        // Committed (or nothing to write, in which case the plan's last position is still the log's end).
+        Remembered::update(
+            &mut self.remembered,
+            plan.last_position,
+            recorded_after,
+            plan.streams,
+            alone,
+        );
+        Ok(Attempt::Committed {
+            last_position: plan.last_position,
+            outcomes: plan.outcomes,
+        })
     }
 }
 
