@@ -2,8 +2,9 @@
 //!
 //! Backends (in-memory, SQLite, PostgreSQL) store serialized records: an event's data and metadata are JSON
 //! text kept byte for byte, never re-encoded, so key order, big integers and `\u0000` escapes survive a round
-//! trip. Everything a backend must agree on — stream-name rules, expected-version checks, size limits, error
-//! meanings — lives here once, so the backends only decide how to store.
+//! trip. Everything a backend must agree on — stream-name rules, expected-version checks, size limits, the
+//! write rules (retry or duplicate, links, deletes), error meanings — lives here once, so the backends only
+//! look facts up and decide how to store.
 //!
 //! | module | holds |
 //! | --- | --- |
