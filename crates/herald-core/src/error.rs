@@ -34,7 +34,7 @@ pub enum Error {
         id: Uuid,
         /// The stream the append or link was aimed at.
         stream: String,
-        /// Why it counts as a duplicate.
+        /// Why it counts as a duplicate: one of [`crate::rules::reason`], the same wording on every backend.
         reason: &'static str,
     },
     /// An event id given to link does not exist.

@@ -385,14 +385,12 @@ impl EventStore for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if limit == 0 {
-            return Err(Error::invalid("streams limit must be at least 1"));
-        }
+        self.config.limits.validate_streams(limit)?;
         read::streams(&self.reads, prefix, after, limit).await
     }
 
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
-        expected.validate()?;
+        self.config.limits.validate_delete(expected)?;
         self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,

@@ -375,9 +375,7 @@ impl EventStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if limit == 0 {
-            return Err(Error::invalid("streams limit must be at least 1"));
-        }
+        self.config.limits.validate_streams(limit)?;
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
         self.reads
@@ -386,7 +384,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
-        expected.validate()?;
+        self.config.limits.validate_delete(expected)?;
         self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,
