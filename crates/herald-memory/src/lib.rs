@@ -292,6 +292,7 @@ fn indexes(len: u64, from: Option<u64>, direction: Direction) -> Box<dyn Iterato
 
 #[async_trait]
 impl EventStore for InMemoryStore {
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
@@ -305,6 +306,7 @@ impl EventStore for InMemoryStore {
     /// The append is decided under the state lock; the jobs (`jobs` and the router's) are checked before
     /// anything is written and inserted before the lock is released, so no reader sees the events without
     /// the jobs or the jobs without the events. A refused append or an idempotent retry enqueues nothing.
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len(), jobs = jobs.len()))]
     async fn append_with_jobs(
         &self,
         stream: &StreamName,
@@ -376,6 +378,7 @@ impl EventStore for InMemoryStore {
         })
     }
 
+    #[tracing::instrument(name = "herald.store.link", level = "debug", skip_all, fields(stream = %stream, events = ids.len()))]
     async fn link(
         &self,
         stream: &StreamName,
@@ -407,6 +410,7 @@ impl EventStore for InMemoryStore {
         })
     }
 
+    #[tracing::instrument(name = "herald.store.read", level = "debug", skip_all, fields(scope = ?query.scope))]
     async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
         query.validate()?;
         let page_size = query.page_size();
@@ -488,6 +492,7 @@ impl EventStore for InMemoryStore {
             .collect())
     }
 
+    #[tracing::instrument(name = "herald.store.delete", level = "debug", skip_all, fields(stream = %stream))]
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
         self.inner.limits.validate_delete(expected)?;
         let name = stream.as_str();

@@ -325,6 +325,7 @@ impl Drop for SqliteStore {
 
 #[async_trait]
 impl EventStore for SqliteStore {
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
@@ -334,6 +335,7 @@ impl EventStore for SqliteStore {
         self.submit_append(stream, events, expected, None).await
     }
 
+    #[tracing::instrument(name = "herald.store.link", level = "debug", skip_all, fields(stream = %stream, events = ids.len()))]
     async fn link(
         &self,
         stream: &StreamName,
@@ -350,6 +352,7 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "herald.store.read", level = "debug", skip_all, fields(scope = ?query.scope))]
     async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
         query.validate()?;
         let query = query.clone();
@@ -383,6 +386,7 @@ impl EventStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(name = "herald.store.delete", level = "debug", skip_all, fields(stream = %stream))]
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
         self.config.limits.validate_delete(expected)?;
         self.submit(|reply| WriteRequest::Delete {
@@ -397,6 +401,7 @@ impl EventStore for SqliteStore {
         self.head.clone()
     }
 
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len(), jobs = jobs.len()))]
     async fn append_with_jobs(
         &self,
         stream: &StreamName,
