@@ -15,7 +15,7 @@
 //! | [`limits`] | [`Limits`] and the validation every backend runs before it writes |
 //! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
 //! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
-//! | [`error`] | [`Error`], the same meaning on every backend and port |
+//! | [`error`] | [`Error`], the same meaning on every backend and port; [`BoxError`], the one boxed error |
 
 //! # Semantics every backend implements (the conformance suite checks them)
 //!
@@ -58,7 +58,7 @@ pub mod version;
 pub mod write;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};
 pub use jobs::{JobQueue, JobRouter, JobsConfig, NewJob};
 pub use limits::Limits;

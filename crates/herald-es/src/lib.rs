@@ -96,7 +96,7 @@
 //! });
 //! let stats = sub.run(&handler, &cancel).await?;
 //! assert_eq!(stats.handled, 2);
-//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # Ok::<(), herald_es::BoxError>(())
 //! # }).unwrap();
 //! ```
 //!

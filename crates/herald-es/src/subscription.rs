@@ -125,7 +125,7 @@
 //! for run in runs {
 //!     run.await??;
 //! }
-//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # Ok::<(), herald_es::BoxError>(())
 //! # }).unwrap();
 //! ```
 //!
@@ -150,8 +150,8 @@ use crate::codec::{Codec, Envelope, EventSet};
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
 
-/// A boxed error from user handlers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Re-exported where handlers meet it: the workspace's one boxed error, [`herald_core::BoxError`].
+pub use herald_core::BoxError;
 
 /// Handles the events of a subscription, one at a time, in order.
 #[async_trait]
