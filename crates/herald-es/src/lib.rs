@@ -9,7 +9,7 @@
 //! | [`snapshot`] | [`SnapshotStore`], [`SnapshotPolicy`], in-memory and in-the-event-store snapshots |
 //! | [`bus`] | [`CommandBus`], middleware (logging, correlation, validation, timing) |
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups: static ([`GroupMember`]) or with members joining and leaving at run time ([`DynamicGroup`]) |
-//! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations), [`Clock`], [`ManualClock`], [`Assignment`] |
+//! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations, on herald-core's [`Clock`]), [`Assignment`] |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
 //! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
@@ -163,10 +163,9 @@ pub use bus::{BusError, Command, CommandBus, CommandHandler, Middleware};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
 pub use codec::{Codec, Envelope, EventSet, SCHEMA_VERSION, Upcasters};
 pub use error::{EsError, Result};
-pub use group::{
-    Assignment, Clock, DynamicGroup, GroupView, Heartbeat, ManualClock, MembershipStore,
-    SystemClock,
-};
+pub use group::{Assignment, DynamicGroup, GroupView, Heartbeat, MembershipStore};
+/// Re-exported where [`DynamicGroup::clock`] needs them: herald-core's one time source (µs).
+pub use herald_core::{Clock, ManualClock, SystemClock};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};

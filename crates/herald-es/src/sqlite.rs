@@ -250,7 +250,7 @@ fn load_group(tx: &Transaction<'_>, group: &str) -> Result<GroupState> {
             Ok((
                 r.get::<_, String>(0)?,
                 Lease {
-                    expires_at: from_sql(r.get(1)?),
+                    expires_at: r.get(1)?,
                     acknowledged: from_sql(r.get(2)?),
                 },
             ))
@@ -282,12 +282,7 @@ fn store_group(tx: &Transaction<'_>, group: &str, state: &GroupState) -> Result<
         tx.execute(
             "INSERT INTO herald_es_group_members (group_name, member, expires_at, acknowledged)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                group,
-                member,
-                to_sql(lease.expires_at),
-                to_sql(lease.acknowledged)
-            ],
+            params![group, member, lease.expires_at, to_sql(lease.acknowledged)],
         )
         .map_err(&err)?;
     }
