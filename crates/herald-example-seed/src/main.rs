@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
-use herald_es::bus::{
+use herald_es::command::{
     Command, CommandBus, CommandTiming, Correlation, Logging, Timing, Validation, command_fn,
 };
 use herald_es::sqlite::{
