@@ -195,9 +195,11 @@ impl Upcasters {
     }
 }
 
-/// A typed event read back, with where it sits in the store.
+/// A typed event read back, with where it sits in the store: a [`RecordedEvent`] whose data is decoded.
+/// Not called an envelope: herald-notify's `Envelope` is an event in flight with its metadata, before it is
+/// stored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope<E> {
+pub struct DecodedEvent<E> {
     /// The typed event (upcast to the current schema version).
     pub event: E,
     /// The event id.
@@ -286,10 +288,10 @@ impl<E: EventSet> Codec<E> {
     }
 
     /// Decodes a stored event into the current typed form, upcasting old schema versions.
-    pub fn decode(&self, recorded: &RecordedEvent) -> Result<Envelope<E>> {
+    pub fn decode(&self, recorded: &RecordedEvent) -> Result<DecodedEvent<E>> {
         let stored = stored_schema_version(&recorded.metadata);
         let event = self.decode_parts(recorded.id, &recorded.event_type, stored, &recorded.data)?;
-        Ok(Envelope {
+        Ok(DecodedEvent {
             event,
             id: recorded.id,
             event_type: recorded.event_type.clone(),

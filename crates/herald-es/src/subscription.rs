@@ -146,7 +146,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
-use crate::codec::{Codec, Envelope, EventSet};
+use crate::codec::{Codec, DecodedEvent, EventSet};
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
 
@@ -197,7 +197,7 @@ where
 }
 
 /// An [`EventHandler`] that decodes each event into `E` with a [`Codec`] (upcasting old schema versions)
-/// and calls an async closure with the typed [`Envelope`]. An event that does not decode stops the
+/// and calls an async closure with the typed [`DecodedEvent`]. An event that does not decode stops the
 /// subscription with an error naming it; restrict the subscription to `E`'s types
 /// ([`Subscription::types`]) when the scope holds other events.
 pub struct TypedHandler<E, F> {
@@ -215,7 +215,7 @@ impl<E, F> std::fmt::Debug for TypedHandler<E, F> {
 pub fn typed_handler<E, F, Fut>(codec: Codec<E>, f: F) -> TypedHandler<E, F>
 where
     E: EventSet,
-    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
     Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
 {
     TypedHandler { codec, f }
@@ -225,7 +225,7 @@ where
 impl<E, F, Fut> EventHandler for TypedHandler<E, F>
 where
     E: EventSet,
-    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
     Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
 {
     async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {

@@ -39,8 +39,8 @@ use herald_es::sqlite::{
     SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
 };
 use herald_es::{
-    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, Envelope, EventSet,
-    ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
+    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, DecodedEvent,
+    EventSet, ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
 };
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use rusqlite::Transaction;
@@ -307,7 +307,7 @@ async fn main() -> Result<(), BoxError> {
             // Typed: each event is decoded (and upcast, were there old versions) into `UserEvent`.
             let send = typed_handler(
                 Codec::<UserEvent>::default(),
-                move |e: Envelope<UserEvent>| {
+                move |e: DecodedEvent<UserEvent>| {
                     let outbox = outbox.clone();
                     async move {
                         let UserEvent::UserRegistered { email, name } = e.event;
