@@ -59,7 +59,7 @@ pub mod write;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, Result};
-pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};
+pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent, SCHEMA_VERSION_KEY};
 pub use jobs::{JobQueue, JobRouter, JobsConfig, NewJob};
 pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};

@@ -160,7 +160,7 @@ pub mod testing;
 
 pub use aggregate::{Aggregate, ExecuteError, Loaded, Repository, RetryPolicy, Saved};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
-pub use codec::{Codec, DecodedEvent, EventSet, SCHEMA_VERSION, Upcasters};
+pub use codec::{Codec, DecodedEvent, EventSet, Upcasters};
 pub use command::{BusError, Command, CommandBus, CommandHandler, Middleware};
 pub use error::{EsError, Result};
 pub use group::{Assignment, DynamicGroup, GroupView, Heartbeat, MembershipStore};

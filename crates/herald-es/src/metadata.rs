@@ -114,7 +114,7 @@ impl CommandMetadata {
             Value::String(self.command_id.to_string()),
         );
         map.insert(
-            crate::codec::SCHEMA_VERSION.into(),
+            herald_core::SCHEMA_VERSION_KEY.into(),
             Value::from(schema_version),
         );
         for (k, v) in &self.extra {
