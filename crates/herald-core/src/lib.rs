@@ -15,6 +15,7 @@
 //! | [`limits`] | [`Limits`] and the validation every backend runs before it writes |
 //! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
 //! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
+//! | [`backoff`] | [`Backoff`]: the one retry schedule (exponential with cap and jitter, constant, custom) |
 //! | [`error`] | [`Error`], the same meaning on every backend and port; [`BoxError`], the one boxed error |
 
 //! # Semantics every backend implements (the conformance suite checks them)
@@ -45,6 +46,7 @@
 //! - **Bad input** is [`Error::InvalidInput`] (stream names are checked by [`StreamName::new`], everything else
 //!   by [`Limits`] and [`ReadQuery::validate`]), and nothing is written.
 
+pub mod backoff;
 pub mod clock;
 pub mod error;
 pub mod event;
@@ -57,6 +59,7 @@ pub mod timefmt;
 pub mod version;
 pub mod write;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, Result};
 pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent, SCHEMA_VERSION_KEY};
