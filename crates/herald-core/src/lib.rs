@@ -15,6 +15,7 @@
 //! | [`limits`] | [`Limits`] and the validation every backend runs before it writes |
 //! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
 //! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
+//! | [`url`] | [`DatabaseUrl`]: the one parser of `sqlite://`, `postgres://` and `memory://` URLs, typed and bounded options |
 //! | [`backoff`] | [`Backoff`]: the one retry schedule (exponential with cap and jitter, constant, custom) |
 //! | [`error`] | [`Error`], the same meaning on every backend and port; [`BoxError`], the one boxed error |
 
@@ -56,6 +57,7 @@ pub mod query;
 pub mod store;
 pub mod stream;
 pub mod timefmt;
+pub mod url;
 pub mod version;
 pub mod write;
 
@@ -68,6 +70,7 @@ pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};
 pub use store::{AppendResult, EventStore, EventStoreExt, Head, LinkResult, StreamInfo};
 pub use stream::StreamName;
+pub use url::DatabaseUrl;
 pub use version::ExpectedVersion;
 
 /// Re-exported so users and backends name the same versions of these types.
