@@ -68,8 +68,8 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, SqliteConfig,
-    SqliteUrl,
+    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, MAX_BATCH_LIMIT,
+    MAX_BUSY_TIMEOUT, MAX_READ_CONNECTIONS, SqliteConfig, SqliteUrl,
 };
 
 pub use hook::{AppendExtra, AppendHook, AppendedEvent};
