@@ -9,6 +9,7 @@
 
 use clap::{Args, Subcommand};
 use herald_core::Error;
+use herald_core::url::{DatabaseUrl, Scheme};
 use herald_jobs::{JobError, JobStore, JobsConfig, ListFilter};
 use uuid::Uuid;
 
@@ -75,26 +76,37 @@ fn parse_id(text: &str) -> Result<Uuid, CliError> {
 }
 
 async fn open(database: &str) -> Result<JobStore, CliError> {
-    if database.starts_with("sqlite://") {
-        let url: herald_sqlite::SqliteUrl = database.parse()?;
-        return JobStore::open(&url.path, JobsConfig::default())
-            .await
-            .map_err(cli_error);
-    }
-    #[cfg(feature = "postgres")]
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return JobStore::open_postgres(database, JobsConfig::default())
-            .await
-            .map_err(cli_error);
-    }
-    Err(CliError::Store(Error::invalid(format!(
-        "herald jobs needs a sqlite://{} database (got `{database}`)",
-        if cfg!(feature = "postgres") {
-            " or postgres://"
-        } else {
-            ""
+    let url = DatabaseUrl::parse(database)?;
+    match url.scheme() {
+        Scheme::Sqlite => {
+            let (path, config) = sqlite_jobs(&url)?;
+            JobStore::open(path, config).await.map_err(cli_error)
         }
-    ))))
+        #[cfg(feature = "postgres")]
+        Scheme::Postgres => JobStore::open_postgres(url.as_str(), JobsConfig::default())
+            .await
+            .map_err(cli_error),
+        _ => Err(CliError::Store(url.invalid(format!(
+            "herald jobs needs a sqlite://{} database",
+            if cfg!(feature = "postgres") {
+                " or postgres://"
+            } else {
+                ""
+            }
+        )))),
+    }
+}
+
+/// The job store's file and settings for a `sqlite://` URL: the same options the event store takes, read
+/// the same way (`sqlite://shop.db?durability=normal` is the file `shop.db`, flushed at checkpoints only).
+fn sqlite_jobs(url: &DatabaseUrl) -> Result<(std::path::PathBuf, JobsConfig), CliError> {
+    let sqlite = herald_sqlite::SqliteUrl::from_url(url, herald_sqlite::SqliteConfig::default())?;
+    let config = JobsConfig {
+        full_sync: sqlite.config.durability == herald_sqlite::Durability::Full,
+        busy_timeout: sqlite.config.busy_timeout,
+        ..JobsConfig::default()
+    };
+    Ok((sqlite.path, config))
 }
 
 /// Runs a `herald jobs` command; returns the lines to print.
@@ -199,5 +211,36 @@ fn outcome(json: bool, what: &str, mut value: serde_json::Value) -> String {
             })
             .unwrap_or_default();
         format!("{what}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `herald jobs` opened `sqlite://shop.db?durability=normal` as `shop.db` but dropped the option (every
+    /// job write was still fsynced); the URL's options now reach the job store as they reach the event store.
+    #[tokio::test]
+    async fn sqlite_url_options_reach_the_job_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.db");
+        let jobs = open(&format!("sqlite://{}?durability=normal", file.display()))
+            .await
+            .unwrap();
+        assert_eq!(jobs.path(), Some(file.as_path()));
+        assert!(!jobs.config().full_sync, "durability=normal");
+        let jobs = open(&format!("sqlite://{}", file.display())).await.unwrap();
+        assert!(jobs.config().full_sync, "durability defaults to full");
+        let (path, _) =
+            sqlite_jobs(&DatabaseUrl::parse("sqlite://shop.db?durability=normal").unwrap())
+                .unwrap();
+        assert_eq!(path, std::path::Path::new("shop.db"), "relative form");
+        for bad in [
+            "sqlite://shop.db?read_connections=0",
+            "sqlite://shop.db?colour=red",
+            "memory://",
+        ] {
+            assert!(open(bad).await.is_err(), "{bad}");
+        }
     }
 }
