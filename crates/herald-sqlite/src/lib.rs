@@ -75,7 +75,7 @@ pub use config::{
 pub use hook::{AppendExtra, AppendHook, AppendedEvent};
 /// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
 pub use rusqlite;
-pub use schema::APPLICATION_ID;
+pub use schema::{APPLICATION_ID, open_existing};
 
 use herald_core::write::WriteRequest;
 use read::ReadPool;

@@ -63,8 +63,36 @@ const MIGRATIONS: &[&str] = &[
 
 /// Opens a connection with the pragmas every Herald connection uses.
 pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection> {
+    open_with(path, config, OpenFlags::SQLITE_OPEN_CREATE)
+}
+
+/// Opens the existing Herald database at `path` for a crate that keeps tables of its own in the file
+/// (herald-es's checkpoints, snapshots and read models): the store's pragmas, never creating a file, refusing
+/// one that is not a Herald database (so a mistyped path never modifies an unrelated file), then `tables`
+/// (idempotent DDL, `CREATE TABLE IF NOT EXISTS …`) in one `BEGIN IMMEDIATE`, so concurrent openers
+/// serialise. Open the event store on the file first: it creates and stamps it.
+pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result<Connection> {
+    let mut conn = open_with(path, config, OpenFlags::empty())?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let app_id: i32 = tx
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(backend)?;
+    if app_id != APPLICATION_ID {
+        return Err(Error::invalid(format!(
+            "{} is not a Herald database; open it with the Herald SQLite event store first",
+            path.display()
+        )));
+    }
+    tx.execute_batch(tables).map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok(conn)
+}
+
+fn open_with(path: &Path, config: &SqliteConfig, create: OpenFlags) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
+        | create
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
