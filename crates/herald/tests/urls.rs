@@ -47,6 +47,34 @@ fn the_cli_opens_shop_db_for_events_and_jobs() {
     );
 }
 
+#[test]
+fn init_echoes_the_url_without_its_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--database", "memory://", "init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"database":"memory://"}"#
+    );
+    // A password never reaches stdout or stderr, whether or not the server can be reached.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "--database",
+            "postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=1",
+            "init",
+        ])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
 #[tokio::test]
 async fn connect_opens_the_file_the_url_names() {
     let dir = tempfile::tempdir().unwrap();
