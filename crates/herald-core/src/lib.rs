@@ -17,7 +17,9 @@
 //! | [`rules`] | the write rules: retry or duplicate, expected versions, links, deletes, decided from looked-up facts |
 //! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
 //! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
-//! | [`error`] | [`Error`], the same meaning on every backend and port |
+//! | [`url`] | [`DatabaseUrl`]: the one parser of `sqlite://`, `postgres://` and `memory://` URLs, typed and bounded options |
+//! | [`backoff`] | [`Backoff`]: the one retry schedule (exponential with cap and jitter, constant, custom) |
+//! | [`error`] | [`Error`], the same meaning on every backend and port; [`BoxError`], the one boxed error |
 
 //! # Semantics every backend implements (the conformance suite checks them)
 //!
@@ -49,6 +51,7 @@
 //! - **Bad input** is [`Error::InvalidInput`] (stream names are checked by [`StreamName::new`], everything else
 //!   by [`Limits`] and [`ReadQuery::validate`]), and nothing is written.
 
+pub mod backoff;
 pub mod clock;
 pub mod error;
 pub mod event;
@@ -59,17 +62,20 @@ pub mod rules;
 pub mod store;
 pub mod stream;
 pub mod timefmt;
+pub mod url;
 pub mod version;
 pub mod write;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
-pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent};
+pub use error::{BoxError, Error, Result};
+pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent, SCHEMA_VERSION_KEY};
 pub use jobs::{JobQueue, JobRouter, JobsConfig, NewJob};
 pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};
 pub use store::{AppendResult, EventStore, EventStoreExt, Head, LinkResult, StreamInfo};
 pub use stream::StreamName;
+pub use url::DatabaseUrl;
 pub use version::ExpectedVersion;
 
 /// Re-exported so users and backends name the same versions of these types.

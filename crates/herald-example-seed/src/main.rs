@@ -34,15 +34,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use herald::es::bus::{
+use herald::es::command::{
     Command, CommandBus, CommandTiming, Correlation, Logging, Timing, Validation, command_fn,
 };
 use herald::es::sqlite::{
     SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
 };
 use herald::es::{
-    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, Envelope, EventSet,
-    ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
+    Aggregate, BoxError, BusError, CancellationToken, Codec, CommandMetadata, DecodedEvent,
+    EventSet, ExecuteError, Repository, RetryPolicy, SnapshotPolicy, Subscription, typed_handler,
 };
 use herald::sqlite::rusqlite::{self, Transaction};
 use herald::sqlite::{SqliteConfig, SqliteStore};
@@ -310,7 +310,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             // Typed: each event is decoded (and upcast, were there old versions) into `UserEvent`.
             let send = typed_handler(
                 Codec::<UserEvent>::default(),
-                move |e: Envelope<UserEvent>| {
+                move |e: DecodedEvent<UserEvent>| {
                     let outbox = outbox.clone();
                     async move {
                         let UserEvent::UserRegistered { email, name } = e.event;

@@ -122,8 +122,8 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PostgresConfig,
-    PostgresUrl, validate_schema_name,
+    DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_BATCH_LIMIT, MAX_POOL_SIZE,
+    MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl, validate_schema_name,
 };
 pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,

@@ -76,15 +76,15 @@ use tokio::sync::{Notify, oneshot, watch};
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, SqliteConfig,
-    SqliteUrl,
+    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, MAX_BATCH_LIMIT,
+    MAX_BUSY_TIMEOUT, MAX_READ_CONNECTIONS, SqliteConfig, SqliteUrl,
 };
 
 pub use hook::{AppendExtra, AppendHook, AppendedEvent, JobRouting};
 pub use jobs::{SqliteJobQueue, insert_job};
 /// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
 pub use rusqlite;
-pub use schema::APPLICATION_ID;
+pub use schema::{APPLICATION_ID, open_existing};
 
 use herald_core::write::WriteRequest;
 use read::ReadPool;
