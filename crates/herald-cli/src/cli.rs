@@ -211,7 +211,11 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
     let store = herald::connect(&cli.database).await?;
     let mut out = Output::new();
     match cli.command {
-        Command::Init => out.line(&json_line(&serde_json::json!({"database": cli.database})))?,
+        Command::Init => {
+            // Echoed through DatabaseUrl's Display: the password, if any, is shown as `***`.
+            let shown = herald::core::DatabaseUrl::parse(&cli.database)?.to_string();
+            out.line(&json_line(&serde_json::json!({ "database": shown })))?
+        }
         Command::Append(args) => append(&*store, args, &mut out).await?,
         Command::Link {
             stream,

@@ -9,6 +9,11 @@ use crate::version::{ExpectedVersion, display_version};
 /// Result alias for store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, boxed: what user code (event handlers, command handlers, listeners) returns and what a backend
+/// wraps a driver error in. One alias for the whole workspace, so a handler written for one crate's port
+/// compiles against another's; anything convertible into it works with `?` or `.into()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong in a store operation. Nothing is written when an operation returns an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,7 +39,7 @@ pub enum Error {
         id: Uuid,
         /// The stream the append or link was aimed at.
         stream: String,
-        /// Why it counts as a duplicate.
+        /// Why it counts as a duplicate: one of [`crate::rules::reason`], the same wording on every backend.
         reason: &'static str,
     },
     /// An event id given to link does not exist.
@@ -75,7 +80,7 @@ pub enum Error {
     Backend {
         /// The driver's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
 }
 
@@ -86,7 +91,7 @@ impl Error {
     }
 
     /// Wraps a backend (driver) error.
-    pub fn backend(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn backend(source: impl Into<BoxError>) -> Self {
         Error::Backend {
             source: source.into(),
         }

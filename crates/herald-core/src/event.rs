@@ -1,7 +1,7 @@
 //! Events as written ([`NewEvent`]) and as read back ([`RecordedEvent`]).
 //!
 //! Data and metadata are JSON text, stored and returned byte for byte. Metadata is a JSON object; Herald reads
-//! `correlation_id` and `causation_id` from it and leaves every other key to the user.
+//! `correlation_id`, `causation_id` and `schema_version` from it and leaves every other key to the user.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 pub const CORRELATION_ID: &str = "correlation_id";
 /// Metadata key holding the id of the event (or command) that caused this one.
 pub const CAUSATION_ID: &str = "causation_id";
+/// Metadata key holding the schema version the event's data was written with: a JSON integer (`u32`, from 1;
+/// absent means 1), the same number herald-notify's `DomainEvent::SCHEMA_VERSION` and herald-es's
+/// `EventSet::schema_version` give. Named `…_KEY` because `SCHEMA_VERSION` is that number, not the key.
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// An event to append. The id is a fresh UUIDv7 unless set; data defaults to `{}` and metadata to `{}`.
 ///

@@ -7,6 +7,7 @@ use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
 use crate::event::NewEvent;
+use crate::rules::reason;
 use crate::stream::{StreamName, validate_name};
 use crate::version::ExpectedVersion;
 
@@ -50,7 +51,7 @@ impl Limits {
                 return Err(Error::DuplicateEvent {
                     id: event.id,
                     stream: stream.to_string(),
-                    reason: "the id appears twice in one append",
+                    reason: reason::TWICE_IN_APPEND,
                 });
             }
         }
@@ -77,9 +78,22 @@ impl Limits {
                 return Err(Error::DuplicateEvent {
                     id: *id,
                     stream: stream.to_string(),
-                    reason: "the id appears twice in one link",
+                    reason: reason::TWICE_IN_LINK,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Checks a delete: its expected version must be storable.
+    pub fn validate_delete(&self, expected: ExpectedVersion) -> Result<()> {
+        expected.validate()
+    }
+
+    /// Checks a streams listing: at least one stream per page.
+    pub fn validate_streams(&self, limit: usize) -> Result<()> {
+        if limit == 0 {
+            return Err(Error::invalid("streams limit must be at least 1"));
         }
         Ok(())
     }
@@ -158,6 +172,20 @@ mod tests {
         Limits::default()
             .validate_append(&stream(), &[e], ExpectedVersion::Any)
             .unwrap();
+    }
+
+    #[test]
+    fn deletes_and_listings_are_checked_once() {
+        let limits = Limits::default();
+        assert!(limits.validate_delete(ExpectedVersion::Exact(3)).is_ok());
+        assert!(matches!(
+            limits.validate_delete(ExpectedVersion::Exact(u64::MAX)),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(limits.validate_streams(1).is_ok());
+        assert!(
+            matches!(limits.validate_streams(0), Err(Error::InvalidInput(m)) if m.contains("limit"))
+        );
     }
 
     #[test]

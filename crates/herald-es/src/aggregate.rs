@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use herald_core::{
-    AppendResult, Clock, EventStore, EventStoreExt, ExpectedVersion, NewJob, ReadQuery,
+    AppendResult, Backoff, Clock, EventStore, EventStoreExt, ExpectedVersion, NewJob, ReadQuery,
     RecordedEvent, StreamName, SystemClock,
 };
 use serde::Serialize;
@@ -164,19 +164,10 @@ impl RetryPolicy {
         }
     }
 
-    fn delay(&self, retry: u32) -> Duration {
-        if self.base_delay.is_zero() {
-            return Duration::ZERO;
-        }
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << retry.min(16))
-            .min(self.max_delay);
-        // Jitter in [50%, 100%] so racing writers do not retry in lock step.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        exp.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+    /// The schedule these settings describe: herald-core's exponential [`Backoff`] with its default jitter
+    /// (delays drawn from [50%, 100%], so racing writers do not retry in lock step).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::exponential(self.base_delay, self.max_delay)
     }
 }
 
@@ -653,7 +644,7 @@ impl<A: Aggregate> Repository<A> {
                         attempt,
                         "version conflict; retrying"
                     );
-                    let delay = self.retry.delay(attempt - 1);
+                    let delay = self.retry.backoff().delay(attempt);
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
@@ -662,5 +653,21 @@ impl<A: Aggregate> Repository<A> {
                 Err(e) => return Err(ExecuteError::Es(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_is_core_backoff() {
+        const MS: Duration = Duration::from_millis(1);
+        let exact = RetryPolicy::default().backoff().jitter(0.0);
+        let delays: Vec<_> = (1..=9).map(|n| exact.delay(n)).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 100, 100].map(|ms| ms * MS));
+        let jittered = RetryPolicy::default().backoff();
+        assert_eq!(jittered.delay_at(2, 1.0), MS, "jitter down to half");
+        assert_eq!(RetryPolicy::immediate(3).backoff().delay(2), Duration::ZERO);
     }
 }

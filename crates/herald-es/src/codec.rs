@@ -8,7 +8,8 @@
 //!
 //! # Where the schema version lives
 //!
-//! In the event's **metadata**, key `schema_version` (a JSON integer, see [`SCHEMA_VERSION`]); an event without
+//! In the event's **metadata**, key `schema_version` (a JSON integer, see
+//! [`SCHEMA_VERSION_KEY`](herald_core::SCHEMA_VERSION_KEY)); an event without
 //! it is version 1, so events written by other tools (the CLI) read as version 1. The data stays exactly the
 //! user's payload. [`EventSet::schema_version`] says which version the code writes today.
 //!
@@ -32,9 +33,6 @@ use uuid::Uuid;
 
 use crate::error::{EsError, Result};
 use crate::metadata::CommandMetadata;
-
-/// Metadata key holding the event's schema version (absent: 1).
-pub const SCHEMA_VERSION: &str = "schema_version";
 
 /// A set of typed events stored under stable type names with a schema version per type.
 ///
@@ -195,9 +193,11 @@ impl Upcasters {
     }
 }
 
-/// A typed event read back, with where it sits in the store.
+/// A typed event read back, with where it sits in the store: a [`RecordedEvent`] whose data is decoded.
+/// Not called an envelope: herald-notify's `Envelope` is an event in flight with its metadata, before it is
+/// stored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope<E> {
+pub struct DecodedEvent<E> {
     /// The typed event (upcast to the current schema version).
     pub event: E,
     /// The event id.
@@ -247,8 +247,10 @@ impl<E: EventSet> Default for Codec<E> {
     }
 }
 
-/// The schema version recorded in metadata JSON text (absent or unreadable: 1).
+/// The schema version recorded in metadata JSON text under
+/// [`SCHEMA_VERSION_KEY`](herald_core::SCHEMA_VERSION_KEY) (absent or unreadable: 1).
 pub fn stored_schema_version(metadata: &str) -> u32 {
+    // Reads only this key (serde skips the rest without building it); the field is SCHEMA_VERSION_KEY.
     #[derive(serde::Deserialize)]
     struct V {
         schema_version: Option<u32>,
@@ -286,10 +288,10 @@ impl<E: EventSet> Codec<E> {
     }
 
     /// Decodes a stored event into the current typed form, upcasting old schema versions.
-    pub fn decode(&self, recorded: &RecordedEvent) -> Result<Envelope<E>> {
+    pub fn decode(&self, recorded: &RecordedEvent) -> Result<DecodedEvent<E>> {
         let stored = stored_schema_version(&recorded.metadata);
         let event = self.decode_parts(recorded.id, &recorded.event_type, stored, &recorded.data)?;
-        Ok(Envelope {
+        Ok(DecodedEvent {
             event,
             id: recorded.id,
             event_type: recorded.event_type.clone(),
@@ -331,5 +333,32 @@ impl<E: EventSet> Codec<E> {
                 })?
         };
         E::decode(event_type, value).map_err(decode_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One key, one number: what herald-es writes and what herald-notify's `StorePublisher` writes (the
+    /// `DomainEvent::SCHEMA_VERSION` under the same key) both read back as that version.
+    #[test]
+    fn schema_version_is_one_number_under_one_key() {
+        let written = CommandMetadata::new().event_metadata(7);
+        let value: Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(value[herald_core::SCHEMA_VERSION_KEY], 7);
+        assert_eq!(stored_schema_version(&written), 7);
+        let by_notify = format!(
+            r#"{{"correlation_id":"{}","{}":3}}"#,
+            Uuid::nil(),
+            herald_core::SCHEMA_VERSION_KEY
+        );
+        assert_eq!(stored_schema_version(&by_notify), 3);
+        assert_eq!(stored_schema_version("{}"), 1, "absent: version 1");
+        assert_eq!(
+            stored_schema_version(r#"{"schema_version":"2"}"#),
+            1,
+            "not a number"
+        );
     }
 }

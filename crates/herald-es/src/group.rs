@@ -6,17 +6,19 @@
 //!   ([`Subscription::dynamic_group`]).
 //! - [`MembershipStore`]: where members register with a lease, one implementation per backend, each in the
 //!   checkpoint store's database (the in-memory, SQLite and PostgreSQL checkpoint stores implement it).
-//! - [`Clock`], [`SystemClock`], [`ManualClock`]: the time leases are measured on (tests move a manual clock
-//!   instead of sleeping for lease durations).
+//! - Leases are measured on herald-core's [`Clock`] (microseconds; tests move a
+//!   [`ManualClock`](herald_core::ManualClock) instead of sleeping for lease durations). Every member of a group
+//!   must read the same time, to within a small fraction of the lease: one process's clock, or machines with
+//!   synchronised clocks.
 //! - [`Assignment`]: what a member currently does, published on a watch channel.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::{EventStoreExt, RecordedEvent};
+use herald_core::clock::micros;
+use herald_core::{Clock, EventStoreExt, RecordedEvent, SystemClock};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,59 +28,16 @@ use crate::subscription::{
     EventHandler, Feed, GroupMember, Subscription, SubscriptionStats, stable_hash,
 };
 
-/// The time leases are measured on, in milliseconds. Every member of a group must read the same time (to
-/// within a small fraction of the lease): one process's clock, or machines with synchronised clocks.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Milliseconds since an epoch shared by the group's members.
-    fn now_millis(&self) -> u64;
-}
-
-/// Wall-clock time (milliseconds since the Unix epoch).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_millis(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told to: tests expire leases by advancing it instead of sleeping. Clones
-/// share the same time.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    /// A clock reading `start_millis`.
-    pub fn new(start_millis: u64) -> Self {
-        ManualClock(Arc::new(AtomicU64::new(start_millis)))
-    }
-
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_millis(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// One member's heartbeat: registers or renews its lease and reports the generation it has acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     /// The member's id (stable across restarts if you want the same index back; any unique string works).
     pub member: String,
-    /// The group clock's time of this heartbeat (ms). Members whose lease ended at or before it are dropped.
-    pub now: u64,
-    /// When this member's lease ends unless renewed (ms on the group clock).
-    pub expires_at: u64,
+    /// The group clock's time of this heartbeat (µs since the Unix epoch, [`Clock::now_micros`]). Members
+    /// whose lease ended at or before it are dropped.
+    pub now: i64,
+    /// When this member's lease ends unless renewed (µs on the group clock).
+    pub expires_at: i64,
     /// The newest generation this member has acknowledged: it handles nothing under an older one.
     pub acknowledged: u64,
 }
@@ -109,7 +68,8 @@ pub trait MembershipStore: Send + Sync + 'static {
 /// One member's lease as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
-    pub(crate) expires_at: u64,
+    /// µs on the group clock.
+    pub(crate) expires_at: i64,
     pub(crate) acknowledged: u64,
 }
 
@@ -280,8 +240,8 @@ impl DynamicGroup {
         self.heartbeat.unwrap_or(self.lease / 3)
     }
 
-    fn lease_millis(&self) -> u64 {
-        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+    fn lease_micros(&self) -> i64 {
+        micros(self.lease)
     }
 }
 
@@ -491,7 +451,11 @@ pub(crate) async fn reset(checkpoints: &dyn CheckpointStore, name: &str) -> Resu
 #[derive(Debug, Clone)]
 enum Beat {
     Pending,
-    Ok { view: GroupView, lease_until: u64 },
+    /// `lease_until`: µs on the group clock.
+    Ok {
+        view: GroupView,
+        lease_until: i64,
+    },
     Failed(String),
 }
 
@@ -512,13 +476,13 @@ async fn heartbeat_loop(
     out: watch::Sender<Beat>,
     stop: CancellationToken,
 ) {
-    let lease = group.lease_millis();
+    let lease = group.lease_micros();
     let every = group.heartbeat_interval();
     // When this member first saw a generation newer than the one it acknowledged, on the group clock.
-    let mut behind_since: Option<u64> = None;
+    let mut behind_since: Option<i64> = None;
     let mut last_acked = 0;
     loop {
-        let now = group.clock.now_millis();
+        let now = group.clock.now_micros();
         let acked = *acknowledged.borrow_and_update();
         if acked != last_acked {
             // It acknowledged since: whatever it was behind on, it has caught up with.
@@ -611,7 +575,7 @@ pub(crate) async fn run<H: EventHandler + ?Sized>(
 fn current(beat: &watch::Receiver<Beat>, generation: u64, clock: &dyn Clock) -> bool {
     match &*beat.borrow() {
         Beat::Ok { view, lease_until } => {
-            view.generation == generation && clock.now_millis() < *lease_until
+            view.generation == generation && clock.now_micros() < *lease_until
         }
         Beat::Pending | Beat::Failed(_) => false,
     }
@@ -651,7 +615,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
                             });
                     } else if view.settled
                         && view.generation == *ack.borrow()
-                        && clock.now_millis() < lease_until
+                        && clock.now_micros() < lease_until
                         && let Some(index) = view.members.iter().position(|m| *m == group.member)
                     {
                         let member = GroupMember::new(
@@ -757,7 +721,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
 mod tests {
     use super::*;
 
-    fn beat(member: &str, now: u64, acknowledged: u64) -> Heartbeat {
+    fn beat(member: &str, now: i64, acknowledged: u64) -> Heartbeat {
         Heartbeat {
             member: member.into(),
             now,
@@ -793,6 +757,47 @@ mod tests {
         assert!(g.view().members.is_empty());
         g.leave("a");
         assert_eq!(g.view().generation, 4, "leaving twice is harmless");
+    }
+
+    /// Leases are microseconds on herald-core's clock: a heartbeat at `now` holds the lease until
+    /// `now + lease` in µs, and the member sees its lease end exactly when the clock passes it.
+    #[tokio::test]
+    async fn heartbeats_measure_leases_in_microseconds() {
+        let clock = herald_core::ManualClock::at_micros(5_000_000);
+        let store = Arc::new(crate::checkpoint::InMemoryCheckpointStore::new());
+        let group = DynamicGroup::new(store, "m")
+            .unwrap()
+            .lease(Duration::from_millis(1500))
+            .unwrap()
+            .clock(Arc::new(clock.clone()));
+        assert_eq!(group.lease_micros(), 1_500_000);
+        let (_ack_tx, ack_rx) = watch::channel(0u64);
+        let (beat_tx, mut beat_rx) = watch::channel(Beat::Pending);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(heartbeat_loop(
+            group,
+            "g".into(),
+            ack_rx,
+            beat_tx,
+            stop.clone(),
+        ));
+        let beat = beat_rx
+            .wait_for(|b| matches!(b, Beat::Ok { .. }))
+            .await
+            .unwrap()
+            .clone();
+        stop.cancel();
+        task.await.unwrap();
+        let Beat::Ok { view, lease_until } = beat else {
+            unreachable!()
+        };
+        assert_eq!(lease_until, 6_500_000);
+        let (_, rx) = watch::channel(Beat::Ok { view, lease_until });
+        assert!(current(&rx, 1, &clock));
+        clock.advance(Duration::from_micros(1_499_999));
+        assert!(current(&rx, 1, &clock), "one µs before the lease ends");
+        clock.advance(Duration::from_micros(1));
+        assert!(!current(&rx, 1, &clock), "the lease has ended");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! | [`aggregate`] | [`Aggregate`] (pure decide/apply), [`Repository`] (load by replay or snapshot, save with `Exact`, retry on conflict) |
 //! | [`codec`] | [`EventSet`] (typed events, stable type names, schema versions), [`Upcasters`], [`Codec`] |
 //! | [`snapshot`] | [`SnapshotStore`], [`SnapshotPolicy`], in-memory and in-the-event-store snapshots |
-//! | [`bus`] | [`CommandBus`], middleware (logging, correlation, validation, timing) |
+//! | [`command`] | [`CommandBus`], middleware (logging, correlation, validation, timing) |
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups: static ([`GroupMember`]) or with members joining and leaving at run time ([`DynamicGroup`]) |
-//! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations), [`Clock`], [`ManualClock`], [`Assignment`] |
+//! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations, on herald-core's [`Clock`]), [`Assignment`] |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
 //! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
@@ -96,7 +96,7 @@
 //! });
 //! let stats = sub.run(&handler, &cancel).await?;
 //! assert_eq!(stats.handled, 2);
-//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # Ok::<(), herald_es::BoxError>(())
 //! # }).unwrap();
 //! ```
 //!
@@ -142,9 +142,9 @@
 //! | `postgres` | no | `postgres`: PostgreSQL checkpoints and transactional projections (tokio-postgres) |
 
 pub mod aggregate;
-pub mod bus;
 pub mod checkpoint;
 pub mod codec;
+pub mod command;
 mod error;
 pub mod group;
 pub mod metadata;
@@ -159,14 +159,13 @@ pub mod subscription;
 pub mod testing;
 
 pub use aggregate::{Aggregate, ExecuteError, Loaded, Repository, RetryPolicy, Saved};
-pub use bus::{BusError, Command, CommandBus, CommandHandler, Middleware};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
-pub use codec::{Codec, Envelope, EventSet, SCHEMA_VERSION, Upcasters};
+pub use codec::{Codec, DecodedEvent, EventSet, Upcasters};
+pub use command::{BusError, Command, CommandBus, CommandHandler, Middleware};
 pub use error::{EsError, Result};
-pub use group::{
-    Assignment, Clock, DynamicGroup, GroupView, Heartbeat, ManualClock, MembershipStore,
-    SystemClock,
-};
+pub use group::{Assignment, DynamicGroup, GroupView, Heartbeat, MembershipStore};
+/// Re-exported where [`DynamicGroup::clock`] needs them: herald-core's one time source (µs).
+pub use herald_core::{Clock, ManualClock, SystemClock};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};

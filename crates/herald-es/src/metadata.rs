@@ -25,7 +25,7 @@ pub struct CommandMetadata {
     /// This command's id (fresh UUIDv7 by default).
     pub command_id: Uuid,
     /// The conversation this command belongs to; `None`: it starts one (its own id is used), unless the
-    /// [`crate::bus::Correlation`] middleware inherits one from the command being handled.
+    /// [`crate::command::Correlation`] middleware inherits one from the command being handled.
     pub correlation_id: Option<Uuid>,
     /// The event or command that caused this command, when there is one.
     pub causation_id: Option<Uuid>,
@@ -114,7 +114,7 @@ impl CommandMetadata {
             Value::String(self.command_id.to_string()),
         );
         map.insert(
-            crate::codec::SCHEMA_VERSION.into(),
+            herald_core::SCHEMA_VERSION_KEY.into(),
             Value::from(schema_version),
         );
         for (k, v) in &self.extra {

@@ -227,7 +227,7 @@ impl PostgresCheckpointStore {
             state.leases.insert(
                 row.get(0),
                 Lease {
-                    expires_at: from_sql(row.get(1)),
+                    expires_at: row.get(1),
                     acknowledged: from_sql(row.get(2)),
                 },
             );
@@ -252,7 +252,7 @@ impl PostgresCheckpointStore {
                 &[
                     &group,
                     member,
-                    &to_sql(lease.expires_at),
+                    &lease.expires_at,
                     &to_sql(lease.acknowledged),
                 ],
             )

@@ -19,7 +19,7 @@ use herald_core::{
     EventStore, EventStoreExt, ExpectedVersion, ReadQuery, RecordedEvent, StreamName,
 };
 
-use crate::bus::{Command, CommandBus};
+use crate::command::{Command, CommandBus};
 use crate::metadata::CommandMetadata;
 use crate::subscription::{BoxError, EventHandler};
 

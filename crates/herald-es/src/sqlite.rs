@@ -1,7 +1,8 @@
 //! SQLite implementations: snapshots, checkpoints, dynamic group membership and transactional projections, in
 //! the event store's own database file, in tables of their own (`herald_es_snapshots`, `herald_es_checkpoints`,
-//! `herald_es_groups`, `herald_es_group_members`, plus the read model's tables). Each opens its own connection to the file; herald-sqlite's tables are never touched, and nothing
-//! here depends on its internals.
+//! `herald_es_groups`, `herald_es_group_members`, plus the read model's tables). Each opens its own connection to
+//! the file with herald-sqlite's opener ([`herald_sqlite::open_existing`]); herald-sqlite's tables are never
+//! touched.
 //!
 //! Open the herald-sqlite `SqliteStore` on the file **first**: it creates the
 //! file and marks it as a Herald database, and these types refuse a file that is not one (so a typo in a path
@@ -17,9 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent};
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -29,9 +28,6 @@ use crate::error::{EsError, Result};
 use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::subscription::{BoxError, Feed, validate_name};
-
-/// `PRAGMA application_id` of a Herald database ("HERA").
-const HERALD_APPLICATION_ID: i32 = 0x4845_5241;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS herald_es_checkpoints (
@@ -65,36 +61,15 @@ fn db_error(what: &'static str) -> impl Fn(rusqlite::Error) -> EsError {
     move |e| EsError::storage(what, e)
 }
 
-/// Opens a connection to an existing Herald database and creates this crate's tables.
+/// Opens a connection to an existing Herald database and creates this crate's tables, through herald-sqlite's
+/// opener: the same pragmas and the same "is this a Herald file" check as the event store's connections. A
+/// longer lock wait than the store's default, because projections wait behind the store's group commits.
 fn open_connection(path: &Path) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let err = db_error("opening the SQLite database");
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        EsError::storage(
-            "opening the SQLite database",
-            format!("{}: {e}", path.display()),
-        )
-    })?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(&err)?;
-    let app_id: i32 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(&err)?;
-    if app_id != HERALD_APPLICATION_ID {
-        return Err(EsError::InvalidInput(format!(
-            "{} is not a Herald database; open it with the Herald SQLite event store first",
-            path.display()
-        )));
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(&err)?;
-    tx.execute_batch(SCHEMA).map_err(&err)?;
-    tx.commit().map_err(&err)?;
-    Ok(conn)
+    let config = herald_sqlite::SqliteConfig::default().busy_timeout(Duration::from_secs(10));
+    herald_sqlite::open_existing(path, &config, SCHEMA).map_err(|e| match e {
+        herald_core::Error::InvalidInput(message) => EsError::InvalidInput(message),
+        other => EsError::storage("opening the SQLite database", other),
+    })
 }
 
 #[derive(Clone)]
@@ -250,7 +225,7 @@ fn load_group(tx: &Transaction<'_>, group: &str) -> Result<GroupState> {
             Ok((
                 r.get::<_, String>(0)?,
                 Lease {
-                    expires_at: from_sql(r.get(1)?),
+                    expires_at: r.get(1)?,
                     acknowledged: from_sql(r.get(2)?),
                 },
             ))
@@ -282,12 +257,7 @@ fn store_group(tx: &Transaction<'_>, group: &str, state: &GroupState) -> Result<
         tx.execute(
             "INSERT INTO herald_es_group_members (group_name, member, expires_at, acknowledged)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                group,
-                member,
-                to_sql(lease.expires_at),
-                to_sql(lease.acknowledged)
-            ],
+            params![group, member, lease.expires_at, to_sql(lease.acknowledged)],
         )
         .map_err(&err)?;
     }

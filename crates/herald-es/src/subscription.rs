@@ -125,7 +125,7 @@
 //! for run in runs {
 //!     run.await??;
 //! }
-//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # Ok::<(), herald_es::BoxError>(())
 //! # }).unwrap();
 //! ```
 //!
@@ -146,12 +146,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
-use crate::codec::{Codec, Envelope, EventSet};
+use crate::codec::{Codec, DecodedEvent, EventSet};
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
 
-/// A boxed error from user handlers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Re-exported where handlers meet it: the workspace's one boxed error, [`herald_core::BoxError`].
+pub use herald_core::BoxError;
 
 /// Handles the events of a subscription, one at a time, in order.
 #[async_trait]
@@ -197,7 +197,7 @@ where
 }
 
 /// An [`EventHandler`] that decodes each event into `E` with a [`Codec`] (upcasting old schema versions)
-/// and calls an async closure with the typed [`Envelope`]. An event that does not decode stops the
+/// and calls an async closure with the typed [`DecodedEvent`]. An event that does not decode stops the
 /// subscription with an error naming it; restrict the subscription to `E`'s types
 /// ([`Subscription::types`]) when the scope holds other events.
 pub struct TypedHandler<E, F> {
@@ -215,7 +215,7 @@ impl<E, F> std::fmt::Debug for TypedHandler<E, F> {
 pub fn typed_handler<E, F, Fut>(codec: Codec<E>, f: F) -> TypedHandler<E, F>
 where
     E: EventSet,
-    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
     Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
 {
     TypedHandler { codec, f }
@@ -225,7 +225,7 @@ where
 impl<E, F, Fut> EventHandler for TypedHandler<E, F>
 where
     E: EventSet,
-    F: Fn(Envelope<E>) -> Fut + Send + Sync,
+    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
     Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
 {
     async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {

@@ -275,7 +275,7 @@ fn check(shared: &Shared, all: &[RecordedEvent], exactly_once: bool) -> Vec<Hand
 }
 
 async fn two_members_share_a_category(f: Fixture) {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let shared = Arc::new(Shared::default());
     let a = start(&f, &clock, &shared, "member-a");
     let b = start(&f, &clock, &shared, "member-b");
@@ -307,7 +307,7 @@ async fn a_third_member_joins_mid_stream(f: Fixture) {
     for i in 0..25 {
         append(&*f.store, &format!("acct-{i}"), 4).await;
     }
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let shared = Arc::new(Shared::default());
     let a = start(&f, &clock, &shared, "member-a");
     let b = start(&f, &clock, &shared, "member-b");
@@ -340,7 +340,7 @@ async fn a_third_member_joins_mid_stream(f: Fixture) {
 }
 
 async fn a_member_leaves_cleanly(f: Fixture) {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let shared = Arc::new(Shared::default());
     let a = start(&f, &clock, &shared, "member-a");
     let b = start(&f, &clock, &shared, "member-b");
@@ -385,7 +385,7 @@ async fn a_member_leaves_cleanly(f: Fixture) {
 }
 
 async fn a_dead_member_is_replaced_after_its_lease(f: Fixture) {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let shared = Arc::new(Shared::default());
     let a = start(&f, &clock, &shared, "member-a");
     let b = start(&f, &clock, &shared, "member-b");
@@ -457,7 +457,7 @@ async fn a_dead_member_is_replaced_after_its_lease(f: Fixture) {
 /// between: generations start and stop before their members finish a batch. Still no loss, no duplicate, no
 /// overlap, per-stream order throughout.
 async fn rapid_churn_under_live_writes(f: Fixture) {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let shared = Arc::new(Shared::default());
     let mut members = vec![
         start(&f, &clock, &shared, "member-a"),
@@ -546,7 +546,7 @@ impl EventHandler for Stuck {
 /// unstuck it rejoins. (The stuck call itself overlaps the new owner's handling of that event: a handler call
 /// must finish well within the lease, which is why this test does not check overlaps.)
 async fn a_stuck_member_is_dropped_after_a_lease(f: Fixture) {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualClock::at_micros(1_000_000_000);
     let log: StuckLog = Arc::default();
     let (entered_tx, mut entered) = watch::channel(false);
     let (release, release_rx) = watch::channel(false);
@@ -649,7 +649,7 @@ async fn a_stuck_member_is_dropped_after_a_lease(f: Fixture) {
 async fn membership_store_keeps_leases_and_generations(f: Fixture) {
     use herald_es::Heartbeat;
     let m = &f.memberships;
-    let beat = |member: &str, now: u64, acknowledged: u64| Heartbeat {
+    let beat = |member: &str, now: i64, acknowledged: u64| Heartbeat {
         member: member.into(),
         now,
         expires_at: now + 100,
@@ -704,7 +704,7 @@ async fn static_groups_still_work_next_to_dynamic_keys(f: Fixture) {
         .unwrap();
     assert_eq!(sub.start_cursor().await.unwrap(), Some(10));
     // Resetting a dynamic member removes the dynamic keys only.
-    let clock = ManualClock::new(0);
+    let clock = ManualClock::at_micros(0);
     let dynamic = Subscription::category("billing", "acct", f.store.clone(), f.checkpoints.clone())
         .unwrap()
         .dynamic_group(group(&f, &clock, "m"))

@@ -397,7 +397,7 @@ async fn new_group_members_start_at_the_safe_point(f: Fixture) {
 
 async fn typed_handler_upcasts_and_names_undecodable_events(f: Fixture) {
     use common::OrderEvent;
-    use herald_es::{Codec, Envelope, Upcasters, typed_handler};
+    use herald_es::{Codec, DecodedEvent, Upcasters, typed_handler};
     let stream = herald_core::StreamName::new("order-t").unwrap();
     let raw = |data: &str, v: u32| {
         herald_core::NewEvent::new("ItemAdded")
@@ -424,7 +424,7 @@ async fn typed_handler_upcasts_and_names_undecodable_events(f: Fixture) {
     let got: Arc<Mutex<Vec<OrderEvent>>> = Arc::default();
     let handler = typed_handler(codec, {
         let got = got.clone();
-        move |e: Envelope<OrderEvent>| {
+        move |e: DecodedEvent<OrderEvent>| {
             got.lock().unwrap().push(e.event);
             async { Ok(()) }
         }

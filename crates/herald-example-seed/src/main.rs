@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald::es::bus::{
+use herald::es::command::{
     Command, CommandBus, CommandTiming, Correlation, Logging, Timing, Validation, command_fn,
 };
 use herald::es::{

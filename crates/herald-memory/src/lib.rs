@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use herald_core::jobs::{JobRouter, JobsConfig, NewJob};
+use herald_core::rules::{self, AppendDecision, DeleteDecision, IdFact, LinkTarget, StoredEvent};
 use herald_core::time::OffsetDateTime;
 use herald_core::uuid::Uuid;
 use herald_core::{
@@ -206,57 +207,35 @@ impl State {
         t
     }
 
-    /// `Some(result)` when `events` repeat, in order, events already appended at consecutive versions of
-    /// `stream`; `Err` when any id is taken otherwise; `None` when every id is new.
-    fn check_ids(&self, stream: &str, events: &[NewEvent]) -> Result<Option<AppendResult>> {
-        let Some(first) = events.iter().find(|e| self.by_id.contains_key(&e.id)) else {
-            return Ok(None);
+    /// What the write rules need to know about `id`: where the event sits, and whether its stream still
+    /// holds it there as its own entry.
+    fn id_fact(&self, id: Uuid) -> IdFact<'_> {
+        let Some(&position) = self.by_id.get(&id) else {
+            return IdFact::Free;
         };
-        let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
-            id,
-            stream: stream.to_owned(),
-            reason,
-        };
-        let entries = self.streams.get(stream);
-        let mut positions = Vec::with_capacity(events.len());
-        let mut expected_version = None;
-        for event in events {
-            let Some(&position) = self.by_id.get(&event.id) else {
-                return Err(duplicate(
-                    first.id,
-                    "the id is already used; a retry must repeat the original append exactly",
-                ));
-            };
-            let stored = self.stored(position);
-            let in_place = stored.stream == stream
-                && entries
-                    .and_then(|entries| entries.get(stored.version as usize))
-                    .is_some_and(|entry| !entry.link && entry.position == position);
-            if !in_place {
-                return Err(duplicate(
-                    event.id,
-                    "the id is already used by another event",
-                ));
+        let stored = self.stored(position);
+        let in_stream = self
+            .streams
+            .get(&stored.stream)
+            .and_then(|entries| entries.get(stored.version as usize))
+            .is_some_and(|entry| !entry.link && entry.position == position);
+        IdFact::Stored(StoredEvent {
+            stream: &stored.stream,
+            version: stored.version,
+            position,
+            in_stream,
+        })
+    }
+
+    /// What the write rules need to know about linking `id` into `stream`.
+    fn link_target(&self, stream: &str, id: Uuid) -> LinkTarget<u64> {
+        match self.by_id.get(&id) {
+            None => LinkTarget::Missing,
+            Some(_) if self.members.get(stream).is_some_and(|m| m.contains(&id)) => {
+                LinkTarget::InStream
             }
-            if expected_version.is_some_and(|v| v != stored.version) {
-                return Err(duplicate(
-                    event.id,
-                    "the ids are already used in a different order; a retry must repeat the original append exactly",
-                ));
-            }
-            expected_version = Some(stored.version + 1);
-            positions.push(position);
+            Some(&position) => LinkTarget::Linkable(position),
         }
-        let first_stored = self.stored(positions[0]);
-        let last_stored = self.stored(positions[positions.len() - 1]);
-        Ok(Some(AppendResult {
-            stream: stream.to_owned(),
-            first_version: first_stored.version,
-            last_version: last_stored.version,
-            first_position: positions[0],
-            last_position: positions[positions.len() - 1],
-            ids: events.iter().map(|e| e.id).collect(),
-        }))
     }
 
     fn record(&self, entry_stream: &str, version: u64, entry: Entry) -> RecordedEvent {
@@ -313,6 +292,7 @@ fn indexes(len: u64, from: Option<u64>, direction: Direction) -> Box<dyn Iterato
 
 #[async_trait]
 impl EventStore for InMemoryStore {
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
@@ -326,6 +306,7 @@ impl EventStore for InMemoryStore {
     /// The append is decided under the state lock; the jobs (`jobs` and the router's) are checked before
     /// anything is written and inserted before the lock is released, so no reader sees the events without
     /// the jobs or the jobs without the events. A refused append or an idempotent retry enqueues nothing.
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len(), jobs = jobs.len()))]
     async fn append_with_jobs(
         &self,
         stream: &StreamName,
@@ -339,12 +320,18 @@ impl EventStore for InMemoryStore {
             .validate_append(stream, &events, expected)?;
         let name = stream.as_str();
         let mut state = self.lock();
-        if let Some(original) = state.check_ids(name, &events)? {
-            return Ok(original);
-        }
         let current = state.version(name);
-        expected.check(name, current)?;
-        let first_version = current.map_or(0, |v| v + 1);
+        let first_version =
+            match rules::decide_append(name, expected, current, &events, |id| state.id_fact(id))? {
+                AppendDecision::Write(versions) => versions.first,
+                AppendDecision::Retry(original) => return Ok(original),
+                // Every id was looked up: the rules cannot ask for more.
+                AppendDecision::LookUpIds => {
+                    return Err(Error::backend(
+                        "internal: the write rules asked for ids already looked up",
+                    ));
+                }
+            };
         let first_position = state.log.len() as u64 + 1;
         let jobs = self.inner.jobs.prepare_append(
             self.inner.router.as_deref(),
@@ -391,6 +378,7 @@ impl EventStore for InMemoryStore {
         })
     }
 
+    #[tracing::instrument(name = "herald.store.link", level = "debug", skip_all, fields(stream = %stream, events = ids.len()))]
     async fn link(
         &self,
         stream: &StreamName,
@@ -400,23 +388,10 @@ impl EventStore for InMemoryStore {
         self.inner.limits.validate_link(stream, ids, expected)?;
         let name = stream.as_str();
         let mut state = self.lock();
-        let mut positions = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(&position) = state.by_id.get(id) else {
-                return Err(Error::EventNotFound { id: *id });
-            };
-            if state.members.get(name).is_some_and(|m| m.contains(id)) {
-                return Err(Error::DuplicateEvent {
-                    id: *id,
-                    stream: name.to_owned(),
-                    reason: "the stream already holds this event",
-                });
-            }
-            positions.push(position);
-        }
-        let current = state.version(name);
-        expected.check(name, current)?;
-        let first_version = current.map_or(0, |v| v + 1);
+        let (versions, positions) =
+            rules::decide_link(name, expected, state.version(name), ids, |id| {
+                state.link_target(name, id)
+            })?;
         let state = &mut *state;
         let entries = state.streams.entry(name.to_owned()).or_default();
         let members = state.members.entry(name.to_owned()).or_default();
@@ -430,11 +405,12 @@ impl EventStore for InMemoryStore {
         self.publish(state);
         Ok(LinkResult {
             stream: name.to_owned(),
-            first_version,
-            last_version: first_version + ids.len() as u64 - 1,
+            first_version: versions.first,
+            last_version: versions.last,
         })
     }
 
+    #[tracing::instrument(name = "herald.store.read", level = "debug", skip_all, fields(scope = ?query.scope))]
     async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
         query.validate()?;
         let page_size = query.page_size();
@@ -498,9 +474,7 @@ impl EventStore for InMemoryStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if limit == 0 {
-            return Err(Error::invalid("streams limit must be at least 1"));
-        }
+        self.inner.limits.validate_streams(limit)?;
         let state = self.lock();
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
@@ -518,14 +492,18 @@ impl EventStore for InMemoryStore {
             .collect())
     }
 
+    #[tracing::instrument(name = "herald.store.delete", level = "debug", skip_all, fields(stream = %stream))]
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
-        expected.validate()?;
+        self.inner.limits.validate_delete(expected)?;
         let name = stream.as_str();
         let mut state = self.lock();
-        expected.check(name, state.version(name))?;
-        if state.streams.remove(name).is_some() {
-            state.members.remove(name);
-            self.publish(&mut state);
+        match rules::decide_delete(name, expected, state.version(name))? {
+            DeleteDecision::Remove => {
+                state.streams.remove(name);
+                state.members.remove(name);
+                self.publish(&mut state);
+            }
+            DeleteDecision::Nothing => {}
         }
         Ok(())
     }

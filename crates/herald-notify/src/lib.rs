@@ -64,7 +64,7 @@ mod fxhash;
 pub mod instrument;
 mod panic;
 mod scope;
-mod subscription;
+mod subscriber;
 mod tlcache;
 
 pub use bus::{
@@ -77,7 +77,7 @@ pub use instrument::{
     Started, tracing_bridge,
 };
 pub use panic::{PanicPolicy, PanicReport, PanicReporter};
-pub use subscription::{Subscription, SubscriptionGuard};
+pub use subscriber::{SubscriberGuard, SubscriberHandle};
 
 /// [`Notifier::instrument`] on the [global notifier](Notifier::global).
 ///
@@ -123,7 +123,7 @@ pub fn notify<P: Payload>(name: &'static str, payload: impl FnOnce() -> P) {
 pub fn subscribe(
     pattern: impl Into<Pattern>,
     handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
-) -> Subscription {
+) -> SubscriberHandle {
     Notifier::global().subscribe(pattern, handler)
 }
 

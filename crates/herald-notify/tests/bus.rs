@@ -731,7 +731,7 @@ fn the_context_is_restored_after_each_nested_publish() {
 }
 
 /// Handlers: ok, panic, error, (another publisher's local listener), panic, ok.
-fn mixed_bus(policy: ErrorPolicy) -> (Bus, Log, Vec<herald_notify::Subscription>) {
+fn mixed_bus(policy: ErrorPolicy) -> (Bus, Log, Vec<herald_notify::SubscriberHandle>) {
     let bus = Bus::builder()
         .error_policy(policy)
         .panic_reporter(|_| {})

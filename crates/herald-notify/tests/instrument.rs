@@ -496,7 +496,7 @@ fn global_notifier_and_free_functions() {
 fn a_handler_unsubscribed_during_a_delivery_is_skipped_from_then_on() {
     let n = Notifier::new();
     let l = log();
-    let victim: Arc<Mutex<Option<herald_notify::Subscription>>> = Arc::new(Mutex::new(None));
+    let victim: Arc<Mutex<Option<herald_notify::SubscriberHandle>>> = Arc::new(Mutex::new(None));
     let v = victim.clone();
     let _first = n
         .subscribe("e", move |_| {

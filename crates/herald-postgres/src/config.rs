@@ -2,9 +2,9 @@
 //! server take. The library never reads environment variables; the binary does and hands the result here.
 
 use std::str::FromStr;
-
 use std::sync::Arc;
 
+use herald_core::url::{DatabaseUrl, Scheme, check_range};
 use herald_core::{Error, Limits, Result};
 
 use herald_core::jobs::JobRouter;
@@ -16,8 +16,17 @@ use crate::jobs::JobRouters;
 pub const DEFAULT_SCHEMA: &str = "herald";
 /// Default largest number of read connections in the pool (opened on demand).
 pub const DEFAULT_POOL_SIZE: usize = 8;
+/// Largest `pool_size` accepted: above it one store alone would exhaust a default server
+/// (`max_connections` is 100 out of the box); raise the server's limit and use several stores instead.
+pub const MAX_POOL_SIZE: usize = 256;
 /// Default largest number of write requests the writer commits in one transaction.
 pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Largest `max_batch` accepted: the writer reserves room for a whole batch up front, and past a few
+/// thousand requests a batch only delays the first reply without saving WAL flushes.
+pub const MAX_BATCH_LIMIT: usize = 16_384;
+
+/// Herald's own query options; every other option of a `postgres://` URL is the driver's.
+const HERALD_OPTIONS: &[&str] = &["schema", "pool_size", "max_batch"];
 /// Longest schema name accepted (the LISTEN channel name, `herald_` + schema, must fit in 63 bytes).
 pub const MAX_SCHEMA_LEN: usize = 48;
 
@@ -33,9 +42,10 @@ pub struct PostgresConfig {
     /// Schema holding the tables (created on open): lowercase ASCII letters, digits and `_`, not starting
     /// with a digit, at most [`MAX_SCHEMA_LEN`] bytes.
     pub schema: String,
-    /// Most read connections (opened on demand). Writes use one more connection, live notifications another.
+    /// Most read connections (opened on demand), 1 to [`MAX_POOL_SIZE`]. Writes use one more connection, live
+    /// notifications another.
     pub pool_size: usize,
-    /// Most write requests committed in one transaction.
+    /// Most write requests committed in one transaction, 1 to [`MAX_BATCH_LIMIT`].
     pub max_batch: usize,
     /// Size limits enforced before anything is written.
     pub limits: Limits,
@@ -65,13 +75,13 @@ impl PostgresConfig {
         self
     }
 
-    /// Most read connections.
+    /// Most read connections (1 to [`MAX_POOL_SIZE`]).
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
         self
     }
 
-    /// Most write requests per transaction.
+    /// Most write requests per transaction (1 to [`MAX_BATCH_LIMIT`]).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;
         self
@@ -102,12 +112,8 @@ impl PostgresConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_schema_name(&self.schema)?;
-        if self.pool_size == 0 {
-            return Err(Error::invalid("pool_size must be at least 1"));
-        }
-        if self.max_batch == 0 {
-            return Err(Error::invalid("max_batch must be at least 1"));
-        }
+        check_range("pool_size", self.pool_size, 1..=MAX_POOL_SIZE)?;
+        check_range("max_batch", self.max_batch, 1..=MAX_BATCH_LIMIT)?;
         Ok(())
     }
 }
@@ -133,7 +139,9 @@ pub fn validate_schema_name(s: &str) -> Result<()> {
 }
 
 /// A parsed `postgres://` (or `postgresql://`) URL: the connection part for the driver and Herald's own
-/// parameters (`schema`, `pool_size`, `max_batch`), which are taken out of the query string.
+/// parameters (`schema`, `pool_size` 1 to [`MAX_POOL_SIZE`], `max_batch` 1 to [`MAX_BATCH_LIMIT`]), which are
+/// taken out of the query string. Parsed by herald-core's [`DatabaseUrl`], like every database URL of the
+/// workspace.
 ///
 /// ```
 /// use herald_postgres::PostgresUrl;
@@ -146,7 +154,7 @@ pub fn validate_schema_name(s: &str) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresUrl {
     /// The URL without Herald's parameters, as the driver takes it (other parameters such as
-    /// `connect_timeout` or `application_name` stay).
+    /// `connect_timeout` or `application_name` stay, byte for byte).
     pub connection: String,
     /// Settings from the URL's Herald parameters, defaults otherwise.
     pub config: PostgresConfig,
@@ -155,42 +163,32 @@ pub struct PostgresUrl {
 impl PostgresUrl {
     /// Parses `url`, starting from `base` for the settings the URL does not give.
     pub fn parse_with(url: &str, base: PostgresConfig) -> Result<Self> {
-        let (scheme, _) = url.split_once("://").unwrap_or(("", ""));
-        if scheme != "postgres" && scheme != "postgresql" {
-            return Err(Error::invalid(format!(
-                "`{url}` is not a postgres:// or postgresql:// URL"
-            )));
+        Self::from_url(&DatabaseUrl::parse(url)?, base)
+    }
+
+    /// The connection and settings of an already parsed URL, starting from `base` for the settings it does
+    /// not give. Anything but a `postgres://` URL, a Herald option out of its range, or a URL the driver
+    /// refuses is [`Error::InvalidInput`].
+    pub fn from_url(url: &DatabaseUrl, base: PostgresConfig) -> Result<Self> {
+        if url.scheme() != Scheme::Postgres {
+            return Err(url.invalid("is not a postgres:// or postgresql:// URL"));
         }
-        let (base_url, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
         let mut config = base;
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = |what: &str| {
-                value.parse::<usize>().map_err(|_| {
-                    Error::invalid(format!("URL parameter {what}=`{value}` is not a number"))
-                })
-            };
-            match key {
-                "schema" => config.schema = value.to_owned(),
-                "pool_size" => config.pool_size = number("pool_size")?,
-                "max_batch" => config.max_batch = number("max_batch")?,
-                _ => kept.push(pair),
-            }
+        if let Some(schema) = url.option("schema")? {
+            config.schema = schema.to_owned();
+        }
+        if let Some(n) = url.option_in("pool_size", 1..=MAX_POOL_SIZE)? {
+            config.pool_size = n;
+        }
+        if let Some(n) = url.option_in("max_batch", 1..=MAX_BATCH_LIMIT)? {
+            config.max_batch = n;
         }
         config.validate()?;
-        let connection = if kept.is_empty() {
-            base_url.to_owned()
-        } else {
-            format!("{base_url}?{}", kept.join("&"))
-        };
-        // Let the driver reject what it cannot use now, with its own message.
+        let connection = url.without_options(HERALD_OPTIONS);
+        // Let the driver reject what it cannot use now (an unknown option, a bad value), with its own message.
         connection
             .parse::<tokio_postgres::Config>()
-            .map_err(|e| Error::invalid(format!("PostgreSQL URL `{url}` is not valid: {e}")))?;
+            .map_err(|e| url.invalid(format_args!("the driver refuses it: {e}")))?;
         Ok(PostgresUrl { connection, config })
     }
 }
@@ -232,11 +230,55 @@ mod tests {
             "postgres://h/db?pool_size=0",
             "postgres://h/db?max_batch=many",
             "postgres://h/db?nonsense=1",
+            "postgres://h/db?pool_size=257",
+            "postgres://h/db?max_batch=16385",
+            "postgres://h/db?pool_size=-1",
+            "postgres://h/db?schema=a&schema=b",
+            "postgres://h:99999/db",
         ] {
             let err = bad.parse::<PostgresUrl>().unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");
         }
         let long = format!("postgres://h/db?schema={}", "a".repeat(MAX_SCHEMA_LEN + 1));
         assert!(long.parse::<PostgresUrl>().is_err());
+        let err = "postgres://u:hunter2@h/db?pool_size=1000"
+            .parse::<PostgresUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pool_size must be from 1 to 256 (got 1000)") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_numeric_setting_is_bounded() {
+        let ok = PostgresConfig::default()
+            .pool_size(MAX_POOL_SIZE)
+            .max_batch(MAX_BATCH_LIMIT);
+        assert!(ok.validate().is_ok());
+        for bad in [
+            PostgresConfig::default().pool_size(0),
+            PostgresConfig::default().pool_size(MAX_POOL_SIZE + 1),
+            PostgresConfig::default().max_batch(0),
+            PostgresConfig::default().max_batch(usize::MAX),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn keeps_passwords_and_driver_options_for_the_driver() {
+        let url: PostgresUrl = "postgres://u:p%40ss@h:5433/db?options=-c%20x%3Dy&schema=app"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.connection,
+            "postgres://u:p%40ss@h:5433/db?options=-c%20x%3Dy"
+        );
+        let driver: tokio_postgres::Config = url.connection.parse().unwrap();
+        assert_eq!(driver.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(driver.get_options(), Some("-c x=y"));
     }
 }

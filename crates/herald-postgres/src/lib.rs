@@ -122,8 +122,8 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PostgresConfig,
-    PostgresUrl, validate_schema_name,
+    DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_BATCH_LIMIT, MAX_POOL_SIZE,
+    MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl, validate_schema_name,
 };
 pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
@@ -341,6 +341,7 @@ impl PostgresStore {
 
 #[async_trait]
 impl EventStore for PostgresStore {
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
@@ -350,6 +351,7 @@ impl EventStore for PostgresStore {
         self.submit_append(stream, events, expected, None).await
     }
 
+    #[tracing::instrument(name = "herald.store.link", level = "debug", skip_all, fields(stream = %stream, events = ids.len()))]
     async fn link(
         &self,
         stream: &StreamName,
@@ -366,6 +368,7 @@ impl EventStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "herald.store.read", level = "debug", skip_all, fields(scope = ?query.scope))]
     async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
         query.validate()?;
         read::read_page(&self.reads, query).await
@@ -385,14 +388,13 @@ impl EventStore for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if limit == 0 {
-            return Err(Error::invalid("streams limit must be at least 1"));
-        }
+        self.config.limits.validate_streams(limit)?;
         read::streams(&self.reads, prefix, after, limit).await
     }
 
+    #[tracing::instrument(name = "herald.store.delete", level = "debug", skip_all, fields(stream = %stream))]
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
-        expected.validate()?;
+        self.config.limits.validate_delete(expected)?;
         self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,
@@ -408,6 +410,7 @@ impl EventStore for PostgresStore {
     /// The jobs go in as one more statement of the append's batch (the queue's insert, with a `NOTIFY`
     /// delivered at commit that wakes the workers of every process), into the job tables of the store's
     /// schema.
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len(), jobs = jobs.len()))]
     async fn append_with_jobs(
         &self,
         stream: &StreamName,

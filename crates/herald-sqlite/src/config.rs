@@ -1,12 +1,12 @@
 //! How a store is opened: typed configuration with a builder, and the `sqlite://` URL form the CLI and server
 //! take. The library never reads environment variables; the binary does and hands the result here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
+use herald_core::url::{DatabaseUrl, Scheme, check_range};
 use herald_core::{Error, JobRouter, Limits, Result};
 
 use crate::hook::{AppendHook, AppendHooks, JobRouting};
@@ -48,10 +48,22 @@ impl FromStr for Durability {
 
 /// Default number of read connections.
 pub const DEFAULT_READ_CONNECTIONS: usize = 4;
+/// Most read connections accepted. Each holds a file handle and up to 32 MiB of page cache, and two cores
+/// gain nothing from dozens of readers.
+pub const MAX_READ_CONNECTIONS: usize = 64;
 /// Default largest number of write requests the writer commits in one transaction.
 pub const DEFAULT_MAX_BATCH: usize = 512;
+/// Largest `max_batch` accepted: the writer reserves room for a whole batch up front, and past a few
+/// thousand requests a batch only delays the first reply without saving fsyncs.
+pub const MAX_BATCH_LIMIT: usize = 16_384;
 /// Default time a connection waits for a lock held by another process before failing.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `busy_timeout` accepted (SQLite takes it in milliseconds as a C `int`; a writer blocked for
+/// longer is stuck, not busy).
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The query options a `sqlite://` URL may carry (`synchronous` is another name for `durability`).
+const URL_OPTIONS: &[&str] = &["durability", "synchronous", "read_connections", "max_batch"];
 
 /// Settings of a [`crate::SqliteStore`].
 ///
@@ -69,11 +81,14 @@ pub struct SqliteConfig {
     pub durability: Durability,
     /// Size limits enforced before anything is written.
     pub limits: Limits,
-    /// Connections serving reads in parallel with the writer (WAL readers never wait for it). At least 1.
+    /// Connections serving reads in parallel with the writer (WAL readers never wait for it). 1 to
+    /// [`MAX_READ_CONNECTIONS`].
     pub read_connections: usize,
-    /// Most write requests (appends, links, deletes) committed together in one transaction. At least 1.
+    /// Most write requests (appends, links, deletes) committed together in one transaction. 1 to
+    /// [`MAX_BATCH_LIMIT`].
     pub max_batch: usize,
-    /// How long to wait for a lock held by another process (another store on the same file).
+    /// How long to wait for a lock held by another process (another store on the same file). At most
+    /// [`MAX_BUSY_TIMEOUT`].
     pub busy_timeout: Duration,
     /// Hooks run inside every append's savepoint (see [`crate::hook`]); none by default.
     pub append_hooks: AppendHooks,
@@ -109,19 +124,20 @@ impl SqliteConfig {
         self
     }
 
-    /// Sets the number of read connections (at least 1).
+    /// Sets the number of read connections (1 to [`MAX_READ_CONNECTIONS`]).
     pub fn read_connections(mut self, n: usize) -> Self {
         self.read_connections = n;
         self
     }
 
-    /// Sets the largest group-commit batch, in write requests (at least 1; 1 disables group commit).
+    /// Sets the largest group-commit batch, in write requests (1 to [`MAX_BATCH_LIMIT`]; 1 disables group
+    /// commit).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;
         self
     }
 
-    /// Sets the lock wait for contention with other processes.
+    /// Sets the lock wait for contention with other processes (at most [`MAX_BUSY_TIMEOUT`]).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
@@ -147,21 +163,28 @@ impl SqliteConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.read_connections == 0 {
-            return Err(Error::invalid("read_connections must be at least 1"));
-        }
-        if self.max_batch == 0 {
-            return Err(Error::invalid("max_batch must be at least 1"));
+        check_range(
+            "read_connections",
+            self.read_connections,
+            1..=MAX_READ_CONNECTIONS,
+        )?;
+        check_range("max_batch", self.max_batch, 1..=MAX_BATCH_LIMIT)?;
+        if self.busy_timeout > MAX_BUSY_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "busy_timeout must be at most {MAX_BUSY_TIMEOUT:?} (got {:?})",
+                self.busy_timeout
+            )));
         }
         Ok(())
     }
 }
 
-/// A parsed `sqlite://` URL: the database file and the settings given in its query string.
+/// A parsed `sqlite://` URL: the database file and the settings given in its query string. Parsed by
+/// herald-core's [`DatabaseUrl`], like every database URL of the workspace.
 ///
 /// `sqlite://herald.db` is the relative path `herald.db`, `sqlite:///var/lib/herald.db` the absolute path
-/// `/var/lib/herald.db`. The query string may set `durability=full|normal`, `read_connections=N` and
-/// `max_batch=N`.
+/// `/var/lib/herald.db`. The query string may set `durability=full|normal`, `read_connections=N` (1 to
+/// [`MAX_READ_CONNECTIONS`]) and `max_batch=N` (1 to [`MAX_BATCH_LIMIT`]).
 ///
 /// ```
 /// use herald_sqlite::{Durability, SqliteUrl};
@@ -183,44 +206,35 @@ pub struct SqliteUrl {
 impl SqliteUrl {
     /// Parses `url` starting from `base` settings (query parameters override them).
     pub fn parse_with(url: &str, base: SqliteConfig) -> Result<Self> {
-        let rest = url.strip_prefix("sqlite://").ok_or_else(|| {
-            Error::invalid(format!(
-                "database URL `{url}` does not start with sqlite:// (try sqlite://herald.db)"
-            ))
-        })?;
-        let (path, query) = match rest.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (rest, None),
+        Self::from_url(&DatabaseUrl::parse(url)?, base)
+    }
+
+    /// The file and settings of an already parsed URL, starting from `base` settings (query parameters
+    /// override them). Anything but a `sqlite://` URL, an unknown option or a value out of its range is
+    /// [`Error::InvalidInput`].
+    pub fn from_url(url: &DatabaseUrl, base: SqliteConfig) -> Result<Self> {
+        let (Scheme::Sqlite, Some(path)) = (url.scheme(), url.path()) else {
+            return Err(url.invalid("is not a sqlite:// URL (try sqlite://herald.db)"));
         };
-        if path.is_empty() {
-            return Err(Error::invalid(format!(
-                "database URL `{url}` names no file (try sqlite://herald.db)"
-            )));
-        }
+        url.check_options(URL_OPTIONS)?;
         let mut config = base;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = |what: &str| -> Result<usize> {
-                value.parse().map_err(|_| {
-                    Error::invalid(format!(
-                        "database URL `{url}`: {what} `{value}` is not a number"
-                    ))
-                })
-            };
-            match key {
-                "durability" | "synchronous" => config.durability = value.parse()?,
-                "read_connections" => config.read_connections = number(key)?,
-                "max_batch" => config.max_batch = number(key)?,
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "database URL `{url}`: unknown parameter `{key}` (known: durability, read_connections, max_batch)"
-                    )));
-                }
-            }
+        let durability = url.option_parsed("durability")?;
+        let synchronous = url.option_parsed("synchronous")?;
+        if durability.is_some() && synchronous.is_some() {
+            return Err(url.invalid("give durability or synchronous, not both"));
+        }
+        if let Some(durability) = durability.or(synchronous) {
+            config.durability = durability;
+        }
+        if let Some(n) = url.option_in("read_connections", 1..=MAX_READ_CONNECTIONS)? {
+            config.read_connections = n;
+        }
+        if let Some(n) = url.option_in("max_batch", 1..=MAX_BATCH_LIMIT)? {
+            config.max_batch = n;
         }
         config.validate()?;
         Ok(SqliteUrl {
-            path: Path::new(path).to_path_buf(),
+            path: path.to_path_buf(),
             config,
         })
     }
@@ -235,10 +249,16 @@ impl FromStr for SqliteUrl {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn parses_relative_absolute_and_parameters() {
+        // The bug a hand-rolled parser had elsewhere: the query is an option, not part of the file name.
+        let u: SqliteUrl = "sqlite://shop.db?durability=normal".parse().unwrap();
+        assert_eq!(u.path, Path::new("shop.db"));
+        assert_eq!(u.config.durability, Durability::Normal);
         let u: SqliteUrl = "sqlite://data/h.db".parse().unwrap();
         assert_eq!(u.path, Path::new("data/h.db"));
         assert_eq!(u.config, SqliteConfig::default());
@@ -260,9 +280,42 @@ mod tests {
             "sqlite://x.db?read_connections=0",
             "sqlite://x.db?max_batch=x",
             "sqlite://x.db?color=red",
+            "sqlite://x.db?read_connections=65",
+            "sqlite://x.db?max_batch=16385",
+            "sqlite://x.db?max_batch=99999999999999999999999",
+            "sqlite://x.db?durability=full&synchronous=normal",
+            "sqlite://x.db?max_batch=2&max_batch=3",
+            "memory://",
         ] {
             let err = bad.parse::<SqliteUrl>().unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");
+        }
+        let err = "sqlite://x.db?read_connections=65"
+            .parse::<SqliteUrl>()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("read_connections must be from 1 to 64 (got 65)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_numeric_setting_is_bounded() {
+        let ok = SqliteConfig::default()
+            .read_connections(MAX_READ_CONNECTIONS)
+            .max_batch(MAX_BATCH_LIMIT)
+            .busy_timeout(MAX_BUSY_TIMEOUT);
+        assert!(ok.validate().is_ok());
+        for bad in [
+            SqliteConfig::default().read_connections(0),
+            SqliteConfig::default().read_connections(MAX_READ_CONNECTIONS + 1),
+            SqliteConfig::default().max_batch(0),
+            SqliteConfig::default().max_batch(usize::MAX),
+            SqliteConfig::default().busy_timeout(MAX_BUSY_TIMEOUT + Duration::from_millis(1)),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{err}");
         }
     }
 }

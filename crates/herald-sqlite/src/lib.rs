@@ -76,15 +76,15 @@ use tokio::sync::{Notify, oneshot, watch};
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, SqliteConfig,
-    SqliteUrl,
+    DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_READ_CONNECTIONS, Durability, MAX_BATCH_LIMIT,
+    MAX_BUSY_TIMEOUT, MAX_READ_CONNECTIONS, SqliteConfig, SqliteUrl,
 };
 
 pub use hook::{AppendExtra, AppendHook, AppendedEvent, JobRouting};
 pub use jobs::{SqliteJobQueue, insert_job};
 /// Re-exported: hooks receive a [`rusqlite::Connection`], so they must name this crate's version of it.
 pub use rusqlite;
-pub use schema::APPLICATION_ID;
+pub use schema::{APPLICATION_ID, open_existing};
 
 use herald_core::write::WriteRequest;
 use read::ReadPool;
@@ -325,6 +325,7 @@ impl Drop for SqliteStore {
 
 #[async_trait]
 impl EventStore for SqliteStore {
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
@@ -334,6 +335,7 @@ impl EventStore for SqliteStore {
         self.submit_append(stream, events, expected, None).await
     }
 
+    #[tracing::instrument(name = "herald.store.link", level = "debug", skip_all, fields(stream = %stream, events = ids.len()))]
     async fn link(
         &self,
         stream: &StreamName,
@@ -350,6 +352,7 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "herald.store.read", level = "debug", skip_all, fields(scope = ?query.scope))]
     async fn read_page(&self, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
         query.validate()?;
         let query = query.clone();
@@ -375,9 +378,7 @@ impl EventStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        if limit == 0 {
-            return Err(Error::invalid("streams limit must be at least 1"));
-        }
+        self.config.limits.validate_streams(limit)?;
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
         self.reads
@@ -385,8 +386,9 @@ impl EventStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(name = "herald.store.delete", level = "debug", skip_all, fields(stream = %stream))]
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedVersion) -> Result<()> {
-        expected.validate()?;
+        self.config.limits.validate_delete(expected)?;
         self.submit(|reply| WriteRequest::Delete {
             stream: stream.as_str().to_owned(),
             expected,
@@ -399,6 +401,7 @@ impl EventStore for SqliteStore {
         self.head.clone()
     }
 
+    #[tracing::instrument(name = "herald.store.append", level = "debug", skip_all, fields(stream = %stream, events = events.len(), jobs = jobs.len()))]
     async fn append_with_jobs(
         &self,
         stream: &StreamName,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use herald_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::config::Durability;
+use crate::config::{Durability, SqliteConfig};
 use crate::error::context;
 
 /// Marks a Herald database (`PRAGMA application_id`), so a foreign SQLite file is refused, not modified.
@@ -71,8 +71,51 @@ pub(crate) fn connect(
     busy_timeout: Duration,
     durability: Durability,
 ) -> Result<Connection> {
+    open_with(
+        path,
+        busy_timeout,
+        durability,
+        OpenFlags::SQLITE_OPEN_CREATE,
+    )
+}
+
+/// Opens the existing Herald database at `path` for a crate that keeps tables of its own in the file
+/// (herald-es's checkpoints, snapshots and read models): the store's pragmas, never creating a file, refusing
+/// one that is not a Herald database (so a mistyped path never modifies an unrelated file), then `tables`
+/// (idempotent DDL, `CREATE TABLE IF NOT EXISTS …`) in one `BEGIN IMMEDIATE`, so concurrent openers
+/// serialise. Open the event store on the file first: it creates and stamps it.
+pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result<Connection> {
+    let mut conn = open_with(
+        path,
+        config.busy_timeout,
+        config.durability,
+        OpenFlags::empty(),
+    )?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let app_id: i32 = tx
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(backend)?;
+    if app_id != APPLICATION_ID {
+        return Err(Error::invalid(format!(
+            "{} is not a Herald database; open it with the Herald SQLite event store first",
+            path.display()
+        )));
+    }
+    tx.execute_batch(tables).map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok(conn)
+}
+
+fn open_with(
+    path: &Path,
+    busy_timeout: Duration,
+    durability: Durability,
+    create: OpenFlags,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
+        | create
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use herald_core::rules::{self, AppendDecision, DeleteDecision, IdFact, LinkTarget, StoredEvent};
 use herald_core::stream::category_of;
-use herald_core::version::MAX_VERSION;
 use herald_core::{
     AppendResult, Error, ExpectedVersion, Head, LinkResult, NewEvent, Result, timefmt,
 };
@@ -48,7 +48,8 @@ use herald_core::write::{WriteOutcome as Outcome, WriteRequest};
 enum Stop {
     /// A rule said no (version conflict, duplicate, unknown id): roll back this request only.
     Refused(Error),
-    /// An event id of this append is already stored: roll back, then decide between retry and duplicate.
+    /// An event id of this append may be stored (the unique index found one, or a refusal waits for the ids
+    /// to be known): with its own rows undone, look the ids up and decide again.
     IdTaken,
     /// The database failed.
     Sql(rusqlite::Error),
@@ -302,7 +303,7 @@ fn apply(
                     }
                 }
                 Ok(r) => Ok(r),
-                Err(Stop::IdTaken) => retry_or_duplicate(conn, stream, events),
+                Err(Stop::IdTaken) => decide_with_ids(conn, stream, events, *expected),
                 Err(Stop::Refused(e)) => Err(e),
                 Err(Stop::Sql(e)) => return Err(e),
             };
@@ -349,15 +350,6 @@ fn set_stream_version(conn: &Connection, stream: &str, version: u64) -> rusqlite
     Ok(())
 }
 
-fn check_range(stream: &str, first_version: u64, count: usize) -> std::result::Result<(), Stop> {
-    if first_version.saturating_add(count as u64 - 1) > MAX_VERSION {
-        return Err(Stop::Refused(Error::invalid(format!(
-            "stream `{stream}` would pass the largest version {MAX_VERSION}"
-        ))));
-    }
-    Ok(())
-}
-
 fn append(
     conn: &Connection,
     tail: &mut Tail,
@@ -366,16 +358,12 @@ fn append(
     expected: ExpectedVersion,
 ) -> std::result::Result<AppendResult, Stop> {
     let current = stream_version(conn, stream)?;
-    if let Err(conflict) = expected.check(stream, current) {
-        // An exact retry is not re-checked: if the ids are already stored, decide retry vs duplicate.
-        return Err(if event_exists(conn, events[0].id)? {
-            Stop::IdTaken
-        } else {
-            Stop::Refused(conflict)
-        });
-    }
-    let first_version = current.map_or(0, |v| v + 1);
-    check_range(stream, first_version, events.len())?;
+    // The ids are not looked up: the unique index on `events.id` finds a stored one while inserting.
+    let first_version =
+        match rules::decide_append(stream, expected, current, events, |_| IdFact::Unknown)? {
+            AppendDecision::Write(versions) => versions.first,
+            AppendDecision::Retry(_) | AppendDecision::LookUpIds => return Err(Stop::IdTaken),
+        };
     let first_position = tail.next_position;
     let category = category_of(stream);
     let mut insert_event = conn.prepare_cached(
@@ -435,20 +423,16 @@ fn undo_entries(conn: &Connection, stream: &str, first_version: u64) -> rusqlite
     Ok(())
 }
 
-fn event_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
-        .query_row([id.as_bytes()], |_| Ok(()))
-        .optional()
-        .map(|found| found.is_some())
-}
-
-/// Some id of `events` is stored. It is an idempotent retry when every id sits, in order, at consecutive
-/// versions of `stream` as an event appended there; otherwise it is a duplicate naming the first stored id.
-fn retry_or_duplicate(
+/// The append met a stored id, or was refused before its ids were known: look every id up and let the write
+/// rules decide (an idempotent retry, a duplicate, or the refusal after all). Nothing of it is written.
+fn decide_with_ids(
     conn: &Connection,
     stream: &str,
     events: &[NewEvent],
+    expected: ExpectedVersion,
 ) -> Result<AppendResult> {
+    let current = stream_version(conn, stream).map_err(backend)?;
+    // Where the event sits, and whether its stream still holds it there as its own entry.
     let mut lookup = conn
         .prepare_cached(
             "SELECT e.position, e.stream, e.version, se.is_link
@@ -458,7 +442,7 @@ fn retry_or_duplicate(
              WHERE e.id = ?1",
         )
         .map_err(backend)?;
-    let mut found = Vec::with_capacity(events.len());
+    let mut found = std::collections::HashMap::with_capacity(events.len());
     for event in events {
         let row: Option<(i64, String, i64, Option<i64>)> = lookup
             .query_row([event.id.as_bytes()], |r| {
@@ -466,55 +450,27 @@ fn retry_or_duplicate(
             })
             .optional()
             .map_err(backend)?;
-        found.push(row);
+        if let Some(row) = row {
+            found.insert(event.id, row);
+        }
     }
-    let duplicate = |id: Uuid, reason: &'static str| Error::DuplicateEvent {
-        id,
-        stream: stream.to_owned(),
-        reason,
+    let fact = |id: Uuid| match found.get(&id) {
+        None => IdFact::Free,
+        Some((position, origin, version, entry)) => IdFact::Stored(StoredEvent {
+            stream: origin,
+            version: *version as u64,
+            position: *position as u64,
+            in_stream: *entry == Some(0),
+        }),
     };
-    let Some(taken) = events.iter().zip(&found).find(|(_, row)| row.is_some()) else {
+    match rules::decide_append(stream, expected, current, events, fact)? {
+        AppendDecision::Retry(original) => Ok(original),
         // The conflicting id vanished between the insert and this read: impossible under the write lock.
-        return Err(Error::backend("event id conflict without a stored event"));
-    };
-    let first_taken = taken.0.id;
-    if found.iter().any(Option::is_none) {
-        return Err(duplicate(
-            first_taken,
-            "the id is already used by a stored event (the append mixes new and stored ids)",
-        ));
+        AppendDecision::Write(_) => Err(Error::backend("event id conflict without a stored event")),
+        AppendDecision::LookUpIds => Err(Error::backend(
+            "internal: the write rules asked for ids already looked up",
+        )),
     }
-    let rows: Vec<_> = found.into_iter().flatten().collect();
-    let (first_position, _, first_version, _) = rows[0].clone();
-    for (i, (event, (_, origin, version, entry))) in events.iter().zip(&rows).enumerate() {
-        if origin != stream {
-            return Err(duplicate(
-                event.id,
-                "the id is already used by an event of another stream",
-            ));
-        }
-        if *entry != Some(0) {
-            return Err(duplicate(
-                event.id,
-                "the id belongs to an event of this stream that was deleted",
-            ));
-        }
-        if *version != first_version + i as i64 {
-            return Err(duplicate(
-                event.id,
-                "the id is already stored, but not as an exact repeat of a committed append",
-            ));
-        }
-    }
-    let (last_position, _, last_version, _) = rows[rows.len() - 1].clone();
-    Ok(AppendResult {
-        stream: stream.to_owned(),
-        first_version: first_version as u64,
-        last_version: last_version as u64,
-        first_position: first_position as u64,
-        last_position: last_position as u64,
-        ids: events.iter().map(|e| e.id).collect(),
-    })
 }
 
 fn link(
@@ -524,9 +480,7 @@ fn link(
     expected: ExpectedVersion,
 ) -> std::result::Result<LinkResult, Stop> {
     let current = stream_version(conn, stream)?;
-    expected.check(stream, current)?;
-    let first_version = current.map_or(0, |v| v + 1);
-    check_range(stream, first_version, ids.len())?;
+    let first_version = rules::next_versions(stream, expected, current, ids.len())?.first;
     // The event's position, and whether it sits in `stream` as an event appended there (its own entry).
     let mut lookup = conn.prepare_cached(
         "SELECT e.position, EXISTS (
@@ -538,11 +492,6 @@ fn link(
     let mut insert = conn.prepare_cached(
         "INSERT INTO stream_entries (stream, version, position, is_link) VALUES (?1, ?2, ?3, 1)",
     )?;
-    let already_in = |id: &Uuid| Error::DuplicateEvent {
-        id: *id,
-        stream: stream.to_owned(),
-        reason: "the event is already in this stream",
-    };
     for (i, id) in ids.iter().enumerate() {
         let version = (first_version + i as u64) as i64;
         let found: Option<(i64, bool)> = lookup
@@ -550,14 +499,18 @@ fn link(
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let refusal = match found {
-            None => Error::EventNotFound { id: *id },
-            Some((_, true)) => already_in(id),
-            Some((position, false)) => match insert.execute(params![stream, version, position]) {
+        let target = match found {
+            None => LinkTarget::Missing,
+            Some((_, true)) => LinkTarget::InStream,
+            Some((position, false)) => LinkTarget::Linkable(position),
+        };
+        let refusal = match rules::link_entry(stream, *id, target) {
+            Err(refusal) => refusal,
+            Ok(position) => match insert.execute(params![stream, version, position]) {
                 Ok(_) => continue,
                 // (stream, version) is fresh, so the broken constraint is the unique index on links:
                 // the event is already linked into this stream.
-                Err(e) if is_constraint_violation(&e) => already_in(id),
+                Err(e) if is_constraint_violation(&e) => rules::already_in_stream(stream, *id),
                 Err(e) => return Err(Stop::Sql(e)),
             },
         };
@@ -581,12 +534,14 @@ fn delete(
     expected: ExpectedVersion,
 ) -> std::result::Result<(), Stop> {
     let current = stream_version(conn, stream)?;
-    expected.check(stream, current)?;
-    if current.is_some() {
-        conn.prepare_cached("DELETE FROM stream_entries WHERE stream = ?1")?
-            .execute([stream])?;
-        conn.prepare_cached("DELETE FROM streams WHERE name = ?1")?
-            .execute([stream])?;
+    match rules::decide_delete(stream, expected, current)? {
+        DeleteDecision::Remove => {
+            conn.prepare_cached("DELETE FROM stream_entries WHERE stream = ?1")?
+                .execute([stream])?;
+            conn.prepare_cached("DELETE FROM streams WHERE name = ?1")?
+                .execute([stream])?;
+        }
+        DeleteDecision::Nothing => {}
     }
     Ok(())
 }

@@ -159,6 +159,10 @@ async fn sqlite(
     if let Some(router) = router {
         parsed.config = parsed.config.with_job_router(router);
     }
+    // The URL's options mean the same for the jobs as for the events: `durability=normal` relaxes both.
+    let mut jobs = jobs;
+    jobs.full_sync &= parsed.config.durability == herald_sqlite::Durability::Full;
+    jobs.busy_timeout = parsed.config.busy_timeout;
     let store = herald_sqlite::SqliteStore::open(&parsed.path, parsed.config).await?;
     #[cfg(feature = "es")]
     let checkpoints = herald_es::sqlite::SqliteCheckpointStore::open(&parsed.path)

@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 use super::Delivery;
 
-/// The error type handlers may return (anything convertible into it works, via `?` or `.into()`).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type handlers may return (anything convertible into it works, via `?` or `.into()`): the
+/// workspace's one boxed error, re-exported where handlers meet it.
+pub use herald_core::BoxError;
 
 /// Why a handler did not handle an event.
 #[derive(Debug, thiserror::Error)]

@@ -138,7 +138,7 @@ pub use store::{Batch, Published, StorePublisher};
 use crate::clock;
 use crate::panic::{PanicPolicy, PanicReport, PanicReporter, panic_message, report};
 use crate::scope::{self, ScopeId, ThreadScope};
-use crate::subscription::{Subscription, Unsubscribe};
+use crate::subscriber::{SubscriberHandle, Unsubscribe};
 use crate::tlcache::LocalCache;
 
 /// What a handler may return: `()` or `Result<(), E>` for any error convertible into [`BoxError`].
@@ -477,7 +477,7 @@ impl Bus {
     pub fn subscribe<E: DomainEvent, R: HandlerResult>(
         &self,
         handler: impl Fn(&Envelope<E>) -> R + Send + Sync + 'static,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         self.add_one(Self::typed_entry::<E, R>(handler), None, None)
     }
 
@@ -485,7 +485,7 @@ impl Bus {
     pub fn subscribe_all<R: HandlerResult>(
         &self,
         handler: impl Fn(&dyn ErasedEnvelope) -> R + Send + Sync + 'static,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         let entry = NewEntry {
             type_filter: None,
             label: "all".into(),
@@ -496,7 +496,7 @@ impl Bus {
 
     /// Subscribes a listener object to every event type it registers in [`Listener::register`]. One
     /// handle unsubscribes them all.
-    pub fn subscribe_listener<L: Listener>(&self, listener: Arc<L>) -> Subscription {
+    pub fn subscribe_listener<L: Listener>(&self, listener: Arc<L>) -> SubscriberHandle {
         let entries = listener::entries(listener);
         self.add(entries, None, None)
     }
@@ -506,7 +506,7 @@ impl Bus {
     ///
     /// # Panics
     /// If `capacity` is 0, or if called outside a Tokio runtime.
-    pub fn subscribe_async<E, F, Fut, R>(&self, capacity: usize, handler: F) -> Subscription
+    pub fn subscribe_async<E, F, Fut, R>(&self, capacity: usize, handler: F) -> SubscriberHandle
     where
         E: DomainEvent,
         F: Fn(Arc<Envelope<E>>) -> Fut + Send + Sync + 'static,
@@ -526,7 +526,7 @@ impl Bus {
     ///
     /// # Panics
     /// If `capacity` is 0, or if called outside a Tokio runtime.
-    pub fn subscribe_all_async<F, Fut, R>(&self, capacity: usize, handler: F) -> Subscription
+    pub fn subscribe_all_async<F, Fut, R>(&self, capacity: usize, handler: F) -> SubscriberHandle
     where
         F: Fn(Arc<dyn ErasedEnvelope>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
@@ -568,7 +568,7 @@ impl Bus {
     }
 
     /// Removes a subscription; `false` if it was not (or no longer) on this bus.
-    pub fn unsubscribe(&self, subscription: &Subscription) -> bool {
+    pub fn unsubscribe(&self, subscription: &SubscriberHandle) -> bool {
         self.inner.unsubscribe_id(subscription.id())
     }
 
@@ -651,9 +651,9 @@ impl Bus {
         }
     }
 
-    fn handle(&self, id: u64) -> Subscription {
+    fn handle(&self, id: u64) -> SubscriberHandle {
         let owner: Arc<dyn Unsubscribe> = self.inner.clone();
-        Subscription::new(id, Arc::downgrade(&owner))
+        SubscriberHandle::new(id, Arc::downgrade(&owner))
     }
 
     fn add_one(
@@ -661,7 +661,7 @@ impl Bus {
         entry: NewEntry,
         publisher: Option<u64>,
         scope: Option<ScopeId>,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         self.add(vec![entry], publisher, scope)
     }
 
@@ -670,7 +670,7 @@ impl Bus {
         entries: Vec<NewEntry>,
         publisher: Option<u64>,
         scope: Option<ScopeId>,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut reg = self.inner.registry();
         for e in entries {
@@ -695,7 +695,7 @@ impl Bus {
         label: &'static str,
         capacity: usize,
         handler: AsyncFn,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         assert!(capacity > 0, "async listener capacity must be at least 1");
         let (tx, rx) = mpsc::channel(capacity);
         let token = self.inner.root.child_token();
@@ -1196,13 +1196,13 @@ impl Publisher {
     pub fn subscribe<E: DomainEvent, R: HandlerResult>(
         &self,
         handler: impl Fn(&Envelope<E>) -> R + Send + Sync + 'static,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         self.bus
             .add_one(Bus::typed_entry::<E, R>(handler), Some(self.id), None)
     }
 
     /// Subscribes a local listener object.
-    pub fn subscribe_listener<L: Listener>(&self, listener: Arc<L>) -> Subscription {
+    pub fn subscribe_listener<L: Listener>(&self, listener: Arc<L>) -> SubscriberHandle {
         self.bus
             .add(listener::entries(listener), Some(self.id), None)
     }

@@ -4,7 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use herald_core::{AppendResult, EventStore, ExpectedVersion, NewEvent, StreamName};
+use herald_core::event::{CAUSATION_ID, CORRELATION_ID};
+use herald_core::{
+    AppendResult, EventStore, ExpectedVersion, NewEvent, SCHEMA_VERSION_KEY, StreamName,
+};
 
 use super::{
     Bus, Delivery, DomainEvent, Envelope, EventMeta, HandlerFailure, PublishError, PublishOptions,
@@ -114,13 +117,13 @@ impl<E: DomainEvent> Pending for Typed<E> {
         let meta = &self.0.meta;
         let mut metadata = serde_json::Map::new();
         metadata.insert(
-            "correlation_id".into(),
+            CORRELATION_ID.into(),
             meta.correlation_id.to_string().into(),
         );
         if let Some(causation) = meta.causation_id {
-            metadata.insert("causation_id".into(), causation.to_string().into());
+            metadata.insert(CAUSATION_ID.into(), causation.to_string().into());
         }
-        metadata.insert("schema_version".into(), meta.schema_version.into());
+        metadata.insert(SCHEMA_VERSION_KEY.into(), meta.schema_version.into());
         Ok(NewEvent {
             id: meta.id,
             event_type: E::EVENT_TYPE.to_owned(),

@@ -39,7 +39,7 @@ pub use pattern::Pattern;
 use crate::clock;
 use crate::panic::{PanicPolicy, PanicReport, PanicReporter, panic_message, report};
 use crate::scope::{self, ScopeId, ThreadScope};
-use crate::subscription::{Subscription, Unsubscribe};
+use crate::subscriber::{SubscriberHandle, Unsubscribe};
 use crate::tlcache::LocalCache;
 
 fn result_outcome<T, E: ErrorInfo>(r: &Result<T, E>) -> Outcome<'_> {
@@ -429,7 +429,7 @@ impl Notifier {
         &self,
         pattern: impl Into<Pattern>,
         handler: impl Fn(&Event<'_>) + Send + Sync + 'static,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         let id = self.add(pattern.into(), Handler::Timed(Box::new(handler)), None);
         self.handle(id)
     }
@@ -439,13 +439,13 @@ impl Notifier {
         &self,
         pattern: impl Into<Pattern>,
         subscriber: impl SpanSubscriber,
-    ) -> Subscription {
+    ) -> SubscriberHandle {
         let id = self.add(pattern.into(), Handler::Span(Box::new(subscriber)), None);
         self.handle(id)
     }
 
     /// Removes a subscription; `false` if it was not (or no longer) on this notifier.
-    pub fn unsubscribe(&self, subscription: &Subscription) -> bool {
+    pub fn unsubscribe(&self, subscription: &SubscriberHandle) -> bool {
         self.inner.unsubscribe_id(subscription.id())
     }
 
@@ -502,9 +502,9 @@ impl Notifier {
         scope::in_task_scope(scope, fut).await
     }
 
-    fn handle(&self, id: u64) -> Subscription {
+    fn handle(&self, id: u64) -> SubscriberHandle {
         let owner: Arc<dyn Unsubscribe> = self.inner.clone();
-        Subscription::new(id, Arc::downgrade(&owner))
+        SubscriberHandle::new(id, Arc::downgrade(&owner))
     }
 
     fn add(&self, pattern: Pattern, handler: Handler, scope: Option<ScopeId>) -> u64 {

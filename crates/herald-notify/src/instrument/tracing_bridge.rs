@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use tracing::span::EnteredSpan;
 
 use super::{Event, Notifier, Outcome, Pattern, SpanSubscriber, Started};
-use crate::Subscription;
+use crate::SubscriberHandle;
 
 thread_local! {
     static OPEN: RefCell<Vec<EnteredSpan>> = const { RefCell::new(Vec::new()) };
@@ -78,6 +78,6 @@ impl SpanSubscriber for Bridge {
 }
 
 /// Subscribes the tracing bridge to the events matching `pattern` on `notifier`.
-pub fn install(notifier: &Notifier, pattern: impl Into<Pattern>) -> Subscription {
+pub fn install(notifier: &Notifier, pattern: impl Into<Pattern>) -> SubscriberHandle {
     notifier.subscribe_span(pattern, Bridge)
 }

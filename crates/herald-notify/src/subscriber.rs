@@ -1,4 +1,4 @@
-//! Subscription handles shared by the notifier and the bus.
+//! Subscriber handles shared by the notifier and the bus.
 
 use std::fmt;
 use std::sync::Weak;
@@ -8,20 +8,22 @@ pub(crate) trait Unsubscribe: Send + Sync {
     fn unsubscribe_id(&self, id: u64) -> bool;
 }
 
-/// A handle to one subscription on a [`Notifier`](crate::Notifier) or a [`Bus`](crate::Bus).
+/// A handle to one subscriber registered on a [`Notifier`](crate::Notifier) or a [`Bus`](crate::Bus).
+/// Not called `Subscription`: in this workspace a subscription is herald-es's durable, checkpointed reader
+/// of the event store; this is only the key to unregister an in-memory handler.
 ///
-/// Dropping a `Subscription` does **not** unsubscribe (like ActiveSupport's subscriber handles): call
-/// [`unsubscribe`](Subscription::unsubscribe), or turn it into a [`SubscriptionGuard`] with
-/// [`guard`](Subscription::guard) to unsubscribe when the guard is dropped.
+/// Dropping a `SubscriberHandle` does **not** unsubscribe (like ActiveSupport's subscriber handles): call
+/// [`unsubscribe`](SubscriberHandle::unsubscribe), or turn it into a [`SubscriberGuard`] with
+/// [`guard`](SubscriberHandle::guard) to unsubscribe when the guard is dropped.
 #[must_use = "keep the handle to unsubscribe later, or call .guard() for drop-to-unsubscribe"]
-pub struct Subscription {
+pub struct SubscriberHandle {
     id: u64,
     owner: Weak<dyn Unsubscribe>,
 }
 
-impl Subscription {
+impl SubscriberHandle {
     pub(crate) fn new(id: u64, owner: Weak<dyn Unsubscribe>) -> Self {
-        Subscription { id, owner }
+        SubscriberHandle { id, owner }
     }
 
     /// The subscription's id, unique within its notifier or bus.
@@ -40,29 +42,29 @@ impl Subscription {
     }
 
     /// Turns the handle into a guard that unsubscribes when dropped.
-    pub fn guard(self) -> SubscriptionGuard {
-        SubscriptionGuard { inner: Some(self) }
+    pub fn guard(self) -> SubscriberGuard {
+        SubscriberGuard { inner: Some(self) }
     }
 }
 
-impl fmt::Debug for Subscription {
+impl fmt::Debug for SubscriberHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("SubscriberHandle")
             .field("id", &self.id)
             .finish()
     }
 }
 
-/// Unsubscribes when dropped. Created by [`Subscription::guard`].
+/// Unsubscribes when dropped. Created by [`SubscriberHandle::guard`].
 #[must_use = "dropping the guard unsubscribes immediately"]
 #[derive(Debug)]
-pub struct SubscriptionGuard {
-    inner: Option<Subscription>,
+pub struct SubscriberGuard {
+    inner: Option<SubscriberHandle>,
 }
 
-impl SubscriptionGuard {
+impl SubscriberGuard {
     /// Keeps the subscription for the rest of the owner's life and returns the plain handle.
-    pub fn into_inner(mut self) -> Subscription {
+    pub fn into_inner(mut self) -> SubscriberHandle {
         self.inner
             .take()
             .unwrap_or_else(|| unreachable!("guard always holds its subscription until dropped"))
@@ -70,11 +72,11 @@ impl SubscriptionGuard {
 
     /// The subscription's id.
     pub fn id(&self) -> u64 {
-        self.inner.as_ref().map_or(0, Subscription::id)
+        self.inner.as_ref().map_or(0, SubscriberHandle::id)
     }
 }
 
-impl Drop for SubscriptionGuard {
+impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         if let Some(sub) = self.inner.take() {
             sub.unsubscribe();

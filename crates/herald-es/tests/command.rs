@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{Fixture, Order, OrderCommand, OrderError};
 use herald_core::{EventStoreExt, ReadQuery, RecordedEvent, StreamName};
-use herald_es::bus::{
+use herald_es::command::{
     BusError, Command, CommandBus, CommandHandler, CommandTiming, Correlation, Dispatch,
     DispatchFailure, Logging, Middleware, Next, Reply, Timing, Validation, command_fn,
     current_command,

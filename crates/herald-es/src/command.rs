@@ -1,5 +1,7 @@
 //! The command bus: one handler per command type, a middleware chain, typed results and errors.
 //!
+//! Named `command`, not `bus`: in this workspace "the bus" is herald-notify's domain-event [`Bus`](herald_notify::Bus).
+//!
 //! A command is a type implementing [`Command`] (its name, output, error, optional validation). Exactly one
 //! [`CommandHandler`] is registered per command type. [`CommandBus::dispatch`] runs the middleware in the
 //! order they were added (the first added is the outermost), then the handler, and returns the handler's
@@ -11,7 +13,7 @@
 //! command's duration through herald-notify's instrumentation API as `command.dispatch`).
 //!
 //! ```
-//! use herald_es::bus::{Command, CommandBus, CommandHandler, Validation, Correlation, command_fn};
+//! use herald_es::command::{Command, CommandBus, CommandHandler, Validation, Correlation, command_fn};
 //! use herald_es::CommandMetadata;
 //!
 //! struct Greet { name: String }
