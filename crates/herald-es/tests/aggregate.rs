@@ -1,4 +1,4 @@
-//! Repository, conflicts and retry, snapshots and their fallback, upcasting: on in-memory and SQLite.
+//! Repository, conflicts and retry, jobs enqueued with saves, snapshots and their fallback, upcasting: on the in-memory, SQLite and PostgreSQL stores.
 
 mod common;
 
@@ -620,7 +620,70 @@ async fn idempotent_commands_run_once_per_command_id(f: Fixture) {
     assert!(err.to_string().contains("fresh command id"), "{err}");
 }
 
+/// `Repository::with_jobs`: the receipt job a save computes commits with `OrderPaid` in the append's
+/// transaction, with the arguments the repository computed; a save refused for a version conflict leaves no
+/// job (the store's typed conflict reaches the caller); a command that decides no event enqueues nothing.
+async fn saves_enqueue_their_jobs_in_the_appends_transaction(f: Fixture) {
+    let repo = Repository::<Order>::new(f.store.clone()).with_jobs(|id, events: &[OrderEvent]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                OrderEvent::OrderPaid { cents } => Some(
+                    herald_core::NewJob::raw(
+                        "send_receipt",
+                        format!(r#"{{"order":"{id}","cents":{cents}}}"#),
+                    )
+                    .queue("receipts"),
+                ),
+                _ => None,
+            })
+            .collect()
+    });
+    let meta = CommandMetadata::new();
+    repo.execute("o1", &place("ada"), &meta).await.unwrap();
+    assert_eq!(
+        f.jobs.stats().await.unwrap().queues,
+        vec![],
+        "no job for OrderPlaced"
+    );
+
+    // A stale save (loaded before another client paid) is refused: its job must not exist.
+    let stale = repo.load("o1").await.unwrap();
+    let saved = repo
+        .execute("o1", &OrderCommand::Pay { cents: 4200 }, &meta)
+        .await
+        .unwrap();
+    assert_eq!(saved.version, Some(1));
+    let refused = repo
+        .save(&stale, vec![OrderEvent::OrderPaid { cents: 1 }], &meta)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(EsError::Store(
+                herald_core::Error::WrongExpectedVersion { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    let jobs = f
+        .jobs
+        .list(herald_core::jobs::ListFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one receipt, none for the refused save: {jobs:?}"
+    );
+    assert_eq!(jobs[0].kind, "send_receipt");
+    assert_eq!(jobs[0].queue, "receipts");
+    assert_eq!(jobs[0].args, r#"{"order":"o1","cents":4200}"#);
+}
+
 on_both_backends!(
+    saves_enqueue_their_jobs_in_the_appends_transaction,
     idempotent_commands_run_once_per_command_id,
     snapshots_kept_in_the_event_store_work_on_any_backend,
     saves_with_exact_version_and_reloads,

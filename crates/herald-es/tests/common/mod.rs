@@ -136,6 +136,8 @@ pub struct Fixture {
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Dynamic consumer group membership, in the same database as `checkpoints` (the same object).
     pub memberships: Arc<dyn MembershipStore>,
+    /// The job queue in the store's database (jobs enqueued in appends' transactions land here).
+    pub jobs: Arc<dyn herald_core::JobQueue>,
     /// Drops the PostgreSQL test schema last, after the store.
     _schema: Option<herald_store_testkit::postgres::TestSchema>,
 }
@@ -143,8 +145,10 @@ pub struct Fixture {
 impl Fixture {
     pub async fn memory() -> Self {
         let checkpoints = Arc::new(InMemoryCheckpointStore::new());
+        let store = herald_memory::InMemoryStore::new();
         Fixture {
-            store: Arc::new(herald_memory::InMemoryStore::new()),
+            jobs: Arc::new(store.job_queue(herald_core::JobsConfig::default())),
+            store: Arc::new(store),
             path: None,
             backend: "memory",
             memory_snapshots: Some(Arc::new(InMemorySnapshotStore::new())),
@@ -167,17 +171,23 @@ impl Fixture {
         let url = herald_store_testkit::postgres::server_url();
         let schema = herald_store_testkit::postgres::TestSchema::new("herald_es_test");
         let config = herald_postgres::PostgresConfig::default().schema(schema.name());
-        let store: Arc<dyn EventStore> = Arc::new(
-            herald_postgres::PostgresStore::open(&url, config)
+        let store = herald_postgres::PostgresStore::open(&url, config)
+            .await
+            .unwrap();
+        let jobs: Arc<dyn herald_core::JobQueue> = Arc::new(
+            store
+                .job_queue(herald_core::JobsConfig::default())
                 .await
                 .unwrap(),
         );
+        let store: Arc<dyn EventStore> = Arc::new(store);
         let checkpoints = Arc::new(
             herald_es::postgres::PostgresCheckpointStore::connect(&url, schema.name())
                 .await
                 .unwrap(),
         );
         Some(Fixture {
+            jobs,
             store_snapshots: Some(Arc::new(EventStoreSnapshotStore::new(store.clone()))),
             store,
             path: None,
@@ -194,7 +204,14 @@ impl Fixture {
         let store = herald_sqlite::SqliteStore::open_temporary().await.unwrap();
         let path = store.path().to_path_buf();
         let checkpoints = Arc::new(SqliteCheckpointStore::open(&path).await.unwrap());
+        let jobs = Arc::new(
+            store
+                .job_queue(herald_core::JobsConfig::default())
+                .await
+                .unwrap(),
+        );
         Fixture {
+            jobs,
             store: Arc::new(store),
             sqlite_snapshots: Some(SqliteSnapshotStore::open(&path).await.unwrap()),
             checkpoints: checkpoints.clone(),
