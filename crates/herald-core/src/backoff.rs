@@ -28,13 +28,13 @@ pub const DEFAULT_JITTER: f64 = 0.5;
 /// assert_eq!(exact.delay(3), Duration::from_millis(400));
 /// assert_eq!(exact.delay(60), Duration::from_secs(5));
 ///
-/// // Any other schedule, e.g. Sidekiq's job retries: count⁴ + 15 s (count = retries so far), whose additive
-/// // random part (up to 10·(count + 1) s) would go in the closure too.
-/// let sidekiq = Backoff::custom(|attempt| {
-///     let count = u64::from(attempt.saturating_sub(1));
-///     Duration::from_secs(count.pow(4) + 15)
-/// });
-/// assert_eq!(sidekiq.delay(3), Duration::from_secs(31));
+/// // Any other schedule: here 1 s per failed attempt.
+/// let linear = Backoff::custom(|attempt| Duration::from_secs(u64::from(attempt)));
+/// assert_eq!(linear.delay(3), Duration::from_secs(3));
+///
+/// // Sidekiq's job retries (the default of durable jobs): count⁴ + 15 s plus up to 10·(count + 1) s.
+/// let d = Backoff::sidekiq().delay(3);
+/// assert!(d >= Duration::from_secs(31) && d < Duration::from_secs(61));
 /// ```
 #[derive(Clone)]
 pub struct Backoff {
@@ -65,6 +65,18 @@ impl Backoff {
     /// connection attempt every few seconds, not a busy loop.
     pub fn reconnect() -> Self {
         Self::exponential(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// Sidekiq's job retry schedule, the default of durable jobs: `count⁴ + 15 + rand(10·(count + 1))`
+    /// seconds, `count` = retries so far (`attempt - 1`): about 15 s, 16 s, 31 s, 96 s, 271 s … 4 days
+    /// after the 24th failure. The random part is added (Sidekiq's own), not the proportional jitter.
+    pub fn sidekiq() -> Self {
+        Self::custom(|attempt| {
+            let count = u64::from(attempt.saturating_sub(1));
+            let base = count.saturating_pow(4).saturating_add(15);
+            let spread = 10u64.saturating_mul(count + 1);
+            Duration::from_secs(base.saturating_add(fastrand::u64(0..spread)))
+        })
     }
 
     /// The same delay after every failure, without jitter.

@@ -1,9 +1,9 @@
-//! What a handler gets and returns ([`JobContext`], [`JobResult`]) and the retry [`Backoff`]. What a job is
+//! What a handler gets and returns ([`JobContext`], [`JobResult`]). The retry schedule is herald-core's one
+//! [`Backoff`](herald_core::Backoff) ([`Backoff::sidekiq`](herald_core::Backoff::sidekiq) by default). What a job is
 //! ([`NewJob`](herald_core::NewJob), [`JobType`](herald_core::jobs::JobType)) is the port's vocabulary, in
 //! herald-core.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -107,49 +107,5 @@ impl<E: fmt::Display> From<std::result::Result<(), E>> for JobResult {
             Ok(()) => JobResult::Success,
             Err(e) => JobResult::fail(e),
         }
-    }
-}
-
-/// The delay before retry number `attempt` (the attempt that just failed, from 1).
-#[derive(Clone)]
-pub struct Backoff(Arc<dyn Fn(u32) -> Duration + Send + Sync>);
-
-impl Backoff {
-    /// Sidekiq's schedule: `count⁴ + 15 + rand(10·(count+1))` seconds, `count` = retries so far
-    /// (`attempt - 1`): about 15 s, 16 s, 31 s, 96 s, 271 s … 4 days for the 25th attempt.
-    pub fn sidekiq() -> Self {
-        Backoff(Arc::new(|attempt| {
-            let count = u64::from(attempt.saturating_sub(1));
-            let base = count.pow(4) + 15;
-            let jitter = fastrand::u64(0..10 * (count + 1));
-            Duration::from_secs(base + jitter)
-        }))
-    }
-
-    /// The same delay every time.
-    pub fn constant(delay: Duration) -> Self {
-        Backoff(Arc::new(move |_| delay))
-    }
-
-    /// Any schedule.
-    pub fn custom(f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
-        Backoff(Arc::new(f))
-    }
-
-    /// The delay after failed attempt `attempt`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        (self.0)(attempt)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::sidekiq()
-    }
-}
-
-impl fmt::Debug for Backoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Backoff(..)")
     }
 }

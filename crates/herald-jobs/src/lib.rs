@@ -98,6 +98,7 @@ pub use herald_core::jobs::{
     ListFilter, NewJob, QueueStats, Stats,
 };
 pub use herald_core::{Clock, Error, ManualClock, Result, SystemClock};
-pub use job::{Backoff, JobContext, JobResult};
+pub use herald_core::Backoff;
+pub use job::{JobContext, JobResult};
 pub use store::{JobStore, MAX_LIST_LIMIT};
 pub use worker::{HandlerOptions, JOB_RUN_EVENT, JobRun, WorkerPool, WorkerPoolBuilder};

@@ -28,7 +28,9 @@ use herald_core::clock::micros;
 use herald_core::jobs::{Claimed, Completion, Finish, JobType};
 
 use crate::events::EventJobArgs;
-use crate::job::{Backoff, JobContext, JobResult};
+use herald_core::Backoff;
+
+use crate::job::{JobContext, JobResult};
 use crate::store::JobStore;
 
 type HandlerFn = Arc<dyn Fn(String, JobContext) -> BoxFuture<'static, JobResult> + Send + Sync>;
@@ -504,7 +506,7 @@ async fn run_job(shared: &Shared, job: Claimed) -> Finish {
             .options
             .get(&job.kind)
             .and_then(|o| o.backoff.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(Backoff::sidekiq)
             .delay(job.attempt)
     };
     let (finish, outcome) = match result {
@@ -561,6 +563,9 @@ async fn completer(
     owner: Uuid,
     mut done: mpsc::UnboundedReceiver<(Completion, Arc<QueueState>)>,
 ) {
+    // Between attempts to record completions whose commit failed (a lock held past the busy timeout, a server
+    // restart): 100 ms doubling, at most 2 s; after five, the leases take over.
+    let retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2));
     let mut batch = Vec::new();
     while done.recv_many(&mut batch, 4096).await > 0 {
         let (completions, states): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
@@ -576,7 +581,7 @@ async fn completer(
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(error = %e, "herald-jobs: recording completions failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    tokio::time::sleep(retry.delay(attempt)).await;
                     completions = Some(copy);
                 }
                 Err(e) => {

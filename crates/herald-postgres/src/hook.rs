@@ -49,7 +49,7 @@ use herald_core::{AppendResult, Error, Result};
 use tokio_postgres::types::ToSql;
 
 /// The error type hooks and extras return: anything that can say what went wrong.
-pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+pub type HookError = herald_core::BoxError;
 
 /// One parameter of a hook statement (any value tokio-postgres can send: `String`, `i64`, `Uuid`, `Vec<_>`…).
 pub type HookParam = Box<dyn ToSql + Send + Sync>;

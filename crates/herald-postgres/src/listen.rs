@@ -11,7 +11,6 @@
 //! (`FOLLOW_POLL_INTERVAL`) meanwhile.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use herald_core::Head;
@@ -38,6 +37,7 @@ pub(crate) async fn listen(
     mut stop: oneshot::Receiver<()>,
     mut ready: Option<oneshot::Sender<Result<(), String>>>,
 ) {
+    let reconnect = herald_core::Backoff::reconnect();
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -57,10 +57,9 @@ pub(crate) async fn listen(
         }
         handler.lost();
         // Back off before reconnecting (a retry delay, not synchronisation).
-        let backoff = Duration::from_millis(100 * u64::from(failures.clamp(1, 50)));
         tokio::select! {
             _ = &mut stop => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(reconnect.delay(failures)) => {}
         }
     }
 }
