@@ -55,7 +55,7 @@ where
 /// An [`EventHandler`] that decodes each event into `E` with a [`Codec`] (upcasting old schema versions)
 /// and calls an async closure with the typed [`DecodedEvent`]. An event that does not decode stops the
 /// subscription with an error naming it; restrict the subscription to `E`'s types
-/// ([`Subscription::types`]) when the scope holds other events.
+/// ([`Subscription::types`](super::Subscription::types)) when the scope holds other events.
 pub struct TypedHandler<E, F> {
     codec: Codec<E>,
     f: F,

@@ -15,7 +15,7 @@
 //! [`job_queue_conformance!`](crate::job_queue_conformance) expands to one test per case, named
 //! `job_queue::<module>::<case>`, each on its own two-worker runtime under
 //! [`CASE_TIMEOUT`](crate::CASE_TIMEOUT). The factory takes the queue's
-//! [`JobsConfig`](herald_core::JobsConfig) and the store's [`JobRouter`](herald_core::JobRouter) and returns a
+//! [`JobsConfig`] and the store's [`JobRouter`] and returns a
 //! [`JobsFixture`]: an event store and a job queue on the *same*
 //! database (the jobs `append_with_jobs` and the router write must show in the queue), plus a guard.
 //!
