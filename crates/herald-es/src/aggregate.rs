@@ -1,3 +1,4 @@
+// One file on purpose: load, save and execute are one retry loop over one stream's optimistic write.
 //! Aggregates and their repository.
 //!
 //! An [`Aggregate`] is pure: [`Aggregate::decide`] turns a command and the current state into new events (or

@@ -100,8 +100,8 @@
 //! # }).unwrap();
 //! ```
 //!
-//! The runnable end-to-end example on SQLite is `crates/herald-example-seed`:
-//! `cargo run -p herald-example-seed`.
+//! The runnable end-to-end example is `crates/herald-example-seed`, on any database URL:
+//! `cargo run -p herald-example-seed -- memory://` (or `sqlite://seed.db`, the default, or `postgres://…`).
 //!
 //! # Metadata written on events
 //!

@@ -1,3 +1,4 @@
+// One file on purpose: an example reads top to bottom as one story (command, event, job, read model).
 //! The seed flow of Herald, end to end, on any database: the database URL is the only input, and the same code
 //! runs on `memory://`, `sqlite://` and `postgres://`.
 //!

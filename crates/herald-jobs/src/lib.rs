@@ -101,4 +101,6 @@ pub use herald_core::{Clock, Error, ManualClock, Result, SystemClock};
 pub use herald_core::Backoff;
 pub use job::{JobContext, JobResult};
 pub use store::{JobStore, MAX_LIST_LIMIT};
+/// Re-exported where [`WorkerPoolBuilder::start`] and [`Scheduler`] need it: what stops a pool or a scheduler.
+pub use tokio_util::sync::CancellationToken;
 pub use worker::{HandlerOptions, JOB_RUN_EVENT, JobRun, WorkerPool, WorkerPoolBuilder};

@@ -1,3 +1,4 @@
+// One file on purpose: fetcher, runner, completer and heartbeat are one pool with one shutdown order.
 //! The worker pool: per-queue fetchers, handlers, leases, completions, graceful shutdown.
 //!
 //! Each queue has one fetcher task. It claims jobs in batches (one transaction leases many) up to the queue's

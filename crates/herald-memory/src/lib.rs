@@ -13,6 +13,7 @@
 //! | delete, streams listing | yes |
 //! | live feed ([`EventStore::watch_head`]) | yes, for commits through this handle and its clones |
 //! | durability, other processes | no |
+//! | job queue ([`InMemoryJobQueue`]) | yes, one process, not durable; wake-ups at once on enqueue |
 //! | jobs in an append's transaction ([`EventStore::append_with_jobs`], a [`JobRouter`]) | yes, into [`InMemoryStore::job_queue`] |
 //!
 //! The job queue port is here too: [`InMemoryJobQueue`], standalone ([`InMemoryJobQueue::new`]) or sharing

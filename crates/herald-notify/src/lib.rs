@@ -4,8 +4,8 @@
 //!
 //! * **Instrumentation** ([`Notifier`], [`instrument()`], [`subscribe`]): named, timed, in-memory events
 //!   (`sql.query`, `cache.read`) with subscribers by exact name, glob, regex or all, span (start/finish)
-//!   subscribers, scoped subscriptions and a [`tracing` bridge](tracing_bridge). Never stored; about a
-//!   nanosecond when nobody listens. See the [`instrument`](mod@instrument) module for the cost model.
+//!   subscribers, scoped subscriptions and a [`tracing` bridge](tracing_bridge). Never stored; one
+//!   atomic load when nobody listens (what it costs is in `benchmarks/notify.md`). See the [`instrument`](mod@instrument) module for the cost model.
 //! * **Domain events** ([`Bus`], [`DomainEvent`]): typed events with a stable type name and schema version,
 //!   delivered to sync handlers (in the publisher's task) and async listeners (each on its own bounded
 //!   queue), with causation and correlation ids propagated automatically; [`StorePublisher`] appends them to

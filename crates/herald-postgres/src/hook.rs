@@ -1,7 +1,7 @@
 //! Extension points that write inside an append's transaction (the outbox pattern).
 //!
-//! Other Herald crates (durable jobs, broker relays) must write their rows atomically with the events that
-//! cause them: no event without its side-effect rows, no row for an event that was rolled back. A hook
+//! Code outside the store (an outbox, a broker relay) must write its rows atomically with the events that
+//! cause them (durable jobs have their own path: the job router and `append_with_jobs`): no event without its side-effect rows, no row for an event that was rolled back. A hook
 //! registered with [`crate::PostgresConfig::with_append_hook`] runs for every append; an extra given to
 //! [`crate::PostgresStore::append_with`] runs for that append only. Both run after the append's events are
 //! inserted, inside the group-commit transaction, so what they write commits or rolls back with the events.

@@ -42,7 +42,7 @@
 //!   Upgrading a store to migration 2 (this layout) needs every process of an older Herald stopped first: a
 //!   trigger refuses their appends and deletes afterwards, with an error that says so.
 //! - **Append hooks** ([`hook`]): [`PostgresConfig::with_append_hook`] and [`PostgresStore::append_with`] add
-//!   statements (an outbox, job rows) that the writer runs inside the append's transaction, after its events,
+//!   statements (an outbox, a relay's rows) that the writer runs inside the append's transaction, after its events,
 //!   so they commit with the append or not at all. Hooks return statements rather than awaiting the
 //!   connection, so they go into the same pipeline: a hooked append costs no extra round trip and shares
 //!   its batch with the others. A hook statement that fails fails its append only: the writer rolls the
@@ -88,7 +88,7 @@
 //! | gap-free global order across processes | yes (serialised position assignment, above) |
 //! | live head ([`EventStore::watch_head`]) | commits through this handle at once; other processes' via `LISTEN`/`NOTIFY` |
 //! | data and metadata byte for byte | yes (`text` columns, never `jsonb`) |
-//! | append hooks (outbox, job rows in the append's transaction) | yes ([`hook`]) |
+//! | append hooks (an outbox's rows in the append's transaction) | yes ([`hook`]) |
 //! | job queue ([`herald_core::jobs::JobQueue`]) | yes ([`PostgresJobQueue`]: `FOR UPDATE SKIP LOCKED` claims, wake-ups across processes) |
 //! | jobs in the append's transaction | yes ([`EventStore::append_with_jobs`], [`PostgresConfig::with_job_router`]) |
 //!

@@ -2,7 +2,7 @@
 //!
 //! SQLite's automatic checkpoint runs inside the `COMMIT` that pushes the WAL past 1000 pages, on the writer's
 //! thread: it copies pages into the database file and fsyncs it, so every thousandth page of writes stalls a
-//! group commit (measured: 13% of the writer's time under load, and the p99 append latency). Instead, a WAL
+//! group commit (what that costs is in `benchmarks/sqlite.md`). Instead, a WAL
 //! hook on the writer's connection wakes a checkpointer thread, which runs a `PASSIVE` checkpoint on its own
 //! connection while the writer keeps committing. If writes outpace it and the WAL passes
 //! [`INLINE_CHECKPOINT_PAGES`], the writer checkpoints inline once (it then completes, since nobody else

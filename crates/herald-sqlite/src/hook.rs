@@ -1,14 +1,16 @@
 //! Extension points that write inside an append's transaction (the outbox pattern).
 //!
-//! Other Herald crates (durable jobs, broker relays) must write their rows atomically with the events that
-//! cause them: no event without its side-effect rows, no row for an event that was rolled back. When a store has
-//! hooks (or an append has an extra), the writer runs that append inside its own `SAVEPOINT` of the batch
-//! transaction (appends without them need none); hooks and per-append extras run inside that savepoint, after the events are inserted, on the writer's connection. What they write commits or
+//! Code outside the store (an outbox, a broker relay) must write its rows atomically with the events that
+//! cause them: no event without its side-effect rows, no row for an event that was rolled back. When a store
+//! has hooks (or an append has an extra), the writer runs that append inside its own `SAVEPOINT` of the batch
+//! transaction (appends without them need none); hooks and per-append extras run inside that savepoint, after
+//! the events are inserted, on the writer's connection. What they write commits or
 //! rolls back with the append. An error from a hook or extra fails that append only (the other requests of the
 //! batch are unaffected): the caller gets [`herald_core::Error::Backend`] and nothing of the append is stored.
 //!
-//! A store's [job router](crate::SqliteConfig::with_job_router) is the built-in extension point of the same
-//! kind: the writer inserts its jobs after the hooks, in the same savepoint ([`JobRouting`]; the writer's
+//! Durable jobs need no hook: a store's [job router](crate::SqliteConfig::with_job_router) and
+//! [`EventStore::append_with_jobs`](herald_core::EventStore::append_with_jobs) are the built-in extension point
+//! of the same kind: the writer inserts its jobs after the hooks, in the same savepoint ([`JobRouting`]; the writer's
 //! side of all this is `AppendSide` below).
 //!
 //! Hooks run on the single writer thread, so they must be quick: a few indexed inserts, no network, no locks

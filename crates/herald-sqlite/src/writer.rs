@@ -6,9 +6,9 @@
 //! keeps its own expected-version check and its own result. A request refused by a rule (version conflict,
 //! duplicate, unknown id) is refused *before* it writes, or — for an id conflict found by the insert itself,
 //! or an unknown id midway through a link — undoes exactly the rows it inserted (the writer knows them: the
-//! positions and versions it just assigned), so the other requests of the batch are untouched. This replaces
-//! one `SAVEPOINT` per request, which cost a copy of every page a request touched into the sub-journal
-//! (measured: 7% of the writer's time). A database error (I/O, disk full) fails the whole batch: the
+//! positions and versions it just assigned), so the other requests of the batch are untouched. No
+//! `SAVEPOINT` per request: it would copy every page a request touches into the sub-journal (its cost is in
+//! `benchmarks/sqlite.md`). A database error (I/O, disk full) fails the whole batch: the
 //! transaction is rolled back and every request gets the error. Replies go out after `COMMIT` succeeds (never
 //! before the data is durable); if `COMMIT` fails, every request of the batch gets the error. At low load a
 //! batch holds one request, so latency stays one commit.

@@ -1,4 +1,6 @@
-//! The conformance suite every Herald event store backend runs.
+//! The conformance suites every Herald backend runs: one for the event store port ([`EventStore`], below)
+//! and one for the job queue port ([`herald_core::jobs::JobQueue`], in [`jobs`], with its wiring and the
+//! decisions it pins).
 //!
 //! [`herald_core`] documents the semantics of [`EventStore`] ("Semantics every backend implements"); this
 //! crate checks them. Each check is a `pub async fn` in [`cases`], grouped by topic (`cases::append`,
@@ -85,76 +87,6 @@
 //! comparing [`support::snapshot`]s. When you add a case, list it in [`conformance_tests!`] too: a unit test
 //! of this crate fails when a case is missing from the macro.
 //!
-//! # The job queue suite
-//!
-//! The same shape for the job queue port ([`herald_core::jobs`]): the cases are `pub async fn
-//! case(backend: JobsBackend)` in [`jobs`] (one module per topic: `enqueue`, `claim_order`, `unique_keys`,
-//! `order_keys`, `leases`, `completions`, `type_limits`, `views`, `dead_set`, `cron`, `concurrency`,
-//! `transactional`, `wakeups`), and [`job_queue_conformance!`] expands to one test per case, named
-//! `job_queue::<module>::<case>`, each on its own two-worker runtime under [`CASE_TIMEOUT`]. A job case opens
-//! its backend itself, because it chooses the settings: the factory takes the queue's [`JobsConfig`](herald_core::JobsConfig) (a
-//! [`ManualClock`](herald_core::ManualClock), short leases, small dead-set limits) and the store's
-//! [`JobRouter`](herald_core::JobRouter), and returns a [`jobs::JobsFixture`]: an event store and a job queue on the *same*
-//! database (the jobs `append_with_jobs` and the router write must show in the queue), plus a guard.
-//!
-//! ```ignore
-//! // tests/jobs_conformance.rs
-//! use std::sync::Arc;
-//! use herald_core::{JobRouter, JobsConfig};
-//! use herald_store_testkit::jobs::JobsFixture;
-//!
-//! async fn fresh(config: JobsConfig, router: Option<Arc<dyn JobRouter>>) -> JobsFixture {
-//!     let schema = herald_store_testkit::postgres::TestSchema::new("jobs");
-//!     let url = schema.url();
-//!     let store = /* open the store on `url`, given `router` */;
-//!     let queue = /* open the job queue on `url` with `config` */;
-//!     JobsFixture::new(store, queue)
-//!         // Optional: more handles on the same database (own connections), for the racing cases.
-//!         .with_other_handles(move || { let (url, config) = (url.clone(), config.clone()); async move {
-//!             /* open another job queue on `url` with `config` */
-//!         }})
-//!         .with_guard(schema) // dropped after the store and queues: the schema goes last
-//! }
-//!
-//! herald_store_testkit::job_queue_conformance!(fresh);
-//! ```
-//!
-//! Cases synchronise on the clock and on results, never on sleeps: time moves only when a case moves the
-//! `ManualClock` (every case starts it at [`jobs::support::START`], far from the wall clock, so a backend
-//! reading the wall clock fails), and a wake-up is awaited under a timeout. Errors are matched by variant,
-//! never by message text. When you add a case, list it in [`job_queue_conformance!`] too (a unit test checks).
-//!
-//! ## Decisions the job suite pins
-//!
-//! Where [`herald_core::jobs`] leaves room, the suite settles it as today's SQLite and PostgreSQL queues
-//! behave (change both together):
-//!
-//! - A job is due at its run time exactly (`run_at <= now`); a lease has expired only once the clock is past
-//!   its end (`run_at < now`). Run and enqueue times come from the queue's clock (enqueue, cron, retries) or
-//!   from the caller's reading (`append_with_jobs`'s `now_micros`, the router's `now_micros`).
-//! - An expired lease is returned by the next claim: the lost attempt is recorded (last error and a history
-//!   entry) and the job is claimable at once with the next attempt. Until a claim returns it, the old owner's
-//!   completion still counts and its renewal still extends the lease.
-//! - A completion changes the job only while `owner` holds it at that attempt; otherwise it is ignored
-//!   without error. `Reschedule` keeps the attempt counted; `Release` (and only it) gives the attempt back.
-//! - An ordering key is one sequence across queues; any earlier live job of the key (available, scheduled,
-//!   retrying or running) holds later ones back, whatever their priority. A type's limit counts its running
-//!   jobs in every queue and for every owner.
-//! - A dead or cancelled job frees its unique key and its ordering key. Two jobs with one unique key in one
-//!   enqueue: the first is inserted.
-//! - `stats` lists only queues with live jobs, in name order. `list` defaults to 100 jobs.
-//! - `retry_dead` of an id not in the dead set moves nothing and returns 0 (not an error); retried jobs
-//!   queue behind the live ones, in the order they died, with attempt 0, `run_at` now, their enqueue time,
-//!   last error and history kept. `retry_dead(None)` with any key conflict moves nothing.
-//! - `discard_dead` and `cancel` answer false for ids they do not apply to (a live job, a running job, a
-//!   dead job, an unknown id).
-//! - Dead jobs are trimmed by age (died before now − max age) and by count (oldest first) whenever a job
-//!   dies, by a `Dead` completion or by a lease expiring on its last attempt.
-//! - A cron tick whose job is skipped for its unique key is used up all the same and counts 0. Ticks are
-//!   remembered at least a week before the latest window.
-//! - A job skipped in an append for its unique key does not fail the append. An idempotent retry of an
-//!   append enqueues nothing, whether it carries the same jobs or others.
-//! - Not tested (unspecified): enqueueing a job id already in use, and wake-ups after completions.
 
 use std::any::Any;
 use std::future::Future;

@@ -206,7 +206,7 @@ pub struct Stats {
     pub dead: u64,
 }
 
-/// Filter for [`JobStore::list`].
+/// Filter for [`JobQueue::list`](super::JobQueue::list).
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only this queue.

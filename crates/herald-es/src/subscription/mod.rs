@@ -138,101 +138,22 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use herald_core::{EventStore, EventStoreExt, ReadQuery, ReadScope, RecordedEvent, StreamName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
-use crate::codec::{Codec, DecodedEvent, EventSet};
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
 
+mod feed;
+mod handler;
+
+pub(crate) use feed::Feed;
+pub use handler::{EventHandler, FnHandler, TypedHandler, handler_fn, typed_handler};
+
 /// Re-exported where handlers meet it: the workspace's one boxed error, [`herald_core::BoxError`].
 pub use herald_core::BoxError;
-
-/// Handles the events of a subscription, one at a time, in order.
-#[async_trait]
-pub trait EventHandler: Send + Sync {
-    /// Handles one event. An error stops the subscription before the event's checkpoint.
-    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError>;
-}
-
-#[async_trait]
-impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
-    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
-        (**self).handle(event).await
-    }
-}
-
-/// An [`EventHandler`] from an async closure taking the event by value.
-pub struct FnHandler<F>(F);
-
-impl<F> std::fmt::Debug for FnHandler<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FnHandler")
-    }
-}
-
-/// Wraps an async closure as an [`EventHandler`].
-pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
-where
-    F: Fn(RecordedEvent) -> Fut + Send + Sync,
-    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
-{
-    FnHandler(f)
-}
-
-#[async_trait]
-impl<F, Fut> EventHandler for FnHandler<F>
-where
-    F: Fn(RecordedEvent) -> Fut + Send + Sync,
-    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
-{
-    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
-        (self.0)(event.clone()).await
-    }
-}
-
-/// An [`EventHandler`] that decodes each event into `E` with a [`Codec`] (upcasting old schema versions)
-/// and calls an async closure with the typed [`DecodedEvent`]. An event that does not decode stops the
-/// subscription with an error naming it; restrict the subscription to `E`'s types
-/// ([`Subscription::types`]) when the scope holds other events.
-pub struct TypedHandler<E, F> {
-    codec: Codec<E>,
-    f: F,
-}
-
-impl<E, F> std::fmt::Debug for TypedHandler<E, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TypedHandler").finish_non_exhaustive()
-    }
-}
-
-/// Wraps an async closure over typed envelopes as an [`EventHandler`].
-pub fn typed_handler<E, F, Fut>(codec: Codec<E>, f: F) -> TypedHandler<E, F>
-where
-    E: EventSet,
-    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
-    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
-{
-    TypedHandler { codec, f }
-}
-
-#[async_trait]
-impl<E, F, Fut> EventHandler for TypedHandler<E, F>
-where
-    E: EventSet,
-    F: Fn(DecodedEvent<E>) -> Fut + Send + Sync,
-    Fut: std::future::Future<Output = std::result::Result<(), BoxError>> + Send,
-{
-    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError> {
-        let envelope = self.codec.decode(event)?;
-        (self.f)(envelope).await
-    }
-}
 
 /// FNV-1a, 64 bits: a hash that never changes across machines, processes or Rust versions.
 pub fn stable_hash(s: &str) -> u64 {
@@ -604,41 +525,5 @@ impl Subscription {
         }
         tracing::debug!(subscription = %key, ?stats, "subscription stopped");
         Ok(stats)
-    }
-}
-
-/// Turns a follow stream into batches: waits for one event (or cancellation), then takes what is already
-/// available without waiting, up to `max`.
-pub(crate) struct Feed<'a> {
-    events: BoxStream<'a, herald_core::Result<RecordedEvent>>,
-}
-
-impl<'a> Feed<'a> {
-    pub(crate) fn new(events: BoxStream<'a, herald_core::Result<RecordedEvent>>) -> Self {
-        Feed { events }
-    }
-
-    pub(crate) async fn next_batch(
-        &mut self,
-        max: usize,
-        cancel: &CancellationToken,
-    ) -> Result<Option<Vec<RecordedEvent>>> {
-        let first = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Ok(None),
-            next = self.events.next() => next,
-        };
-        let Some(first) = first else {
-            return Ok(None);
-        };
-        let mut batch = vec![first?];
-        while batch.len() < max {
-            // `Next` is cancel-safe: a pending read stays inside the stream and resumes on the next call.
-            match self.events.next().now_or_never() {
-                Some(Some(event)) => batch.push(event?),
-                Some(None) | None => break,
-            }
-        }
-        Ok(Some(batch))
     }
 }
