@@ -93,12 +93,12 @@ mod worker;
 
 pub use cron::{Periodic, Scheduler};
 pub use events::{AsyncHandlers, EventJobArgs, Route};
+pub use herald_core::Backoff;
 pub use herald_core::jobs::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DeadJob, JobInfo, JobQueue, JobState, JobType, JobsConfig,
     ListFilter, NewJob, QueueStats, Stats,
 };
 pub use herald_core::{Clock, Error, ManualClock, Result, SystemClock};
-pub use herald_core::Backoff;
 pub use job::{JobContext, JobResult};
 pub use store::{JobStore, MAX_LIST_LIMIT};
 /// Re-exported where [`WorkerPoolBuilder::start`] and [`Scheduler`] need it: what stops a pool or a scheduler.
