@@ -142,6 +142,17 @@ fn jobs_work_on_every_store_url_and_refuse_others() {
     let (code, out, err) = herald("memory://", &["stats", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out[0]["dead"], 0);
+    // Out-of-range limits and the nil UUID are invalid input (exit 5), as for `read` and `streams`.
+    for args in [
+        &["list", "--limit", "0"][..],
+        &["dead", "--limit", "0"][..],
+        &["list", "--limit", "10001"][..],
+        &["retry", "00000000-0000-0000-0000-000000000000"][..],
+        &["discard", "00000000-0000-0000-0000-000000000000"][..],
+    ] {
+        let (code, _, err) = herald("memory://", args);
+        assert_eq!(code, 5, "{args:?}: {err}");
+    }
     // A scheme no backend of this build opens is invalid input, named in the message.
     let (code, _, err) = herald("redis://127.0.0.1", &["stats"]);
     assert_eq!(code, 5, "{err}");
