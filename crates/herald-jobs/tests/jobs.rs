@@ -102,10 +102,15 @@ async fn failures_follow_the_sidekiq_schedule_then_die_with_their_history(f: Fix
             job.last_error.as_deref(),
             Some(format!("boom {attempt}").as_str())
         );
-        // Not due yet: nothing runs.
+        // Not due yet: the queue offers nothing to run (a claim now would find no job).
         f.clock
             .advance(Duration::from_micros((low - 1_000_000) as u64));
-        f.jobs.wake();
+        let stats = f.jobs.stats().await.unwrap();
+        assert_eq!(
+            (stats.queues[0].available, stats.queues[0].scheduled),
+            (0, 1),
+            "attempt {attempt}: the job is due before its backoff ends"
+        );
         assert!(rx.try_recv().is_err());
         f.clock
             .advance(Duration::from_micros((high - low + 1_000_000) as u64));

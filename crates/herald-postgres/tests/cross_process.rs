@@ -60,6 +60,78 @@ fn spawn_child(role: &str, schema: &str, index: usize) -> std::process::Child {
         .expect("spawning a child test process")
 }
 
+/// Starts two `race` children, waits until both have opened their store (each reports `ready`), then tells
+/// both to go at once (a line on stdin), so their rounds overlap. Returns each child's report lines.
+fn race_children_together(schema: &str) -> Vec<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut children: Vec<_> = (0..2)
+        .map(|index| {
+            Command::new(std::env::current_exe().expect("test binary path"))
+                .args([
+                    "child_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ROLE, "race")
+                .env(CHILD_SCHEMA, schema)
+                .env(CHILD_INDEX, index.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawning a child test process")
+        })
+        .collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|child| {
+            let stdout = child.stdout.take().expect("piped stdout");
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                let mut lines = Vec::new();
+                for line in BufReader::new(stdout).lines() {
+                    let Some((_, report)) = line
+                        .expect("child stdout")
+                        .split_once(PREFIX)
+                        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    else {
+                        continue;
+                    };
+                    if report == "ready" {
+                        let _ = ready.send(());
+                    } else {
+                        lines.push(report);
+                    }
+                }
+                lines
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a race child never reported ready");
+    }
+    for child in &mut children {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"go\n").expect("telling a child to go");
+    }
+    let reports = readers
+        .into_iter()
+        .map(|r| r.join().expect("reading a child's report"))
+        .collect();
+    for child in &mut children {
+        assert!(
+            child.wait().expect("waiting for a child").success(),
+            "a race child failed"
+        );
+    }
+    reports
+}
+
 /// Waits for a child (on a blocking thread) and returns its report lines.
 async fn child_report(child: std::process::Child) -> Vec<String> {
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -178,10 +250,14 @@ async fn exact_race_across_processes() {
         return;
     }
     let (store, schema) = support::fresh_store(|c| c).await;
-    let children: Vec<_> = (0..2)
-        .map(|p| spawn_child("race", schema.name(), p))
-        .collect();
-    let reports = futures::future::join_all(children.into_iter().map(child_report)).await;
+    let schema_name = schema.name().to_owned();
+    let reports = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || race_children_together(&schema_name)),
+    )
+    .await
+    .expect("the race children did not finish within 120 s")
+    .unwrap();
     let mut winners: HashMap<u64, usize> = HashMap::new();
     let mut losses = 0;
     for (child, lines) in reports.iter().enumerate() {
@@ -196,6 +272,18 @@ async fn exact_race_across_processes() {
     }
     for v in 0..RACE_ROUNDS {
         assert!(winners.contains_key(&v), "nobody won version {v}");
+    }
+    // The children started racing together (a start barrier), so the rounds overlapped: some appends lost,
+    // and each process won some versions. Without overlap the test would prove nothing about the race.
+    assert!(
+        losses > 0,
+        "no append ever lost: the processes did not race"
+    );
+    for child in 0..2 {
+        assert!(
+            winners.values().any(|w| *w == child),
+            "process {child} won no version: the processes did not race"
+        );
     }
     assert_eq!(winners.len() as u64, RACE_ROUNDS);
     let stream = StreamName::new("race-1").unwrap();
@@ -262,12 +350,10 @@ async fn child_append(config: herald_postgres::PostgresConfig, index: usize) {
                                 .with_data(format!("\"{writer}:{}\"", next - 1))
                         })
                         .collect::<Vec<_>>();
-                    let count = events.len();
                     store
                         .append(&stream, events, ExpectedVersion::Any)
                         .await
                         .unwrap();
-                    assert!(count > 0);
                 }
                 next
             }));
@@ -285,6 +371,11 @@ async fn child_race(config: herald_postgres::PostgresConfig) {
         .await
         .unwrap();
     let stream = StreamName::new("race-1").unwrap();
+    // The start barrier: report ready, then wait for the parent's `go` (see `race_children_together`).
+    println!("{PREFIX}ready");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    assert_eq!(go.trim(), "go");
     let mut version = 0u64;
     while version < RACE_ROUNDS {
         let expected = match version {
