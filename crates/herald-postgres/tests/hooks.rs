@@ -373,6 +373,10 @@ async fn append_with_runs_the_extra_for_that_append_only() {
         .await
         .unwrap_err();
     assert!(
+        matches!(unparsable, herald_core::Error::Backend { .. }),
+        "{unparsable:?}"
+    );
+    assert!(
         unparsable.to_string().contains("no_such_table"),
         "{unparsable}"
     );
@@ -386,6 +390,10 @@ async fn append_with_runs_the_extra_for_that_append_only() {
         )
         .await
         .unwrap_err();
+    assert!(
+        matches!(rust_refused, herald_core::Error::Backend { .. }),
+        "{rust_refused:?}"
+    );
     assert!(rust_refused.to_string().contains("not today"));
     let ran = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&ran);

@@ -61,6 +61,10 @@ async fn applies_pending_scripts_once_in_order() {
     let err = apply_migrations(&mut client, s, "test-widgets", &first)
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, herald_core::Error::Backend { .. }),
+        "a schema newer than the build is a backend refusal: {err:?}"
+    );
     assert!(err.to_string().contains("newer than this build"), "{err}");
     drop(client);
     connection.await.unwrap();

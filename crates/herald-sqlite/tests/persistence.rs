@@ -206,6 +206,10 @@ async fn a_foreign_sqlite_file_is_refused_untouched() {
     let err = SqliteStore::open(&path, SqliteConfig::default())
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, herald_core::Error::Backend { .. }),
+        "a foreign file is a backend refusal: {err:?}"
+    );
     assert!(err.to_string().contains("did not create"), "{err}");
     assert_eq!(schema_version(&path), (0, 1));
 }
