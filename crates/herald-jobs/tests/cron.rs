@@ -85,8 +85,36 @@ async fn two_store_handles_racing_enqueue_each_tick_once(f: common::Fixture) {
         .await
         .unwrap();
     assert_eq!(total, 180 + 3);
-    assert_eq!(jobs.iter().filter(|j| j.kind == "tick").count(), 180);
-    assert_eq!(jobs.iter().filter(|j| j.kind == "hourly").count(), 3);
+    assert_each_tick_once(&jobs);
+}
+
+/// Each tick of the 3 hours after `JAN_15` is one job, told apart by the tick its metadata names (not only
+/// counted): 180 distinct minutes of `tick`, 3 distinct hours of `hourly`, nothing else.
+fn assert_each_tick_once(jobs: &[herald_jobs::JobInfo]) {
+    for (kind, every, count) in [("tick", 60_000_000, 180), ("hourly", HOUR, 3)] {
+        let mut ticks: Vec<i64> = jobs
+            .iter()
+            .filter(|j| j.kind == kind)
+            .map(|j| {
+                let meta: serde_json::Value = serde_json::from_str(&j.metadata).unwrap();
+                meta["tick"]
+                    .as_i64()
+                    .expect("a cron job's metadata names its tick")
+            })
+            .collect();
+        ticks.sort_unstable();
+        let before = ticks.len();
+        ticks.dedup();
+        assert_eq!(before, ticks.len(), "a `{kind}` tick was enqueued twice");
+        assert_eq!(ticks.len(), count, "`{kind}` ticks");
+        assert!(
+            ticks
+                .iter()
+                .all(|t| (JAN_15..=JAN_15 + 3 * HOUR).contains(t) && (t - JAN_15) % every == 0),
+            "`{kind}` ticks off the schedule: {ticks:?}"
+        );
+    }
+    assert_eq!(jobs.len(), 183, "only the two schedules' ticks");
 }
 
 /// Run by `cron_exactly_once_across_processes` in a child process.
@@ -150,7 +178,7 @@ async fn cron_exactly_once_across_processes(f: common::Fixture) {
         })
         .await
         .unwrap();
-    assert_eq!(all.len(), 183);
+    assert_each_tick_once(&all);
     assert_eq!(
         total, 183,
         "the two processes together enqueued each tick once"
