@@ -148,10 +148,14 @@ struct ReadArgs {
     /// Only events of this type (repeatable).
     #[arg(long = "type")]
     types: Vec<String>,
-    /// Only events recorded at or after this RFC 3339 time.
-    #[arg(long)]
+    /// Only events recorded strictly after this RFC 3339 time.
+    #[arg(long, conflicts_with = "at_or_after")]
     after: Option<String>,
-    /// Only events recorded before this RFC 3339 time.
+    /// Only events recorded at or after this RFC 3339 time (inclusive: with --before, the half-open
+    /// window [T, U)).
+    #[arg(long)]
+    at_or_after: Option<String>,
+    /// Only events recorded strictly before this RFC 3339 time.
     #[arg(long)]
     before: Option<String>,
 }
@@ -354,6 +358,9 @@ async fn read(store: &dyn EventStore, args: ReadArgs, out: &mut Output) -> CliRe
     query.limit = args.limit;
     if let Some(after) = args.after {
         query = query.recorded_after(timefmt::parse_rfc3339(&after)?);
+    }
+    if let Some(at_or_after) = args.at_or_after {
+        query = query.recorded_at_or_after(timefmt::parse_rfc3339(&at_or_after)?);
     }
     if let Some(before) = args.before {
         query = query.recorded_before(timefmt::parse_rfc3339(&before)?);

@@ -418,15 +418,32 @@ fn read_options_select_and_order(db: Db) {
 
     let all = db.ok(&["read", "--all"]);
     let third_at = all[2]["recorded_at"].as_str().unwrap();
-    // Each append ran in its own process, milliseconds apart: --after is inclusive, --before exclusive.
-    assert_eq!(positions(&["read", "--all", "--after", third_at]), [3, 4]);
+    // Each append ran in its own process, milliseconds apart, so the bound is exactly the third event's time:
+    // --after and --before are exclusive, --at-or-after inclusive.
+    assert_eq!(positions(&["read", "--all", "--after", third_at]), [4]);
+    assert_eq!(
+        positions(&["read", "--all", "--at-or-after", third_at]),
+        [3, 4]
+    );
     assert_eq!(positions(&["read", "--all", "--before", third_at]), [1, 2]);
+    assert_fails(
+        &db.run(&[
+            "read",
+            "--all",
+            "--after",
+            third_at,
+            "--at-or-after",
+            third_at,
+        ]),
+        2,
+        &["--at-or-after"],
+    );
     assert_eq!(
         positions(&[
             "read",
             "--category",
             "order",
-            "--after",
+            "--at-or-after",
             third_at,
             "--backward"
         ]),

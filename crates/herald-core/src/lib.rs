@@ -42,8 +42,9 @@
 //!   as appended (no origin), ordered by position. A category read is the global log filtered to events
 //!   appended to streams of that category (links are not repeated there).
 //! - **Read options.** `from` is inclusive (a version for streams, a position otherwise); backward reads start
-//!   at the last entry at or before `from`. `types` keeps only those event types. `recorded_after` is
-//!   inclusive, `recorded_before` exclusive. A stream that does not exist reads as empty.
+//!   at the last entry at or before `from`. `types` keeps only those event types. `recorded_after` and
+//!   `recorded_before` are exclusive (`recorded_at_or_after` is the inclusive form, for half-open windows). A
+//!   stream that does not exist reads as empty.
 //! - **Delete.** Removes the stream's entries (own events and links) and resets its version, so it can be
 //!   written again from version 0; the global log, category reads, [`EventStore::event`] and links from other
 //!   streams keep the events. [`EventStore::streams`] lists only existing streams.

@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::stream::{StreamName, validate_category, validate_name};
+use crate::timefmt;
 use crate::version::MAX_VERSION;
 
 /// Default number of events a backend fetches per round trip when streaming a read.
@@ -60,7 +61,8 @@ pub struct ReadQuery {
     pub limit: Option<u64>,
     /// Only events of these types; empty: all types.
     pub types: Vec<String>,
-    /// Only events recorded at or after this time.
+    /// Only events recorded strictly after this time (an event recorded exactly then is excluded). For an
+    /// inclusive bound use [`ReadQuery::recorded_at_or_after`].
     pub recorded_after: Option<OffsetDateTime>,
     /// Only events recorded strictly before this time.
     pub recorded_before: Option<OffsetDateTime>,
@@ -131,9 +133,19 @@ impl ReadQuery {
         self
     }
 
-    /// Only events recorded at or after `t`.
+    /// Only events recorded strictly after `t`: an event recorded exactly at `t` is excluded, as with
+    /// [`ReadQuery::recorded_before`].
     pub fn recorded_after(mut self, t: OffsetDateTime) -> Self {
         self.recorded_after = Some(t);
+        self
+    }
+
+    /// Only events recorded at or after `t` (inclusive), for half-open windows `[t, u)` that tile time with
+    /// [`ReadQuery::recorded_before`]. Stores keep whole microseconds, so "at or after `t`" is exactly "after
+    /// the last whole microsecond before `t`": this sets [`ReadQuery::recorded_after`] to that instant, and
+    /// every backend needs only the one exclusive bound.
+    pub fn recorded_at_or_after(mut self, t: OffsetDateTime) -> Self {
+        self.recorded_after = Some(timefmt::last_micro_before(t));
         self
     }
 

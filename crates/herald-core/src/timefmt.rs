@@ -19,6 +19,19 @@ pub fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
         .expect("truncating nanoseconds stays in range")
 }
 
+/// The last whole microsecond strictly before `t`: a stored time (whole microseconds) is at or after `t`
+/// exactly when it is after this one.
+pub fn last_micro_before(t: OffsetDateTime) -> OffsetDateTime {
+    let whole = truncate_to_micros(t);
+    let step = if whole == t {
+        time::Duration::MICROSECOND
+    } else {
+        // `t` has a fraction of a microsecond: the whole microsecond below it is already strictly before.
+        time::Duration::ZERO
+    };
+    whole.saturating_sub(step)
+}
+
 /// Microseconds since the Unix epoch, the integer form stores keep.
 pub fn to_unix_micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000) as i64
@@ -59,5 +72,16 @@ mod tests {
         assert_eq!(format_rfc3339_micros(t), "2026-11-26T16:37:18.123456Z");
         assert_eq!(from_unix_micros(to_unix_micros(t)).unwrap(), t);
         assert!(parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn last_micro_before_is_strictly_before_and_whole() {
+        let whole = parse_rfc3339("2026-11-26T17:37:18.123456Z").unwrap();
+        let fraction = parse_rfc3339("2026-11-26T17:37:18.1234565Z").unwrap();
+        assert_eq!(
+            format_rfc3339_micros(last_micro_before(whole)),
+            "2026-11-26T17:37:18.123455Z"
+        );
+        assert_eq!(last_micro_before(fraction), whole);
     }
 }

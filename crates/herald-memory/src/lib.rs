@@ -273,7 +273,7 @@ impl State {
 /// Does the event pass the query's type and time filters?
 fn matches(query: &ReadQuery, stored: &Stored) -> bool {
     (query.types.is_empty() || query.types.contains(&stored.event_type))
-        && query.recorded_after.is_none_or(|t| stored.recorded_at >= t)
+        && query.recorded_after.is_none_or(|t| stored.recorded_at > t)
         && query.recorded_before.is_none_or(|t| stored.recorded_at < t)
 }
 

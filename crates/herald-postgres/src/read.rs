@@ -69,7 +69,7 @@ fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
             sql.push_str(&format!(" AND {alias}.event_type = ANY(${n}::text[])"));
         }
         if let Some(n) = after {
-            sql.push_str(&format!(" AND {alias}.recorded_at >= ${n}"));
+            sql.push_str(&format!(" AND {alias}.recorded_at > ${n}"));
         }
         if let Some(n) = before {
             sql.push_str(&format!(" AND {alias}.recorded_at < ${n}"));

@@ -132,7 +132,7 @@ fn page_statement(query: &ReadQuery) -> (String, Vec<Value>) {
         sql.push(')');
     }
     if let Some(after) = query.recorded_after {
-        sql.push_str(" AND e.recorded_at >= ?");
+        sql.push_str(" AND e.recorded_at > ?");
         params.push(Value::Integer(timefmt::to_unix_micros(after)));
     }
     if let Some(before) = query.recorded_before {

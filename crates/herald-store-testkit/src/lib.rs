@@ -493,7 +493,8 @@ macro_rules! __conformance_cases {
         ]);
         $crate::__conformance_module!($fixture, time_filters: [
             separated_appends_get_increasing_times,
-            recorded_after_is_inclusive,
+            recorded_after_is_exclusive,
+            recorded_at_or_after_is_inclusive,
             recorded_before_is_exclusive,
             range_is_half_open,
             empty_or_inverted_range_is_empty,

@@ -30,7 +30,7 @@ fn model(full: &[RecordedEvent], query: &ReadQuery) -> Vec<(herald_core::uuid::U
     let mut out: Vec<&RecordedEvent> = full
         .iter()
         .filter(|e| query.types.is_empty() || query.types.contains(&e.event_type))
-        .filter(|e| query.recorded_after.is_none_or(|t| e.recorded_at >= t))
+        .filter(|e| query.recorded_after.is_none_or(|t| e.recorded_at > t))
         .filter(|e| query.recorded_before.is_none_or(|t| e.recorded_at < t))
         .filter(|e| match (query.direction, query.from) {
             (_, None) => true,

@@ -1,5 +1,5 @@
-//! Time filters: `recorded_after` inclusive, `recorded_before` exclusive, with boundaries taken from
-//! `recorded_at` values read back.
+//! Time filters: `recorded_after` and `recorded_before` exclusive, `recorded_at_or_after` inclusive, with
+//! boundaries taken from `recorded_at` values read back (so a bound equals an event's time exactly).
 
 use herald_core::time::{Duration, OffsetDateTime, UtcOffset};
 use herald_core::{EventStore, ReadQuery, RecordedEvent};
@@ -26,11 +26,39 @@ pub async fn separated_appends_get_increasing_times(store: Store, _caps: Capabil
     );
 }
 
-/// `recorded_after` is inclusive: an event recorded exactly then is included.
-pub async fn recorded_after_is_inclusive(store: Store, _caps: Capabilities) {
-    let [_, b, _] = three_ticks(&store).await;
+/// `recorded_after` is exclusive: an event recorded exactly then is excluded, one recorded a microsecond
+/// later is included.
+pub async fn recorded_after_is_exclusive(store: Store, _caps: Capabilities) {
+    let [a, b, _] = three_ticks(&store).await;
     let got = read(&store, ReadQuery::all().recorded_after(b.recorded_at)).await;
+    assert_eq!(ns(&got), vec![2]);
+    let just_before_b = b.recorded_at - Duration::microseconds(1);
+    assert!(just_before_b >= a.recorded_at);
+    let got = read(&store, ReadQuery::all().recorded_after(just_before_b)).await;
     assert_eq!(ns(&got), vec![1, 2]);
+}
+
+/// `recorded_at_or_after` is inclusive: an event recorded exactly then is included, also when the bound has
+/// a fraction of a microsecond below it (stores keep whole microseconds).
+pub async fn recorded_at_or_after_is_inclusive(store: Store, _caps: Capabilities) {
+    let [a, b, _] = three_ticks(&store).await;
+    let got = read(&store, ReadQuery::all().recorded_at_or_after(b.recorded_at)).await;
+    assert_eq!(ns(&got), vec![1, 2]);
+    let fraction_before_b = b.recorded_at - Duration::nanoseconds(500);
+    assert!(fraction_before_b > a.recorded_at);
+    let got = read(
+        &store,
+        ReadQuery::all().recorded_at_or_after(fraction_before_b),
+    )
+    .await;
+    assert_eq!(ns(&got), vec![1, 2]);
+    let fraction_after_b = b.recorded_at + Duration::nanoseconds(500);
+    let got = read(
+        &store,
+        ReadQuery::all().recorded_at_or_after(fraction_after_b),
+    )
+    .await;
+    assert_eq!(ns(&got), vec![2]);
 }
 
 /// `recorded_before` is exclusive: an event recorded exactly then is excluded.
@@ -40,10 +68,24 @@ pub async fn recorded_before_is_exclusive(store: Store, _caps: Capabilities) {
     assert_eq!(ns(&got), vec![0]);
 }
 
-/// `[t, u)` keeps what was recorded from `t` up to, not including, `u`.
+/// `[t, u)` keeps what was recorded from `t` up to, not including, `u`; `(t, u)` excludes both ends.
 pub async fn range_is_half_open(store: Store, _caps: Capabilities) {
     let [a, b, c] = three_ticks(&store).await;
-    let q = |from, to| ReadQuery::all().recorded_after(from).recorded_before(to);
+    let open = |from, to| ReadQuery::all().recorded_after(from).recorded_before(to);
+    assert!(
+        read(&store, open(a.recorded_at, b.recorded_at))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ns(&read(&store, open(a.recorded_at, c.recorded_at)).await),
+        vec![1]
+    );
+    let q = |from, to| {
+        ReadQuery::all()
+            .recorded_at_or_after(from)
+            .recorded_before(to)
+    };
     assert_eq!(
         ns(&read(&store, q(b.recorded_at, c.recorded_at)).await),
         vec![1]
@@ -65,7 +107,11 @@ pub async fn range_is_half_open(store: Store, _caps: Capabilities) {
 /// An empty or inverted range reads as empty, without error.
 pub async fn empty_or_inverted_range_is_empty(store: Store, _caps: Capabilities) {
     let [_, b, c] = three_ticks(&store).await;
-    let q = |from, to| ReadQuery::all().recorded_after(from).recorded_before(to);
+    let q = |from, to| {
+        ReadQuery::all()
+            .recorded_at_or_after(from)
+            .recorded_before(to)
+    };
     assert!(
         read(&store, q(b.recorded_at, b.recorded_at))
             .await
@@ -117,6 +163,12 @@ pub async fn bounds_in_other_offsets_mean_the_same_instant(store: Store, _caps: 
         ReadQuery::all().recorded_after(b.recorded_at.to_offset(plus_two)),
     )
     .await;
+    assert_eq!(ns(&got), vec![2]);
+    let got = read(
+        &store,
+        ReadQuery::all().recorded_at_or_after(b.recorded_at.to_offset(plus_two)),
+    )
+    .await;
     assert_eq!(ns(&got), vec![1, 2]);
     let got = read(
         &store,
@@ -134,8 +186,12 @@ pub async fn time_filters_on_stream_reads(store: Store, _caps: Capabilities) {
     let [_, b, c] = three_ticks(&store).await;
     let q = ReadQuery::stream(stream("t-1"));
     assert_eq!(
-        ns(&read(&store, q.clone().recorded_after(b.recorded_at)).await),
+        ns(&read(&store, q.clone().recorded_at_or_after(b.recorded_at)).await),
         vec![2]
+    );
+    assert_eq!(
+        ns(&read(&store, q.clone().recorded_after(c.recorded_at)).await),
+        Vec::<u64>::new()
     );
     assert_eq!(
         ns(&read(&store, q.clone().recorded_before(c.recorded_at).backward()).await),
@@ -148,8 +204,16 @@ pub async fn time_filters_on_category_reads(store: Store, _caps: Capabilities) {
     let [a, b, _] = three_ticks(&store).await;
     let q = ReadQuery::category("t");
     assert_eq!(
-        ns(&read(&store, q.clone().recorded_after(b.recorded_at).backward()).await),
+        ns(&read(
+            &store,
+            q.clone().recorded_at_or_after(b.recorded_at).backward()
+        )
+        .await),
         vec![2, 1]
+    );
+    assert_eq!(
+        ns(&read(&store, q.clone().recorded_after(b.recorded_at).backward()).await),
+        vec![2]
     );
     assert_eq!(
         ns(&read(
@@ -196,7 +260,7 @@ pub async fn time_filters_page_correctly(store: Store, _caps: Capabilities) {
     let got = read(
         &store,
         ReadQuery::all()
-            .recorded_after(times[2])
+            .recorded_at_or_after(times[2])
             .recorded_before(times[8])
             .batch_size(2),
     )
@@ -204,8 +268,17 @@ pub async fn time_filters_page_correctly(store: Store, _caps: Capabilities) {
     assert_eq!(ns(&got), vec![2, 3, 4, 5, 6, 7]);
     let got = read(
         &store,
-        ReadQuery::stream(stream("p-1"))
+        ReadQuery::all()
             .recorded_after(times[2])
+            .recorded_before(times[8])
+            .batch_size(2),
+    )
+    .await;
+    assert_eq!(ns(&got), vec![3, 4, 5, 6, 7]);
+    let got = read(
+        &store,
+        ReadQuery::stream(stream("p-1"))
+            .recorded_at_or_after(times[2])
             .recorded_before(times[8])
             .batch_size(4)
             .backward(),
