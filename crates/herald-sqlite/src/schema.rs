@@ -71,12 +71,52 @@ pub(crate) fn connect(
     busy_timeout: Duration,
     durability: Durability,
 ) -> Result<Connection> {
+    refuse_empty_file(path)?;
     open_with(
         path,
         busy_timeout,
         durability,
         OpenFlags::SQLITE_OPEN_CREATE,
     )
+}
+
+/// How long an existing empty file may stay empty before it is refused: Herald writes a new file's header
+/// within microseconds of creating it, so another process opening the same new path at that moment waits
+/// this long for the creator, never more.
+const EMPTY_FILE_GRACE: Duration = Duration::from_secs(1);
+
+/// Refuses an existing file of 0 bytes (with no write-ahead log holding pages): SQLite would take it as an
+/// empty database and Herald would quietly start a new store in it, hiding a truncated database or a wrong
+/// path. Herald never leaves a file it created empty (switching to WAL writes the header at once), so an
+/// empty file is someone else's; a store is created only where no file exists.
+fn refuse_empty_file(path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + EMPTY_FILE_GRACE;
+    while is_empty_database_file(path) {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::invalid(format!(
+                "SQLite database {} is an empty file (0 bytes) that Herald did not create; refusing to start \
+                 a new store in it (it may be a truncated database or the wrong path): remove the file to \
+                 create a new store there",
+                path.display()
+            )));
+        }
+        // Polling: the creator in another process cannot signal this one.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// An existing regular file of 0 bytes whose write-ahead log (if any) is empty too.
+fn is_empty_database_file(path: &Path) -> bool {
+    let len = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    len(path) == Some(0) && len(Path::new(&wal)).unwrap_or(0) == 0
 }
 
 /// Opens the existing Herald database at `path` for a crate that keeps tables of its own in the file

@@ -214,6 +214,32 @@ async fn a_foreign_sqlite_file_is_refused_untouched() {
     assert_eq!(schema_version(&path), (0, 1));
 }
 
+/// An existing 0-byte file (a truncated database, a mistyped path, `touch`) is not silently made a new store:
+/// opening it is invalid input and leaves it empty; without the file, the same path opens as a new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    std::fs::File::create(&path).unwrap();
+    let err = SqliteStore::open(&path, SqliteConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("empty file"), "{err}");
+    let err = herald_sqlite::SqliteJobQueue::open(&path, herald_core::JobsConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left untouched");
+    std::fs::remove_file(&path).unwrap();
+    SqliteStore::open(&path, SqliteConfig::default())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_url_and_config_validation() {
     let dir = tempfile::tempdir().unwrap();
