@@ -2,6 +2,10 @@
 //! every backend, so callers can branch on it without knowing which backend they talk to, and an error that
 //! crosses ports (a version conflict in an append that enqueues jobs) keeps its kind.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::version::{ExpectedVersion, display_version};
@@ -76,7 +80,7 @@ pub enum Error {
     #[error("event store is closed")]
     Closed,
     /// The backend failed (I/O, database error). The operation may be retried; nothing was written.
-    #[error("backend error: {source}")]
+    #[error("backend error: {}", innermost_backend_source(source))]
     Backend {
         /// The driver's error.
         #[source]
@@ -90,10 +94,176 @@ impl Error {
         Error::InvalidInput(message.into())
     }
 
-    /// Wraps a backend (driver) error.
+    /// Wraps a backend (driver) error. An [`Error`] passed in is returned as it is, so its kind is kept and
+    /// its message is not prefixed twice.
     pub fn backend(source: impl Into<BoxError>) -> Self {
-        Error::Backend {
-            source: source.into(),
+        match source.into().downcast::<Error>() {
+            Ok(error) => *error,
+            Err(source) => Error::Backend { source },
         }
+    }
+}
+
+impl Error {
+    /// A stored event that cannot be decoded (a damaged or hand-edited row), as an [`Error::Backend`] whose
+    /// message names the event by global position and, when those columns are readable, stream and version;
+    /// `source` (the driver's or decoder's error) says what is wrong with it.
+    pub fn corrupt_event(
+        position: u64,
+        stream: Option<&str>,
+        version: Option<u64>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::backend(CorruptEvent {
+            position,
+            stream: stream.map(str::to_owned),
+            version,
+            source: source.into(),
+        })
+    }
+}
+
+/// Where an unreadable stored event sits, and why it cannot be read (see [`Error::corrupt_event`]).
+#[derive(Debug)]
+pub struct CorruptEvent {
+    /// The event's global position.
+    pub position: u64,
+    /// The stream it was appended to, when readable.
+    pub stream: Option<String>,
+    /// Its version in that stream, when readable.
+    pub version: Option<u64>,
+    /// What is wrong with it.
+    pub source: BoxError,
+}
+
+impl std::fmt::Display for CorruptEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stored event at position {}", self.position)?;
+        match (&self.stream, self.version) {
+            (Some(stream), Some(version)) => write!(f, " (stream `{stream}`, version {version})")?,
+            (Some(stream), None) => write!(f, " (stream `{stream}`)")?,
+            _ => {}
+        }
+        write!(f, " cannot be read: {}", self.source)
+    }
+}
+
+impl std::error::Error for CorruptEvent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// What a backend error shows after its own "backend error: " prefix: the source, or, when the source is
+/// itself a backend error (one failure shared by every caller of a batch sits behind an `Arc`), that error's
+/// source, so the prefix is printed once.
+fn innermost_backend_source(source: &BoxError) -> &(dyn std::error::Error + 'static) {
+    let mut current: &(dyn std::error::Error + 'static) = &**source;
+    loop {
+        let inner: Option<&Error> = current
+            .downcast_ref::<Error>()
+            .or_else(|| current.downcast_ref::<Arc<Error>>().map(|e| &**e))
+            .or_else(|| {
+                current
+                    .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+                    .and_then(|e| e.downcast_ref::<Error>())
+            });
+        match inner {
+            Some(Error::Backend { source }) => current = &**source,
+            _ => return current,
+        }
+    }
+}
+
+/// `text` with every control character shown as a visible escape (`\n`, `\r`, `\t`, `\u{1b}`, …), so a
+/// message that echoes outside input (a stream name, an id, a URL) stays one line and cannot drive a terminal.
+/// Escaped: the C0 and C1 controls and DEL, the Unicode line and paragraph separators, and the bidirectional
+/// formatting characters (which can make a line read differently from its bytes). Everything else, including
+/// a backslash, is kept. Every place that prints an error or a log line for people (the CLI, its logs, an HTTP
+/// error body) calls this one function.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_become_visible_escapes() {
+        assert!(matches!(escape_controls("order-1 ✓ é"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("a\nb\r\tc\u{1b}[31mred\u{7f}\u{9b}\u{0}"),
+            "a\\nb\\r\\tc\\u{1b}[31mred\\u{7f}\\u{9b}\\u{0}"
+        );
+        assert_eq!(
+            escape_controls("x\u{2028}y\u{202e}z"),
+            "x\\u{2028}y\\u{202e}z"
+        );
+        assert_eq!(escape_controls("back\\slash"), "back\\slash");
+    }
+
+    #[test]
+    fn a_corrupt_event_is_named() {
+        let e = Error::corrupt_event(7, Some("order-1"), Some(2), "data is not UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "backend error: stored event at position 7 (stream `order-1`, version 2) cannot be read: data is not UTF-8"
+        );
+        let e = Error::corrupt_event(7, None, None, "bad row");
+        assert_eq!(
+            e.to_string(),
+            "backend error: stored event at position 7 cannot be read: bad row"
+        );
+    }
+
+    #[test]
+    fn a_backend_error_is_not_wrapped_twice() {
+        let inner = Error::backend("disk I/O error");
+        assert_eq!(inner.to_string(), "backend error: disk I/O error");
+        let rewrapped = Error::backend(inner);
+        assert_eq!(rewrapped.to_string(), "backend error: disk I/O error");
+        // An error of another kind keeps its kind.
+        assert!(matches!(
+            Error::backend(Error::invalid("bad")),
+            Error::InvalidInput(_)
+        ));
+        // One failure shared by several callers.
+        let shared = Arc::new(Error::backend("connection reset"));
+        assert_eq!(
+            Error::backend(Arc::clone(&shared)).to_string(),
+            "backend error: connection reset"
+        );
+        let shared: Arc<dyn std::error::Error + Send + Sync> =
+            Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                Error::backend("connection refused"),
+            ));
+        assert_eq!(
+            Error::backend(shared).to_string(),
+            "backend error: connection refused"
+        );
     }
 }

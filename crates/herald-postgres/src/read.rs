@@ -17,9 +17,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 pub(crate) async fn client(pool: &Pool) -> Result<Object> {
     pool.get().await.map_err(|e| {
-        Error::backend(format!(
-            "cannot get a PostgreSQL read connection from the pool: {e}"
-        ))
+        crate::schema::pool_error_while("cannot get a PostgreSQL read connection from the pool", e)
     })
 }
 
@@ -141,19 +139,26 @@ pub(crate) async fn read_page(pool: &Pool, query: &ReadQuery) -> Result<Vec<Reco
     Ok(page)
 }
 
-/// Maps the [`EVENT_COLUMNS`] of a row to an event as appended.
+/// Maps the [`EVENT_COLUMNS`] of a row to an event as appended. A row that does not decode (a value out of
+/// range, edited by hand) is an error naming the event by position, stream and version.
 fn recorded(row: &Row) -> Result<RecordedEvent> {
-    let recorded_at: i64 = row.try_get(4).map_err(backend)?;
-    let position: i64 = row.try_get(5).map_err(backend)?;
-    let version: i64 = row.try_get(7).map_err(backend)?;
+    let position = row.try_get::<_, i64>(5).map_err(backend)? as u64;
+    let corrupt = |e: Error| {
+        let stream = row.try_get::<_, String>(6).ok();
+        let version = row.try_get::<_, i64>(7).ok().map(|v| v as u64);
+        Error::corrupt_event(position, stream.as_deref(), version, e)
+    };
+    let column = |e: tokio_postgres::Error| corrupt(backend(e));
+    let recorded_at: i64 = row.try_get(4).map_err(column)?;
+    let version: i64 = row.try_get(7).map_err(column)?;
     Ok(RecordedEvent {
-        id: row.try_get(0).map_err(backend)?,
-        event_type: row.try_get(1).map_err(backend)?,
-        data: row.try_get(2).map_err(backend)?,
-        metadata: row.try_get(3).map_err(backend)?,
-        recorded_at: timefmt::from_unix_micros(recorded_at)?,
-        position: position as u64,
-        stream: row.try_get(6).map_err(backend)?,
+        id: row.try_get(0).map_err(column)?,
+        event_type: row.try_get(1).map_err(column)?,
+        data: row.try_get(2).map_err(column)?,
+        metadata: row.try_get(3).map_err(column)?,
+        recorded_at: timefmt::from_unix_micros(recorded_at).map_err(corrupt)?,
+        position,
+        stream: row.try_get(6).map_err(column)?,
         version: version as u64,
         origin: None,
     })

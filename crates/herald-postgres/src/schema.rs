@@ -159,6 +159,20 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
     })
 }
 
+/// Wraps a failure to get a pooled connection as [`Error::Backend`], after `what` was being done: the server's
+/// or the connection's reason (as [`error_text`] says), or the pool's (timeout, closed pool); the original is
+/// kept as the source.
+pub(crate) fn pool_error_while(what: &str, e: deadpool_postgres::PoolError) -> Error {
+    let reason = match &e {
+        deadpool_postgres::PoolError::Backend(e) => error_text(e),
+        other => format!("connection pool: {other}"),
+    };
+    Error::backend(DbError {
+        text: format!("{what}: {reason}"),
+        source: Box::new(e),
+    })
+}
+
 /// Wraps a connection pool failure as [`Error::Backend`]: a server or connection error as [`backend`] does,
 /// a pool error (timeout, closed pool) with what it was; either keeps the original as the source.
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
@@ -212,10 +226,14 @@ pub(crate) fn pg_config(url: &str, schema: &str) -> Result<Config> {
 /// Opens one connection and drives it on a Tokio task.
 pub(crate) async fn connect(config: &Config) -> Result<Client> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        Error::backend(format!(
-            "cannot connect to PostgreSQL ({}): {e}",
-            describe(config)
-        ))
+        Error::backend(DbError {
+            text: format!(
+                "cannot connect to PostgreSQL ({}): {}",
+                describe(config),
+                error_text(&e)
+            ),
+            source: Box::new(e),
+        })
     })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -225,7 +243,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
-/// Host and database, for messages (never the password).
+/// Host, port and database, for messages (never the password).
 pub(crate) fn describe(config: &Config) -> String {
     let host = config
         .get_hosts()
@@ -235,8 +253,9 @@ pub(crate) fn describe(config: &Config) -> String {
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
         .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
-        "host {host}, database {}",
+        "host {host}, port {port}, database {}",
         config.get_dbname().unwrap_or("(default)")
     )
 }

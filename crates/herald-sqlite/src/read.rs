@@ -172,20 +172,28 @@ pub(crate) fn read_page(conn: &Connection, query: &ReadQuery) -> Result<Vec<Reco
     Ok(page)
 }
 
-/// Maps the [`EVENT_COLUMNS`] of a row to an event as appended.
+/// Maps the [`EVENT_COLUMNS`] of a row to an event as appended. A row that does not decode (a damaged or
+/// hand-edited file) is an error naming the event by position, and stream and version when those decode.
 fn recorded(row: &Row<'_>) -> Result<RecordedEvent> {
-    let id: [u8; 16] = row.get(0).map_err(backend)?;
-    let recorded_at: i64 = row.get(4).map_err(backend)?;
-    let position: i64 = row.get(5).map_err(backend)?;
-    let version: i64 = row.get(7).map_err(backend)?;
+    // The position is the rowid: always an integer.
+    let position = row.get::<_, i64>(5).map_err(backend)? as u64;
+    let corrupt = |e: Error| {
+        let stream = row.get::<_, String>(6).ok();
+        let version = row.get::<_, i64>(7).ok().map(|v| v as u64);
+        Error::corrupt_event(position, stream.as_deref(), version, e)
+    };
+    let column = |e: rusqlite::Error| corrupt(backend(e));
+    let id: [u8; 16] = row.get(0).map_err(column)?;
+    let recorded_at: i64 = row.get(4).map_err(column)?;
+    let version: i64 = row.get(7).map_err(column)?;
     Ok(RecordedEvent {
         id: Uuid::from_bytes(id),
-        event_type: row.get(1).map_err(backend)?,
-        data: row.get(2).map_err(backend)?,
-        metadata: row.get(3).map_err(backend)?,
-        recorded_at: timefmt::from_unix_micros(recorded_at)?,
-        position: position as u64,
-        stream: row.get(6).map_err(backend)?,
+        event_type: row.get(1).map_err(column)?,
+        data: row.get(2).map_err(column)?,
+        metadata: row.get(3).map_err(column)?,
+        recorded_at: timefmt::from_unix_micros(recorded_at).map_err(corrupt)?,
+        position,
+        stream: row.get(6).map_err(column)?,
         version: version as u64,
         origin: None,
     })

@@ -104,8 +104,9 @@ fn decide(test: &str, answered: Result<(), String>) -> bool {
     }
 }
 
-/// Runs `sql` on a connection of its own.
-async fn execute(sql: &str) -> Result<(), String> {
+/// Runs `sql` (one or more statements) on the test server, on a connection of its own: for tests that set up
+/// what Herald would not (a failing trigger, a role without privileges).
+pub async fn execute(sql: &str) -> Result<(), String> {
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
