@@ -2,12 +2,14 @@
 //! timestamps, JSON) are taken as text and checked by herald-core, so a bad one is "invalid input" (exit 5)
 //! with the store's own message, not a usage error.
 
+use std::borrow::Cow;
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
+use herald::core::error::escape_controls;
 use herald::uuid::Uuid;
 use herald::{
     Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, StreamName, timefmt,
@@ -24,6 +26,10 @@ pub(crate) struct Cli {
     /// Database URL: sqlite://PATH, memory://, or postgres://USER@HOST:PORT/DB[?schema=S].
     #[arg(long, global = true, env = "HERALD_DATABASE_URL", default_value = herald::DEFAULT_DATABASE_URL)]
     database: String,
+    /// Log to stderr: -v info, -vv debug, -vvv trace (HERALD_LOG or RUST_LOG, as filter directives, take
+    /// precedence). Without either, stderr holds only a failed command's one error line.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,20 +192,63 @@ impl CliError {
 
 /// Prints a clap error: help and version as clap renders them (exit 0), anything else as one line (exit 2).
 pub(crate) fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
+    use clap::error::{ContextValue, ErrorKind};
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = e.render().to_string();
+            // Clap quotes the offending argument as given: escape it inside the message before taking the
+            // message's first line, so an argument with a line break is shown whole, on that line. The styled
+            // rendering keeps the argument's bytes intact (the plain one drops what looks like escape
+            // sequences); clap's own styling is removed after.
+            let mut rendered = e.render().ansi().to_string();
+            for (_, value) in e.context() {
+                let values = match value {
+                    ContextValue::String(v) => std::slice::from_ref(v),
+                    ContextValue::Strings(vs) => vs.as_slice(),
+                    _ => &[],
+                };
+                for v in values {
+                    if let Cow::Owned(escaped) = escape_controls(v) {
+                        rendered = rendered.replace(v.as_str(), &escaped);
+                    }
+                }
+            }
+            let rendered = strip_styles(&rendered);
             let first = rendered.lines().next().unwrap_or("usage error");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("herald: {first} (see herald --help)");
+            print_error(&format!("{first} (see herald --help)"));
             ExitCode::from(2)
         }
     }
+}
+
+/// `text` without its SGR sequences (`ESC [ … m`, clap's colours and emphasis).
+fn strip_styles(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Prints `herald: MESSAGE` as the one line on stderr, with control characters escaped (the message may
+/// quote input). A closed stderr is ignored: there is nowhere left to report to.
+pub(crate) fn print_error(message: &str) {
+    let line = format!("herald: {}\n", escape_controls(message));
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 type CliResult<T = ()> = Result<T, CliError>;
@@ -241,7 +290,7 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
                 .event(id)
                 .await?
                 .ok_or_else(|| CliError::NotFound(format!("event {id} not found")))?;
-            out.line(&event_line(&event).map_err(Error::backend)?)?;
+            out.line(&printable(&event)?)?;
         }
         Command::Version { stream } => {
             let stream = StreamName::new(stream)?;
@@ -266,6 +315,19 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Jobs(_) => unreachable!("handled before connecting"),
     }
     out.flush()
+}
+
+/// The event's output line; stored data or metadata that is not JSON (a damaged or hand-edited database) is
+/// an error naming the event.
+fn printable(event: &herald::RecordedEvent) -> Result<String, Error> {
+    event_line(event).map_err(|e| {
+        Error::corrupt_event(
+            event.position,
+            Some(event.origin.as_ref().map_or(&event.stream, |o| &o.stream)),
+            Some(event.origin.as_ref().map_or(event.version, |o| o.version)),
+            format!("event {}: data or metadata is not JSON: {e}", event.id),
+        )
+    })
 }
 
 fn parse_id(text: &str) -> Result<Uuid, Error> {
@@ -313,8 +375,20 @@ async fn append(store: &dyn EventStore, args: AppendArgs, out: &mut Output) -> C
 
 fn read_stdin_events() -> CliResult<Vec<NewEvent>> {
     let mut events = Vec::new();
-    for (index, line) in io::stdin().lock().lines().enumerate() {
-        let line = line?;
+    // Lines are split as bytes and decoded one by one, so text that is not UTF-8 is invalid input on a line
+    // named in the message (a read error of stdin itself stays an I/O error).
+    for (index, line) in io::stdin().lock().split(b'\n').enumerate() {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let line = String::from_utf8(line).map_err(|e| {
+            Error::invalid(format!(
+                "stdin line {} is not valid UTF-8: {}",
+                index + 1,
+                e.utf8_error()
+            ))
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -367,7 +441,7 @@ async fn read(store: &dyn EventStore, args: ReadArgs, out: &mut Output) -> CliRe
     }
     let mut events = store.read(query);
     while let Some(event) = events.next().await {
-        out.line(&event_line(&event?).map_err(Error::backend)?)?;
+        out.line(&printable(&event?)?)?;
     }
     Ok(())
 }
@@ -405,16 +479,67 @@ async fn tail(store: Arc<dyn EventStore>, query: ReadQuery, out: &mut Output) ->
     let mut events = store.follow(query);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // A reader that went away ends the tail (exit 0, like any Unix filter): noticed while idle when stdout is
+    // a pipe, else at the next write.
+    let reader_gone = stdout_reader_gone();
+    tokio::pin!(reader_gone);
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
+            () = &mut reader_gone => return Ok(()),
             next = events.next() => match next {
                 Some(event) => {
-                    out.line(&event_line(&event?).map_err(Error::backend)?)?;
+                    out.line(&printable(&event?)?)?;
                     out.flush()?;
+                    if out.closed {
+                        return Ok(());
+                    }
                 }
                 None => return Ok(()),
             },
+        }
+    }
+}
+
+/// Resolves when stdout is a pipe (or socket, or terminal) whose other end has gone, which `poll` reports as
+/// an error or hang-up on stdout; never resolves where nothing can report that (stdout a regular file).
+/// The wait runs on a plain thread, detached: a thread of the runtime's blocking pool would keep the runtime
+/// from shutting down.
+async fn stdout_reader_gone() {
+    let (gone, reported) = tokio::sync::oneshot::channel();
+    let watcher = std::thread::Builder::new()
+        .name("herald-stdout-watch".to_owned())
+        .spawn(move || {
+            if wait_for_stdout_hangup() {
+                let _ = gone.send(());
+            }
+        });
+    if watcher.is_ok() && reported.await.is_ok() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Blocks until stdout's other end has gone (true), or until that cannot be watched (false).
+fn wait_for_stdout_hangup() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use std::os::fd::AsFd;
+    let stdout = io::stdout();
+    loop {
+        // No events asked for: only the conditions always reported (error, hang-up, invalid fd) wake it.
+        let mut fds = [PollFd::from_borrowed_fd(stdout.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, None) {
+            Ok(_) => {
+                let revents = fds[0].revents();
+                if revents.intersects(PollFlags::ERR | PollFlags::HUP) {
+                    return true;
+                }
+                if revents.contains(PollFlags::NVAL) {
+                    return false;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use clap::{Args, Subcommand};
 use herald::Error;
+use herald::core::error::escape_controls;
 use herald::jobs::{JobState, JobStore, ListFilter};
 use herald::uuid::Uuid;
 
@@ -62,12 +63,8 @@ enum JobsCommand {
 }
 
 fn parse_id(text: &str) -> Result<Uuid, CliError> {
-    let id = Uuid::parse_str(text).map_err(|e| {
-        CliError::Store(Error::invalid(format!(
-            "`{}` is not a UUID: {e}",
-            text.escape_debug()
-        )))
-    })?;
+    let id = Uuid::parse_str(text)
+        .map_err(|e| CliError::Store(Error::invalid(format!("`{text}` is not a UUID: {e}"))))?;
     Ok(id)
 }
 
@@ -136,7 +133,8 @@ pub(crate) async fn run(database: &str, args: JobsArgs) -> Result<Vec<String>, C
                             j.queue,
                             j.kind,
                             j.attempt,
-                            j.last_error.as_deref().unwrap_or("")
+                            // A handler's error text is outside input: kept on the job's one line.
+                            escape_controls(j.last_error.as_deref().unwrap_or(""))
                         )
                     }
                 })

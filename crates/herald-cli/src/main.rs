@@ -1,12 +1,14 @@
 //! The `herald` command line: append, read, link, inspect and follow an event store.
 //!
 //! Its output and exit codes are a contract scripts rely on (see the README): JSON on stdout, one line per
-//! result or event; one line on stderr per error; exit 0 ok, 2 usage, 3 wrong expected version, 4 not found,
-//! 5 invalid input, 6 duplicate, 1 anything else.
+//! result or event; one line on stderr per error (control characters escaped), and nothing else there unless
+//! logs are asked for (`-v`, `HERALD_LOG`, `RUST_LOG`); exit 0 ok (also when stdout's reader goes away), 2
+//! usage, 3 wrong expected version, 4 not found, 5 invalid input, 6 duplicate, 1 anything else.
 
 mod cli;
 #[cfg(feature = "sqlite")]
 mod jobs_cli;
+mod log;
 mod output;
 
 use std::process::ExitCode;
@@ -19,14 +21,11 @@ async fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::usage_error(e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HERALD_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    log::init(args.verbose);
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("herald: {e}");
+            cli::print_error(&e.to_string());
             ExitCode::from(e.exit_code())
         }
     }
