@@ -87,7 +87,11 @@ pub async fn readers_never_see_a_gap(store: Store, _caps: Capabilities) {
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let per_writer: usize = (0..40).map(|i| 1 + i % 3).sum();
-    assert_eq!(reader.await.unwrap(), 4 * per_writer, "the last read missed events");
+    assert_eq!(
+        reader.await.unwrap(),
+        4 * per_writer,
+        "the last read missed events"
+    );
 }
 
 /// The same append (same ids) sent by 8 tasks at once is written once; every task gets the same result.
