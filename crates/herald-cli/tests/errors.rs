@@ -423,3 +423,25 @@ fn a_dead_jobs_error_text_is_escaped_in_the_listing() {
     assert!(!line.chars().any(char::is_control), "{stdout:?}");
     assert!(line.contains("bad\\ngateway \\u{1b}[31mred"), "{line}");
 }
+
+#[test]
+fn a_corrupt_row_names_its_event_on_postgres() {
+    let Some(schema) = postgres() else { return };
+    ok(&schema.url(), &["append", "order-1", "--type", "Placed"]);
+    ok(&schema.url(), &["append", "order-1", "--type", "Paid"]);
+    // PostgreSQL's types keep ids and text sound; a timestamp out of range is what a hand edit can break.
+    block_on(execute(&format!(
+        "UPDATE {}.events SET recorded_at = 9223372036854775807 WHERE position = 2",
+        schema.name()
+    )))
+    .unwrap();
+    let line = one_error_line(&run(&schema.url(), &["read", "order-1"]), 1);
+    for needle in [
+        "position 2",
+        "stream `order-1`",
+        "version 1",
+        "out of range",
+    ] {
+        assert!(line.contains(needle), "{line} should mention {needle}");
+    }
+}
