@@ -445,3 +445,31 @@ fn a_corrupt_row_names_its_event_on_postgres() {
         assert!(line.contains(needle), "{line} should mention {needle}");
     }
 }
+
+#[test]
+fn a_log_record_is_one_line_whatever_its_fields_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    // The store logs its path when it opens: a path with an escape sequence and a bell in it (URL parsing
+    // drops tabs and line breaks, as the URL standard says).
+    let odd = dir.path().join("a\u{7}b\u{1b}[31mc");
+    std::fs::create_dir(&odd).unwrap();
+    let url = format!("sqlite://{}", odd.join("h.db").display());
+    let out = herald(&url, &["streams"])
+        .env("HERALD_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("b\\x1b[31mc") || stderr.contains("b\\u{1b}[31mc"),
+        "{stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        // Every line is a record of its own: it starts with the record's timestamp.
+        assert!(
+            line.starts_with("20"),
+            "a record split over lines: {stderr}"
+        );
+    }
+}
