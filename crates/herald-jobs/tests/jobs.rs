@@ -239,6 +239,10 @@ async fn dead_set_retry_one_all_discard_and_limits(f: Fixture) {
         small.list(ListFilter::default()).await.unwrap().is_empty()
     })
     .await;
+    // The pool's last completion trims the dead set after the job's death commits (PostgreSQL: a statement
+    // of its own); joining the pool waits for that completion.
+    stop.cancel();
+    pool.join().await;
     let kept: Vec<String> = small
         .dead(100)
         .await
@@ -247,8 +251,6 @@ async fn dead_set_retry_one_all_discard_and_limits(f: Fixture) {
         .map(|d| d.args)
         .collect();
     assert_eq!(kept, ["3", "2"]);
-    stop.cancel();
-    pool.join().await;
 }
 
 /// `JobStore::enqueue` answers `None` for a job skipped for its unique key, and `enqueue_bulk` leaves its id
