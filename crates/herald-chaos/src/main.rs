@@ -91,18 +91,10 @@ fn main() {
     }
 }
 
-/// `message` with its control characters escaped, so an error is one line whatever it quotes.
+/// `message` with its control characters escaped (Herald's one escaping rule), so an error is one line
+/// whatever it quotes.
 fn one_line(message: &str) -> String {
-    message
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    herald::core::error::escape_controls(message).into_owned()
 }
 
 /// Errors of this tool: a message naming what failed is all a chaos run needs.
