@@ -11,6 +11,7 @@
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups: static ([`GroupMember`]) or with members joining and leaving at run time ([`DynamicGroup`]) |
 //! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations, on herald-core's [`Clock`]), [`Assignment`] |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
+//! | [`lease`] | one active runner per subscription or projection: leases with fencing tokens ([`LeaseConfig`], [`Fence`]) |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
 //! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
 //! | `postgres` | PostgreSQL checkpoints and transactional projections in the store's schema (feature `postgres`) |
@@ -147,6 +148,7 @@ pub mod codec;
 pub mod command;
 mod error;
 pub mod group;
+pub mod lease;
 pub mod metadata;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -166,6 +168,7 @@ pub use error::{EsError, Result};
 pub use group::{Assignment, DynamicGroup, GroupView, Heartbeat, MembershipStore};
 /// Re-exported where [`DynamicGroup::clock`] needs them: herald-core's one time source (µs).
 pub use herald_core::{Clock, ManualClock, SystemClock};
+pub use lease::{Fence, LeaseConfig, LeaseGrant, WhenHeld};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};

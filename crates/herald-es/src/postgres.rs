@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{EsError, Result};
 use crate::group::{GroupState, GroupView, Heartbeat, Lease, MembershipStore};
+use crate::lease::{self, Fence, HeldLease, LeaseConfig, LeaseGrant, LeaseRecord};
 use crate::subscription::{BoxError, Feed, validate_name};
 
 /// The server's message, code and detail, or the cause (tokio-postgres alone displays only "db error").
@@ -44,7 +45,8 @@ fn validate_schema(schema: &str) -> Result<()> {
 
 /// This crate's tables, in `{s}` (see [`herald_postgres::apply_migrations`]). Never edit a released script:
 /// append a new one. Script 1 uses `IF NOT EXISTS`: stores created before the migrator find their tables.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE IF NOT EXISTS {s}.herald_es_checkpoints (
         name       TEXT        PRIMARY KEY,
         cursor     BIGINT      NOT NULL,
@@ -61,7 +63,19 @@ const MIGRATIONS: &[&str] = &["
         expires_at   BIGINT NOT NULL,
         acknowledged BIGINT NOT NULL,
         PRIMARY KEY (group_name, member)
-    );"];
+    );",
+    "
+    CREATE TABLE {s}.herald_es_leases (
+        name       TEXT   PRIMARY KEY,
+        owner      TEXT   NOT NULL,
+        token      BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE {s}.herald_es_group_fences (
+        name    TEXT   PRIMARY KEY,
+        settled BIGINT NOT NULL
+    );",
+];
 
 /// Connects (`connection`: a tokio-postgres connection string or `postgres://` URL without herald's own
 /// parameters), sets `search_path` to `schema` and creates this crate's tables.
@@ -112,11 +126,43 @@ async fn save_checkpoint(
     .map(|_| ())
 }
 
-/// Checkpoints in table `herald_es_checkpoints` of a PostgreSQL schema; also the [`MembershipStore`] of dynamic
-/// consumer groups (tables `herald_es_groups` and `herald_es_group_members`; each heartbeat is one
+/// Refuses (with [`EsError::Fenced`]) a write whose fence no longer holds. Call it inside the write's
+/// transaction: it takes a share lock on the fence's row, so a grant (which locks the row for update) waits
+/// for the write's commit, and a write after a grant sees the new token.
+async fn check_fence(tx: &Transaction<'_>, fence: &Fence) -> Result<()> {
+    let err = pg_error("checking a fencing token");
+    match fence {
+        Fence::Lease { name, token } => {
+            let current = tx
+                .query_opt(
+                    "SELECT token FROM herald_es_leases WHERE name = $1 FOR SHARE",
+                    &[name],
+                )
+                .await
+                .map_err(&err)?
+                .map(|r| from_sql(r.get(0)));
+            lease::check_token(name, current, *token)
+        }
+        Fence::Generation { group, generation } => {
+            let settled = tx
+                .query_opt(
+                    "SELECT settled FROM herald_es_group_fences WHERE name = $1 FOR SHARE",
+                    &[group],
+                )
+                .await
+                .map_err(&err)?
+                .map_or(0, |r| from_sql(r.get(0)));
+            lease::check_generation(group, settled, *generation)
+        }
+    }
+}
+
+/// Checkpoints in table `herald_es_checkpoints` of a PostgreSQL schema, with the runners' leases and fencing
+/// tokens (`herald_es_leases`); also the [`MembershipStore`] of dynamic consumer groups (tables
+/// `herald_es_groups`, `herald_es_group_members` and `herald_es_group_fences`; each heartbeat is one
 /// transaction holding the group's row lock, so members on several machines agree on one generation).
 pub struct PostgresCheckpointStore {
-    client: Mutex<Client>,
+    client: Arc<Mutex<Client>>,
 }
 
 impl std::fmt::Debug for PostgresCheckpointStore {
@@ -129,7 +175,7 @@ impl PostgresCheckpointStore {
     /// Connects and creates the table in `schema` (use the herald-postgres store's schema).
     pub async fn connect(connection: &str, schema: &str) -> Result<Self> {
         Ok(PostgresCheckpointStore {
-            client: Mutex::new(connect(connection, schema).await?),
+            client: Arc::new(Mutex::new(connect(connection, schema).await?)),
         })
     }
 }
@@ -144,6 +190,99 @@ impl CheckpointStore for PostgresCheckpointStore {
         save_checkpoint(&*self.client.lock().await, name, cursor)
             .await
             .map_err(pg_error("saving a checkpoint"))
+    }
+
+    async fn save_fenced(&self, name: &str, cursor: u64, fence: &Fence) -> Result<()> {
+        let err = pg_error("saving a checkpoint");
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(&err)?;
+        check_fence(&tx, fence).await?;
+        save_checkpoint(&tx, name, cursor).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<LeaseGrant> {
+        let err = pg_error("acquiring a lease");
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(&err)?;
+        // The row exists before it is locked, so two first grants serialise on it too.
+        tx.execute(
+            "INSERT INTO herald_es_leases (name, owner, token, expires_at) VALUES ($1, '', 0, $2)
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &i64::MIN],
+        )
+        .await
+        .map_err(&err)?;
+        let row = tx
+            .query_one(
+                "SELECT owner, token, expires_at FROM herald_es_leases WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(&err)?;
+        let current = LeaseRecord {
+            owner: row.get(0),
+            token: from_sql(row.get(1)),
+            expires_at: row.get(2),
+        };
+        let record = match lease::grant(Some(&current), owner, now, expires_at) {
+            Ok(record) => record,
+            Err(held) => return Ok(held),
+        };
+        tx.execute(
+            "UPDATE herald_es_leases SET owner = $2, token = $3, expires_at = $4 WHERE name = $1",
+            &[
+                &name,
+                &record.owner,
+                &to_sql(record.token),
+                &record.expires_at,
+            ],
+        )
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(LeaseGrant::Granted {
+            token: record.token,
+        })
+    }
+
+    async fn renew_lease(&self, name: &str, token: u64, expires_at: i64) -> Result<()> {
+        let renewed = self
+            .client
+            .lock()
+            .await
+            .execute(
+                "UPDATE herald_es_leases SET expires_at = $3 WHERE name = $1 AND token = $2",
+                &[&name, &to_sql(token), &expires_at],
+            )
+            .await
+            .map_err(pg_error("renewing a lease"))?;
+        if renewed == 0 {
+            return Err(EsError::Fenced {
+                name: name.to_owned(),
+                token,
+            });
+        }
+        Ok(())
+    }
+
+    async fn release_lease(&self, name: &str, token: u64) -> Result<()> {
+        self.client
+            .lock()
+            .await
+            .execute(
+                "UPDATE herald_es_leases SET expires_at = $3 WHERE name = $1 AND token = $2",
+                &[&name, &to_sql(token), &i64::MIN],
+            )
+            .await
+            .map_err(pg_error("releasing a lease"))?;
+        Ok(())
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
@@ -216,6 +355,14 @@ impl PostgresCheckpointStore {
             members: row.get(1),
             ..GroupState::default()
         };
+        state.settled = tx
+            .query_opt(
+                "SELECT settled FROM herald_es_group_fences WHERE name = $1",
+                &[&group],
+            )
+            .await
+            .map_err(&err)?
+            .map_or(0, |r| from_sql(r.get(0)));
         for row in tx
             .query(
                 "SELECT member, expires_at, acknowledged FROM herald_es_group_members WHERE group_name = $1",
@@ -236,6 +383,13 @@ impl PostgresCheckpointStore {
         tx.execute(
             "UPDATE herald_es_groups SET generation = $2, members = $3 WHERE name = $1",
             &[&group, &to_sql(state.generation), &state.members],
+        )
+        .await
+        .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO herald_es_group_fences (name, settled) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET settled = excluded.settled",
+            &[&group, &to_sql(state.settled)],
         )
         .await
         .map_err(&err)?;
@@ -295,15 +449,18 @@ pub trait PostgresReadModel: Send + Sync + 'static {
 }
 
 /// A persistent projection into PostgreSQL tables: each batch of events and the checkpoint commit in one
-/// transaction (exactly-once effect on the read model).
+/// transaction (exactly-once effect on the read model). One runner per name at a time, across processes and
+/// machines: a run takes the name's lease first and every batch checks its fencing token in the batch's
+/// transaction (see [`crate::lease`]).
 pub struct PostgresProjection<M> {
     name: String,
     scope: ReadScope,
     batch_size: usize,
-    client: Mutex<Client>,
+    client: Arc<Mutex<Client>>,
     model: Arc<M>,
     store: Arc<dyn EventStore>,
     progress: watch::Sender<Option<u64>>,
+    lease: LeaseConfig,
 }
 
 impl<M> std::fmt::Debug for PostgresProjection<M> {
@@ -342,11 +499,19 @@ impl<M: PostgresReadModel> PostgresProjection<M> {
             name,
             scope,
             batch_size: 512,
-            client: Mutex::new(client),
+            client: Arc::new(Mutex::new(client)),
             model: Arc::new(model),
             store,
             progress: watch::channel(None).0,
+            lease: LeaseConfig::default(),
         })
+    }
+
+    /// How runs hold the projection's lease (default [`LeaseConfig::default`]: 10 s, waiting when another
+    /// runner holds it).
+    pub fn lease(mut self, config: LeaseConfig) -> Self {
+        self.lease = config;
+        self
     }
 
     /// Events per transaction (1 to 10,000; default 512).
@@ -409,7 +574,25 @@ impl<M: PostgresReadModel> PostgresProjection<M> {
     }
 
     /// Keeps the read model up to date until `cancel`; returns the number of events applied by this run.
+    ///
+    /// Takes the projection's lease first (waiting while another runner holds it, unless configured to
+    /// fail: [`EsError::LeaseHeld`]); ends with [`EsError::Fenced`] when another runner took it over, the
+    /// batch in hand rolled back.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<u64> {
+        // Lease operations share the projection's connection.
+        let leases = Arc::new(PostgresCheckpointStore {
+            client: self.client.clone(),
+        });
+        let Some(lease) = HeldLease::acquire(leases, &self.name, &self.lease, cancel).await? else {
+            return Ok(0);
+        };
+        let result = self.run_leased(&lease, cancel).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_leased(&self, lease: &HeldLease, cancel: &CancellationToken) -> Result<u64> {
+        // Read after the lease is held: the previous holder's last commit is in it.
         let start = self.checkpoint().await?;
         let mut query = ReadQuery {
             scope: self.scope.clone(),
@@ -420,8 +603,16 @@ impl<M: PostgresReadModel> PostgresProjection<M> {
         let stream_scope = matches!(self.scope, ReadScope::Stream(_));
         let mut feed = Feed::new(self.store.follow(query));
         self.progress.send_replace(start);
+        tracing::debug!(projection = %self.name, token = lease.token(), from = ?start, "projection started");
+        let fence = lease.fence();
         let mut applied = 0u64;
-        while let Some(batch) = feed.next_batch(self.batch_size, cancel).await? {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                batch = feed.next_batch(self.batch_size, cancel) => batch?,
+                fenced = lease.lost() => return Err(fenced),
+            };
+            let Some(batch) = batch else { break };
             let Some(last) = batch.last() else { continue };
             let cursor = if stream_scope {
                 last.version
@@ -441,6 +632,9 @@ impl<M: PostgresReadModel> PostgresProjection<M> {
                         message: e.to_string(),
                     })?;
             }
+            // Checked last, under a share lock held to the commit: a runner paused anywhere in the batch is
+            // refused if another took the lease meanwhile, and its read-model changes roll back with it.
+            check_fence(&tx, &fence).await?;
             save_checkpoint(&tx, &self.name, cursor)
                 .await
                 .map_err(&err)?;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::generation::{handover, member_key};
 use super::{Assignment, DynamicGroup, GroupView, Heartbeat};
 use crate::error::{EsError, Result};
+use crate::lease::Fence;
 use crate::subscription::{EventHandler, Feed, GroupMember, Subscription, SubscriptionStats};
 #[derive(Debug, Clone)]
 pub(super) enum Beat {
@@ -155,7 +156,18 @@ async fn member_loop<H: EventHandler + ?Sized>(
     let name = sub.name();
     let checkpoints = sub.checkpoint_store();
     let clock = &*group.clock;
+    // Set when the store fenced this member: the view it holds is stale, so it waits for the next heartbeat.
+    let mut fenced = false;
     loop {
+        if std::mem::take(&mut fenced) {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(*stats),
+                changed = beat.changed() => if changed.is_err() {
+                    return Err(EsError::Storage { what: "group heartbeat", message: "the heartbeat task ended".into() });
+                },
+            }
+        }
         // Wait, handling nothing, for a settled generation this member is part of.
         let (generation, member) = loop {
             let state = beat.borrow_and_update().clone();
@@ -197,7 +209,22 @@ async fn member_loop<H: EventHandler + ?Sized>(
             }
         };
 
-        let handover = handover(&*checkpoints, name, generation, member.count()).await?;
+        let handover = match handover(&*checkpoints, name, generation, member.count()).await {
+            Ok(handover) => handover,
+            Err(e) if e.is_fenced() => {
+                tracing::warn!(subscription = %name, member = %group.member, generation, "a later generation settled before this member started; rejoining");
+                fenced = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // A member paused past its lease (dropped from the group, a later generation settled without it)
+        // must not move its checkpoint when it resumes: the later generation's members may have started
+        // from it.
+        let fence = Fence::Generation {
+            group: name.to_owned(),
+            generation,
+        };
         let key = member_key(name, generation, member);
         // A member that stopped and resumes in the same generation (its lease lapsed and was renewed before
         // anyone noticed) continues from its own checkpoint.
@@ -259,9 +286,18 @@ async fn member_loop<H: EventHandler + ?Sized>(
                 }
             }
             if let Some(cursor) = done {
-                checkpoints.save(&key, cursor).await?;
-                stats.cursor = Some(cursor);
-                sub.progress_sender().send_replace(Some(cursor));
+                match checkpoints.save_fenced(&key, cursor, &fence).await {
+                    Ok(()) => {
+                        stats.cursor = Some(cursor);
+                        sub.progress_sender().send_replace(Some(cursor));
+                    }
+                    Err(e) if e.is_fenced() => {
+                        tracing::warn!(subscription = %name, member = %group.member, generation, "checkpoint refused: a later generation settled without this member; rejoining");
+                        fenced = true;
+                        break Stop::Rebalance;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if let Some(e) = failure {
                 return Err(e);

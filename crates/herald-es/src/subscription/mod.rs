@@ -145,6 +145,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
+use crate::lease::{HeldLease, LeaseConfig};
 
 mod feed;
 mod handler;
@@ -224,6 +225,7 @@ pub struct Subscription {
     checkpoints: Arc<dyn CheckpointStore>,
     progress: watch::Sender<Option<u64>>,
     assignment: watch::Sender<Assignment>,
+    lease: LeaseConfig,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -275,6 +277,7 @@ impl Subscription {
             checkpoints,
             progress: watch::channel(None).0,
             assignment: watch::channel(Assignment::Idle).0,
+            lease: LeaseConfig::default(),
         })
     }
 
@@ -329,6 +332,14 @@ impl Subscription {
         self.query = self.query.batch_size(n);
         self.query.validate()?;
         Ok(self)
+    }
+
+    /// How runs hold the lease on the checkpoint key (default [`LeaseConfig::default`]: 10 s, waiting while
+    /// another runner holds it). See [single ownership](crate::subscription#one-runner-per-checkpoint). Not
+    /// used by dynamic group members, which are fenced by their group's generation.
+    pub fn lease(mut self, config: LeaseConfig) -> Self {
+        self.lease = config;
+        self
     }
 
     /// Makes this subscription one member of a static consumer group (category or global scope only).
@@ -477,6 +488,24 @@ impl Subscription {
             return group::run(self, dynamic, handler, cancel).await;
         }
         let key = self.checkpoint_key();
+        let Some(lease) =
+            HeldLease::acquire(self.checkpoints.clone(), &key, &self.lease, cancel).await?
+        else {
+            return Ok(SubscriptionStats::default());
+        };
+        let result = self.run_leased(&key, &lease, handler, cancel).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_leased<H: EventHandler + ?Sized>(
+        &self,
+        key: &str,
+        lease: &HeldLease,
+        handler: &H,
+        cancel: &CancellationToken,
+    ) -> Result<SubscriptionStats> {
+        // Read after the lease is held: the previous holder's last checkpoint is in it.
         let start = self.start_cursor().await?;
         let mut query = self.query.clone();
         query.from = start.map(|c| c + 1);
@@ -487,16 +516,32 @@ impl Subscription {
         let batch_size = query.batch_size;
         self.progress.send_replace(start);
         let mut feed = Feed::new(self.store.follow(query));
-        tracing::debug!(subscription = %key, from = ?start, "subscription started");
-        while let Some(batch) = feed.next_batch(batch_size, cancel).await? {
+        let fence = lease.fence();
+        tracing::debug!(subscription = %key, token = lease.token(), from = ?start, "subscription started");
+        loop {
+            let batch = tokio::select! {
+                biased;
+                batch = feed.next_batch(batch_size, cancel) => batch?,
+                fenced = lease.lost() => return Err(fenced),
+            };
+            let Some(batch) = batch else { break };
             let mut done = None;
             let mut failure = None;
             for event in &batch {
+                // Before every event: a lapsed lease means another runner may own the checkpoint now.
+                match lease.ensure(cancel).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
                 let owned = self.group.is_none_or(|m| m.owns(&event.stream));
                 if owned {
                     if let Err(e) = handler.handle(event).await {
                         failure = Some(EsError::Handler {
-                            handler: key.clone(),
+                            handler: key.to_owned(),
                             event_id: event.id,
                             message: e.to_string(),
                         });
@@ -512,7 +557,7 @@ impl Subscription {
                 }
             }
             if let Some(cursor) = done {
-                self.checkpoints.save(&key, cursor).await?;
+                self.checkpoints.save_fenced(key, cursor, &fence).await?;
                 stats.cursor = Some(cursor);
                 self.progress.send_replace(Some(cursor));
             }
