@@ -27,7 +27,7 @@ use herald_core::{EventStore, ReadScope, RecordedEvent};
 use herald_es::postgres::{PostgresProjection, PostgresReadModel};
 use herald_es::sqlite::{SqliteProjection, SqliteReadModel};
 use herald_es::{
-    BoxError, CancellationToken, EsError, EventHandler, Fence, LeaseConfig, LeaseGrant,
+    BoxError, CancellationToken, EsError, EventHandler, Fence, Heartbeat, LeaseConfig, LeaseGrant,
     ManualClock, Projector, ReadModel, Subscription, WhenHeld,
 };
 use tokio::sync::{Notify, watch};
@@ -159,6 +159,64 @@ async fn stale_token_is_refused_and_changes_nothing(f: Fixture) {
         .unwrap_err()
         .is_fenced()
     );
+}
+
+/// A dynamic group member's checkpoint is fenced by its generation: accepted while a rebalance settles (the
+/// member saves what it did before acknowledging), refused once a later generation settled (a member paused
+/// past its lease, dropped, resuming).
+async fn a_group_generation_is_fenced_once_a_later_one_settled(f: Fixture) {
+    let (cps, groups) = (&f.checkpoints, &f.memberships);
+    let beat = |member: &str, now: i64, acknowledged: u64| Heartbeat {
+        member: member.into(),
+        now,
+        expires_at: now + 1_000,
+        acknowledged,
+    };
+    let fence = |generation| Fence::Generation {
+        group: "g".into(),
+        generation,
+    };
+    let first = groups.heartbeat("g", &beat("a", 0, 0)).await.unwrap();
+    let settled = groups
+        .heartbeat("g", &beat("a", 1, first.generation))
+        .await
+        .unwrap();
+    assert!(settled.settled);
+    let key = "g#0of1@1";
+    cps.save_fenced(key, 10, &fence(first.generation))
+        .await
+        .unwrap();
+
+    // b joins: a new generation, not settled yet; a may still save what it did in the first.
+    let second = groups.heartbeat("g", &beat("b", 2, 0)).await.unwrap();
+    assert!(second.generation > first.generation && !second.settled);
+    cps.save_fenced(key, 12, &fence(first.generation))
+        .await
+        .unwrap();
+
+    // Both acknowledge: the second generation settled, the first is fenced.
+    groups
+        .heartbeat("g", &beat("a", 3, second.generation))
+        .await
+        .unwrap();
+    let now = groups
+        .heartbeat("g", &beat("b", 4, second.generation))
+        .await
+        .unwrap();
+    assert!(now.settled);
+    let err = cps
+        .save_fenced(key, 20, &fence(first.generation))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EsError::Fenced { name, token } if name == "g" && *token == first.generation),
+        "{err:?}"
+    );
+    assert_eq!(cps.load(key).await.unwrap(), Some(12), "nothing written");
+    cps.save_fenced("g#0of2@2", 30, &fence(second.generation))
+        .await
+        .unwrap();
+    assert_eq!(cps.load("g#0of2@2").await.unwrap(), Some(30));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -481,6 +539,7 @@ async fn two_projection_runners_count_each_event_once(f: Fixture) {
 
 on_both_backends!(
     stale_token_is_refused_and_changes_nothing,
+    a_group_generation_is_fenced_once_a_later_one_settled,
     two_subscription_runners_take_turns,
     a_second_runner_configured_to_fail_fails_clearly,
     two_projection_runners_count_each_event_once,
