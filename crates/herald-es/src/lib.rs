@@ -121,8 +121,13 @@
 //!   after their checkpoint, and have no gap or duplicate at the history/live seam. Dynamic consumer groups
 //!   keep one owner per stream at a time across rebalances (eager, stop-the-world; see
 //!   [`subscription`](subscription#dynamic-membership)).
-//!   [`sqlite::SqliteProjection`] is exactly once for its read model (read model + checkpoint in one
-//!   transaction).
+//!   [`sqlite::SqliteProjection`] and `postgres::PostgresProjection` are exactly once for their read model
+//!   (read model + checkpoint in one transaction).
+//! - One active runner per subscription or projection name, across processes: a run takes a lease on its
+//!   checkpoint name and every checkpoint write carries its fencing token, refused once another runner took
+//!   over; a second runner waits (or fails with [`EsError::LeaseHeld`]), an overtaken one stops with
+//!   [`EsError::Fenced`] and its batch rolls back. Dynamic group members are fenced by generation. See
+//!   [`lease`].
 //! - Stored events are never rewritten: upcasting happens on read.
 //!
 //! # Backends

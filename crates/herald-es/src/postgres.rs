@@ -1,11 +1,14 @@
 //! PostgreSQL implementations: checkpoints, dynamic group membership and transactional projections, in the
-//! herald-postgres store's schema, in tables of their own (`herald_es_checkpoints`, `herald_es_groups`,
-//! `herald_es_group_members`, plus the read model's tables). Each opens its own
-//! connection with `search_path` set to that schema, so a read model's unqualified table names land there;
-//! herald-postgres's tables are never touched.
+//! herald-postgres store's schema, in tables of their own (`herald_es_checkpoints`, `herald_es_leases`,
+//! `herald_es_groups`, `herald_es_group_members`, `herald_es_group_fences`, plus the read model's tables).
+//! Each opens its own connection with `search_path` set to that schema, so a read model's unqualified table
+//! names land there; herald-postgres's tables are never touched.
 //!
 //! [`PostgresProjection`] writes each batch of read-model changes **and** its checkpoint in one transaction:
-//! after a crash they agree, so every event is applied exactly once.
+//! after a crash they agree, so every event is applied exactly once. The same transaction checks the run's
+//! fencing token under a share lock on the lease row (`herald_es_leases`, see [`crate::lease`]): a second
+//! runner of the same name waits for the lease, and a runner overtaken while paused (even inside its
+//! transaction: it holds no lock the new owner needs) has its batch refused and rolled back.
 
 use std::sync::Arc;
 

@@ -18,6 +18,20 @@
 //! caller decides (restart with a backoff, alert, park the event); a panicking handler panics the task
 //! running [`Subscription::run`], with the same checkpoint guarantee.
 //!
+//! # One runner per checkpoint
+//!
+//! Starting the same subscription (same name) in two processes does not handle every event twice: a run
+//! first takes a **lease** on its checkpoint key in the checkpoint store's database, and every checkpoint
+//! write carries the lease's **fencing token** ([`CheckpointStore::save_fenced`]). A second run of the same
+//! name waits (retrying every heartbeat) until the first stops (it releases the lease) or its lease ends,
+//! then resumes from the first one's checkpoint; configured with [`WhenHeld::Fail`](crate::WhenHeld::Fail) it
+//! fails at once with [`EsError::LeaseHeld`]. A run whose lease was taken over (it was paused past its lease:
+//! SIGSTOP, a long GC or VM pause) stops with [`EsError::Fenced`]: it checks its lease before every event and
+//! its checkpoint write is refused by the token, so it cannot move the checkpoint. Settings:
+//! [`Subscription::lease`] with a [`LeaseConfig`] (lease 10 s by default, heartbeat a third of it, the
+//! [`Clock`](crate::Clock)); the protocol and its assumptions are in [`crate::lease`]. Static group members
+//! lease their own key (`name#IofN`); dynamic members are fenced by generation instead (below).
+//!
 //! # Consumer groups
 //!
 //! Members share a category (or the global log). Each reads the whole scope and handles only the streams it
@@ -78,6 +92,12 @@
 //!   acknowledging it stops renewing its lease, so the others drop it when the lease ends and go on, and it
 //!   rejoins once unstuck. The stuck call itself may then overlap the new owner's handling of that stream:
 //!   give handlers timeouts shorter than the lease.
+//! - **Fencing.** A member's checkpoint writes carry its generation ([`Fence::Generation`](crate::Fence)): the
+//!   store refuses them, changing nothing, once a later generation has settled (every member of it
+//!   acknowledged it, so it may have started from this generation's checkpoints). A member paused past its
+//!   lease (SIGSTOP) is dropped and the group moves on; when it resumes, its late checkpoint write is refused
+//!   and it goes back to waiting for a generation, rejoining as a new member. Writes made during an ordinary
+//!   rebalance (before the new generation settles) are accepted.
 //! - **Assumptions.** Member ids are unique within the group. Members read the same time to within a small
 //!   fraction of the lease (one process, or synchronised clocks). One handler call finishes well within the
 //!   lease: a member checks its lease before each event, not during one. Use the membership store of the
