@@ -156,18 +156,10 @@ async fn member_loop<H: EventHandler + ?Sized>(
     let name = sub.name();
     let checkpoints = sub.checkpoint_store();
     let clock = &*group.clock;
-    // Set when the store fenced this member: the view it holds is stale, so it waits for the next heartbeat.
-    let mut fenced = false;
+    // The generation in which the store fenced this member: a later one settled without it, so the view
+    // showing this generation as settled is stale; it waits for a newer one.
+    let mut fenced_in: Option<u64> = None;
     loop {
-        if std::mem::take(&mut fenced) {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Ok(*stats),
-                changed = beat.changed() => if changed.is_err() {
-                    return Err(EsError::Storage { what: "group heartbeat", message: "the heartbeat task ended".into() });
-                },
-            }
-        }
         // Wait, handling nothing, for a settled generation this member is part of.
         let (generation, member) = loop {
             let state = beat.borrow_and_update().clone();
@@ -189,6 +181,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
                             });
                     } else if view.settled
                         && view.generation == *ack.borrow()
+                        && fenced_in != Some(view.generation)
                         && clock.now_micros() < lease_until
                         && let Some(index) = view.members.iter().position(|m| *m == group.member)
                     {
@@ -213,7 +206,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
             Ok(handover) => handover,
             Err(e) if e.is_fenced() => {
                 tracing::warn!(subscription = %name, member = %group.member, generation, "a later generation settled before this member started; rejoining");
-                fenced = true;
+                fenced_in = Some(generation);
                 continue;
             }
             Err(e) => return Err(e),
@@ -293,7 +286,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
                     }
                     Err(e) if e.is_fenced() => {
                         tracing::warn!(subscription = %name, member = %group.member, generation, "checkpoint refused: a later generation settled without this member; rejoining");
-                        fenced = true;
+                        fenced_in = Some(generation);
                         break Stop::Rebalance;
                     }
                     Err(e) => return Err(e),
