@@ -1,7 +1,7 @@
 //! One active runner per checkpoint: leases with fencing tokens.
 //!
 //! A [`Subscription`](crate::Subscription) (plain or a static group member),
-//! [`sqlite::SqliteProjection`](crate::sqlite) and [`postgres::PostgresProjection`](crate::postgres) take a
+//! `sqlite::SqliteProjection` and `postgres::PostgresProjection` (features `sqlite`, `postgres`) take a
 //! **lease** on their checkpoint name before they read anything, in the checkpoint store's own database
 //! (table `herald_es_leases`). Every grant bumps the name's **fencing token** (an epoch that only grows), and
 //! every checkpoint write of a leased runner carries its token ([`CheckpointStore::save_fenced`]): the
