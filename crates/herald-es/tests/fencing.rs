@@ -6,9 +6,10 @@
 //!   when the first stops (released) or when its lease ends (aborted), and every event is applied once.
 //! - A runner overtaken in the middle of a batch (PostgreSQL: paused inside its transaction) has the batch
 //!   refused and rolled back.
-//! - Split brain with real processes: the owning runner is SIGSTOPped past its lease, a second process takes
-//!   over and finishes, the first is SIGCONTed: it exits with the fenced error and the read model counts
-//!   each event once (SQLite and PostgreSQL).
+//! - Split brain with real processes: the owning runner is SIGSTOPped past its lease with a batch in hand
+//!   (SQLite: read, before its transaction; PostgreSQL: inside its transaction), a second process takes over
+//!   and finishes, the first is SIGCONTed: its write is refused, it exits with the fenced error and the read
+//!   model counts each event once.
 //!
 //! The PostgreSQL cases skip (printed) when the server is unreachable, unless `CI` is set.
 
@@ -667,23 +668,93 @@ const CHILD_STOP_AFTER: &str = "HERALD_ES_FENCE_STOP_AFTER";
 /// The child's exit status when its run ended with [`EsError::Fenced`].
 const EXIT_FENCED: i32 = 3;
 
-/// One row per application, no unique constraint: a duplicate must show, not be rejected.
-struct Ledger {
-    /// PostgreSQL child only: stop this process (SIGSTOP to itself) inside the transaction of the first
-    /// event after this position, so it is paused mid-batch for certain.
-    stop_after: Option<u64>,
+/// Stops this process (SIGSTOP to itself) at the first event after a position, once, printing `stopping`
+/// first: the pause lands at a known point, not wherever a signal from outside happens to find it.
+#[derive(Default)]
+struct Stopper {
+    after: Option<u64>,
     stopped: AtomicBool,
 }
 
-impl Ledger {
-    fn maybe_stop(&self, event: &RecordedEvent) {
-        if self.stop_after.is_some_and(|p| event.position > p)
-            && !self.stopped.swap(true, Ordering::SeqCst)
-        {
+impl Stopper {
+    fn maybe_stop(&self, position: u64) {
+        if self.after.is_some_and(|p| position > p) && !self.stopped.swap(true, Ordering::SeqCst) {
             println!("stopping");
             std::io::stdout().flush().unwrap();
             signal(std::process::id(), "STOP");
         }
+    }
+}
+
+/// One row per application, no unique constraint: a duplicate must show, not be rejected.
+struct Ledger {
+    /// PostgreSQL child: stops inside the transaction of the batch holding the first event after the
+    /// position (the runner holds no lock the new owner needs there).
+    stop: Stopper,
+}
+
+/// The SQLite child's store: stops the process when a read returns the first event after the position, so
+/// the runner is paused with the batch in hand, between its last lease check and its transaction (inside the
+/// transaction it would hold SQLite's one write lock, and no other runner could take over until it resumed).
+struct Pausing {
+    inner: Arc<dyn EventStore>,
+    stop: Stopper,
+}
+
+#[async_trait]
+impl EventStore for Pausing {
+    async fn append(
+        &self,
+        stream: &herald_core::StreamName,
+        events: Vec<herald_core::NewEvent>,
+        expected: herald_core::ExpectedVersion,
+    ) -> herald_core::Result<herald_core::AppendResult> {
+        self.inner.append(stream, events, expected).await
+    }
+    async fn link(
+        &self,
+        stream: &herald_core::StreamName,
+        ids: &[uuid::Uuid],
+        expected: herald_core::ExpectedVersion,
+    ) -> herald_core::Result<herald_core::LinkResult> {
+        self.inner.link(stream, ids, expected).await
+    }
+    async fn read_page(
+        &self,
+        query: &herald_core::ReadQuery,
+    ) -> herald_core::Result<Vec<RecordedEvent>> {
+        let page = self.inner.read_page(query).await?;
+        if let Some(last) = page.last() {
+            self.stop.maybe_stop(last.position);
+        }
+        Ok(page)
+    }
+    async fn event(&self, id: uuid::Uuid) -> herald_core::Result<Option<RecordedEvent>> {
+        self.inner.event(id).await
+    }
+    async fn stream_version(
+        &self,
+        stream: &herald_core::StreamName,
+    ) -> herald_core::Result<Option<u64>> {
+        self.inner.stream_version(stream).await
+    }
+    async fn streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> herald_core::Result<Vec<herald_core::StreamInfo>> {
+        self.inner.streams(prefix, after, limit).await
+    }
+    async fn delete_stream(
+        &self,
+        stream: &herald_core::StreamName,
+        expected: herald_core::ExpectedVersion,
+    ) -> herald_core::Result<()> {
+        self.inner.delete_stream(stream, expected).await
+    }
+    fn watch_head(&self) -> watch::Receiver<herald_core::Head> {
+        self.inner.watch_head()
     }
 }
 
@@ -722,7 +793,7 @@ impl PostgresReadModel for Ledger {
             &[&(event.position as i64)],
         )
         .await?;
-        self.maybe_stop(event);
+        self.stop.maybe_stop(event.position);
         Ok(())
     }
     async fn reset(
@@ -767,8 +838,8 @@ fn fencing_child_runner() {
         .build()
         .unwrap();
     let result = rt.block_on(async move {
-        let model = Ledger {
-            stop_after,
+        let stopper = || Stopper {
+            after: stop_after,
             stopped: AtomicBool::new(false),
         };
         let scope = ReadScope::Category("acct".into());
@@ -783,11 +854,17 @@ fn fencing_child_runner() {
             })
         };
         if let Some(path) = db.strip_prefix("sqlite:") {
-            let store: Arc<dyn EventStore> = Arc::new(
-                herald_sqlite::SqliteStore::open(path, herald_sqlite::SqliteConfig::default())
-                    .await
-                    .unwrap(),
-            );
+            let store: Arc<dyn EventStore> = Arc::new(Pausing {
+                inner: Arc::new(
+                    herald_sqlite::SqliteStore::open(path, herald_sqlite::SqliteConfig::default())
+                        .await
+                        .unwrap(),
+                ),
+                stop: stopper(),
+            });
+            let model = Ledger {
+                stop: Stopper::default(),
+            };
             let p = SqliteProjection::open("ledger", path, scope, store, model)
                 .await
                 .unwrap()
@@ -807,6 +884,7 @@ fn fencing_child_runner() {
                 .await
                 .unwrap(),
             );
+            let model = Ledger { stop: stopper() };
             let p = PostgresProjection::open("ledger", &url, schema, scope, store, model)
                 .await
                 .unwrap()
@@ -925,15 +1003,11 @@ impl Drop for Runner {
     }
 }
 
-/// The common script: A projects the first 50 events and is paused (by the parent, or by itself inside a
-/// batch); 50 more are appended; B takes over once A's lease ended and projects them; A is resumed: it must
-/// exit fenced, and the ledger must hold each of the 100 events once.
-async fn split_brain(
-    store: &Arc<dyn EventStore>,
-    db: &str,
-    pause_inside_batch: bool,
-    ledger: impl AsyncFn() -> (i64, i64),
-) {
+/// The common script: A projects the first 50 events; 50 more are appended and A stops itself with the
+/// next batch in hand (see [`Stopper`]); B takes over once A's lease ended and projects them; A is resumed
+/// (SIGCONT): its write must be refused, it must exit fenced, and the ledger must hold each of the 100
+/// events once.
+async fn split_brain(store: &Arc<dyn EventStore>, db: &str, ledger: impl AsyncFn() -> (i64, i64)) {
     let append = async |stream: &str, n: usize| {
         let events = (0..n)
             .map(|_| herald_core::NewEvent::new("Deposited"))
@@ -949,16 +1023,11 @@ async fn split_brain(
             .last_position
     };
     let first = append("acct-1", 50).await;
-    let mut a = Runner::start(db, pause_inside_batch.then_some(first));
+    let mut a = Runner::start(db, Some(first));
     a.wait_progress(first).await;
-    if !pause_inside_batch {
-        signal(a.child.id(), "STOP");
-    }
     let second = append("acct-2", 50).await;
-    if pause_inside_batch {
-        a.wait_line("the child stops itself", |l| l == "stopping")
-            .await;
-    }
+    a.wait_line("the child stops itself", |l| l == "stopping")
+        .await;
     a.wait_stopped().await;
     let mut b = Runner::start(db, None);
     b.wait_progress(second).await;
@@ -996,9 +1065,8 @@ async fn sqlite_split_brain_paused_runner_is_fenced() {
         )
         .unwrap()
     };
-    // Stopped by the parent wherever it is (SQLite's single writer lock means a process paused inside its
-    // transaction blocks every writer, so the takeover can only happen while it is outside one).
-    split_brain(&store, &db, false, ledger).await;
+    // Paused with its next batch read, before its transaction.
+    split_brain(&store, &db, ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1023,6 +1091,6 @@ async fn postgres_split_brain_paused_runner_is_fenced() {
             .unwrap();
         (row.get(0), row.get(1))
     };
-    // Paused by itself in the middle of a batch's transaction: its resumed write is refused by the token.
-    split_brain(&f.store, &db, true, ledger).await;
+    // Paused in the middle of its batch's transaction.
+    split_brain(&f.store, &db, ledger).await;
 }
