@@ -154,6 +154,14 @@ pub(crate) struct ProjectArgs {
     url: String,
 }
 
+/// The projector holds its name's lease (one active runner): a SIGKILLed one keeps it until it ends, so its
+/// replacement waits that long. A short lease keeps the run busy.
+fn projection_lease() -> Result<herald::es::LeaseConfig> {
+    herald::es::LeaseConfig::new()
+        .lease(std::time::Duration::from_secs(1))
+        .map_err(context("configuring the projection's lease"))
+}
+
 /// Runs the transactional projection counting events per stream, until it fails.
 pub(crate) async fn project(args: ProjectArgs) -> Result<()> {
     let herald = herald::open_with(&args.url, open_options())
@@ -171,7 +179,8 @@ pub(crate) async fn project(args: ProjectArgs) -> Result<()> {
         .await
         .map_err(context("opening the projection"))?
         .batch_size(PROJECTION_BATCH)
-        .map_err(context("sizing the projection's batches"))?;
+        .map_err(context("sizing the projection's batches"))?
+        .lease(projection_lease()?);
         projection
             .run(&cancel)
             .await
@@ -188,7 +197,8 @@ pub(crate) async fn project(args: ProjectArgs) -> Result<()> {
         .await
         .map_err(context("opening the projection"))?
         .batch_size(PROJECTION_BATCH)
-        .map_err(context("sizing the projection's batches"))?;
+        .map_err(context("sizing the projection's batches"))?
+        .lease(projection_lease()?);
         projection
             .run(&cancel)
             .await

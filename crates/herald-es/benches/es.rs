@@ -1,5 +1,5 @@
 //! herald-es benchmarks (harness = false): aggregate cycles on SQLite with and without snapshots, subscription
-//! catch-up throughput, and live append → handler latency.
+//! and transactional projection catch-up throughput, and live append → handler latency.
 //!
 //! ```text
 //! cargo bench -p herald-es --bench es                 # 10 and 1,000-event streams, 100k-event catch-up
@@ -17,7 +17,9 @@ use futures::StreamExt;
 use herald_core::{
     EventStore, EventStoreExt, ExpectedVersion, NewEvent, ReadQuery, RecordedEvent, StreamName,
 };
-use herald_es::sqlite::{SqliteCheckpointStore, SqliteSnapshotStore};
+use herald_es::sqlite::{
+    SqliteCheckpointStore, SqliteProjection, SqliteReadModel, SqliteSnapshotStore,
+};
 use herald_es::{
     Aggregate, BoxError, CancellationToken, CommandMetadata, EventHandler, EventSet,
     InMemoryCheckpointStore, Repository, RetryPolicy, SnapshotPolicy, Subscription,
@@ -235,6 +237,69 @@ async fn bench_catchup(dir: &Path, total: usize) {
             },
             elapsed.as_secs_f64(),
             rate / read_rate
+        );
+    }
+    println!();
+    bench_projection(&path, sqlite, total).await;
+}
+
+/// A one-row counter: the cheapest read model, so the projection's own cost (transaction, fencing check,
+/// checkpoint) is what shows.
+struct CounterModel;
+
+impl SqliteReadModel for CounterModel {
+    fn setup(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS bench_count (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+             INSERT OR IGNORE INTO bench_count (id, n) VALUES (1, 0);",
+        )
+    }
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, _: &RecordedEvent) -> Result<(), BoxError> {
+        tx.execute("UPDATE bench_count SET n = n + 1 WHERE id = 1", [])?;
+        Ok(())
+    }
+    fn reset(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        tx.execute("UPDATE bench_count SET n = 0", []).map(|_| ())
+    }
+}
+
+async fn bench_projection(path: &Path, store: Arc<dyn EventStore>, total: usize) {
+    println!(
+        "## transactional SQLite projection catch-up over {total} stored events (global log, read model + checkpoint per transaction)\n"
+    );
+    println!("| batch | events | seconds | events/s |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for batch in [512, 16] {
+        let projection = SqliteProjection::open(
+            format!("bench-{batch}"),
+            path,
+            herald_core::ReadScope::All,
+            store.clone(),
+            CounterModel,
+        )
+        .await
+        .unwrap()
+        .batch_size(batch)
+        .unwrap();
+        let mut progress = projection.progress();
+        let projection = Arc::new(projection);
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let run = tokio::spawn({
+            let (projection, cancel) = (projection.clone(), cancel.clone());
+            async move { projection.run(&cancel).await }
+        });
+        progress
+            .wait_for(|p| p.is_some_and(|p| p >= total as u64))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        cancel.cancel();
+        run.await.unwrap().unwrap();
+        println!(
+            "| {batch} | {total} | {:.2} | {:.0} |",
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64()
         );
     }
     println!();

@@ -69,6 +69,29 @@ pub enum EsError {
         /// The handler's message.
         message: String,
     },
+    /// This runner no longer owns `name`: another runner took its lease over (token `token` is no longer
+    /// current), or, for a dynamic group member, a later generation of group `name` settled after generation
+    /// `token`. The refused write changed nothing (a transactional projection's read-model changes rolled
+    /// back with it). The run stops: another runner is handling the subscription now; restart this one as a
+    /// standby if wanted (it waits for the lease).
+    #[error(
+        "`{name}`: fencing token {token} is no longer current (another runner took over); write refused"
+    )]
+    Fenced {
+        /// The lease (checkpoint) name, or the dynamic group.
+        name: String,
+        /// The stale fencing token, or the dynamic member's generation.
+        token: u64,
+    },
+    /// Another runner holds the lease of `name` and the run was configured not to wait
+    /// ([`WhenHeld::Fail`](crate::WhenHeld::Fail)).
+    #[error("`{name}` is already running (lease held by {owner})")]
+    LeaseHeld {
+        /// The lease (checkpoint) name.
+        name: String,
+        /// The holder's owner id (process id and run id).
+        owner: String,
+    },
     /// Bad configuration or input (empty names, zero sizes, member index out of range).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -81,6 +104,11 @@ impl EsError {
             self,
             EsError::Store(herald_core::Error::WrongExpectedVersion { .. })
         )
+    }
+
+    /// True when a write was refused because another runner took over ([`EsError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EsError::Fenced { .. })
     }
 
     pub(crate) fn storage(what: &'static str, e: impl std::fmt::Display) -> Self {

@@ -11,6 +11,7 @@
 //! | [`subscription`] | durable catch-up [`Subscription`]s and consumer groups: static ([`GroupMember`]) or with members joining and leaving at run time ([`DynamicGroup`]) |
 //! | [`group`] | dynamic group membership: [`MembershipStore`] (leases, generations, on herald-core's [`Clock`]), [`Assignment`] |
 //! | [`checkpoint`] | [`CheckpointStore`] and in-memory checkpoints |
+//! | [`lease`] | one active runner per subscription or projection: leases with fencing tokens ([`LeaseConfig`], [`Fence`]) |
 //! | [`projection`] | one-off [`Projection`] folds, persistent [`Projector`]s |
 //! | `sqlite` | SQLite snapshots, checkpoints and transactional projections in the event store's file |
 //! | `postgres` | PostgreSQL checkpoints and transactional projections in the store's schema (feature `postgres`) |
@@ -120,8 +121,13 @@
 //!   after their checkpoint, and have no gap or duplicate at the history/live seam. Dynamic consumer groups
 //!   keep one owner per stream at a time across rebalances (eager, stop-the-world; see
 //!   [`subscription`](subscription#dynamic-membership)).
-//!   [`sqlite::SqliteProjection`] is exactly once for its read model (read model + checkpoint in one
-//!   transaction).
+//!   [`sqlite::SqliteProjection`] and `postgres::PostgresProjection` are exactly once for their read model
+//!   (read model + checkpoint in one transaction).
+//! - One active runner per subscription or projection name, across processes: a run takes a lease on its
+//!   checkpoint name and every checkpoint write carries its fencing token, refused once another runner took
+//!   over; a second runner waits (or fails with [`EsError::LeaseHeld`]), an overtaken one stops with
+//!   [`EsError::Fenced`] and its batch rolls back. Dynamic group members are fenced by generation. See
+//!   [`lease`].
 //! - Stored events are never rewritten: upcasting happens on read.
 //!
 //! # Backends
@@ -147,6 +153,7 @@ pub mod codec;
 pub mod command;
 mod error;
 pub mod group;
+pub mod lease;
 pub mod metadata;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -166,6 +173,7 @@ pub use error::{EsError, Result};
 pub use group::{Assignment, DynamicGroup, GroupView, Heartbeat, MembershipStore};
 /// Re-exported where [`DynamicGroup::clock`] needs them: herald-core's one time source (µs).
 pub use herald_core::{Clock, ManualClock, SystemClock};
+pub use lease::{Fence, LeaseConfig, LeaseGrant, WhenHeld};
 pub use metadata::CommandMetadata;
 pub use process::{ProcessManager, ProcessRunner};
 pub use projection::{Projection, Projector, ReadModel};

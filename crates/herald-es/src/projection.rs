@@ -4,7 +4,15 @@
 //!   type and time), like RailsEventStore's `Projection`: `init` a state, say what each event type does, run.
 //! - [`Projector`]: a persistent projection, a [`ReadModel`] kept up to date by a durable [`Subscription`],
 //!   with [`Projector::reset`] and [`Projector::rebuild`]. For a read model in the same SQLite file as the
-//!   events, [`crate::sqlite::SqliteProjection`] writes the read model and the checkpoint in one transaction.
+//!   events, [`crate::sqlite::SqliteProjection`] writes the read model and the checkpoint in one transaction
+//!   (`postgres::PostgresProjection` likewise on PostgreSQL).
+//!
+//! Every persistent projection has one active runner per name at a time, in every process sharing its
+//! checkpoint database: a run takes the name's lease and its checkpoint writes carry the lease's fencing
+//! token, refused once another runner took over ([`crate::lease`]; configure with `lease(LeaseConfig)` on the
+//! subscription or the transactional projection). For a transactional projection the check is inside the
+//! batch's transaction, so an overtaken runner's read-model changes roll back too: exactly once holds with
+//! any number of runners, pauses and crashes.
 
 use std::collections::HashMap;
 use std::sync::Arc;

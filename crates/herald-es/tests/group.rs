@@ -626,6 +626,13 @@ async fn a_stuck_member_is_dropped_after_a_lease(f: Fixture) {
     // Unstuck, a notices its lease is gone, acknowledges, renews and rejoins.
     release.send_replace(true);
     settle(&[a, b], head).await;
+    // Its late checkpoint for its first generation (the stuck event) was refused: a later generation had
+    // settled without it (and forgot the first generation's records).
+    assert_eq!(
+        f.checkpoints.load("billing#0of1@1").await.unwrap(),
+        None,
+        "a dropped member's late checkpoint is fenced"
+    );
     append(&*f.store, "acct-late", 4).await;
     let all = category(&f).await;
     settle(&[a, b], all.last().unwrap().position).await;

@@ -19,7 +19,9 @@ use herald_core::{
     StreamName,
 };
 use herald_es::sqlite::{SqliteCheckpointStore, SqliteProjection, SqliteReadModel};
-use herald_es::{BoxError, CancellationToken, CheckpointStore, Subscription, handler_fn};
+use herald_es::{
+    BoxError, CancellationToken, CheckpointStore, LeaseConfig, Subscription, handler_fn,
+};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use rusqlite::Transaction;
 
@@ -97,13 +99,22 @@ async fn open_parts(
     .await
     .unwrap()
     .batch_size(50)
-    .unwrap();
+    .unwrap()
+    .lease(short_lease());
     let checkpoints = Arc::new(SqliteCheckpointStore::open(path).await.unwrap());
     let mail = Subscription::category("mailer", "acct", store.clone(), checkpoints)
         .unwrap()
         .batch_size(MAIL_BATCH)
-        .unwrap();
+        .unwrap()
+        .lease(short_lease());
     (store, Arc::new(projection), Arc::new(mail))
+}
+
+/// A killed runner holds its lease until it ends: a short one, so the restart does not wait long.
+fn short_lease() -> LeaseConfig {
+    LeaseConfig::new()
+        .lease(std::time::Duration::from_secs(1))
+        .unwrap()
 }
 
 /// The child: runs until killed, printing `progress N` after each projection commit.

@@ -267,7 +267,13 @@ fn pg_kill_child_runner() {
         .await
         .unwrap()
         .batch_size(50)
-        .unwrap();
+        .unwrap()
+        // Killed, it holds its lease until the lease ends: a short one, so the restart does not wait long.
+        .lease(
+            herald_es::LeaseConfig::new()
+                .lease(std::time::Duration::from_secs(1))
+                .unwrap(),
+        );
         let mut progress = p.progress();
         tokio::spawn(async move {
             while progress.changed().await.is_ok() {

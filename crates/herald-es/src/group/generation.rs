@@ -8,6 +8,7 @@ use herald_core::RecordedEvent;
 
 use crate::checkpoint::CheckpointStore;
 use crate::error::Result;
+use crate::lease::Fence;
 use crate::subscription::{GroupMember, stable_hash};
 /// A checkpoint key of a subscription's group, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +167,14 @@ pub(super) async fn handover(
             // Every member computing this from a snapshot gets a value at or below the truth (checkpoints only
             // grow once their generation stopped), so a race between two writers stores a safe value either
             // way.
+            // Fenced by the generation: a member paused here past its lease must not record a start after a
+            // later generation settled.
+            let fence = Fence::Generation {
+                group: name.to_owned(),
+                generation,
+            };
             checkpoints
-                .save(&start_key(name, generation, count), start)
+                .save_fenced(&start_key(name, generation, count), start, &fence)
                 .await?;
             tracing::info!(group = %name, generation, start, "group generation starts");
             // Generations whose every final cursor is at or below the new start add nothing any more.

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::generation::{handover, member_key};
 use super::{Assignment, DynamicGroup, GroupView, Heartbeat};
 use crate::error::{EsError, Result};
+use crate::lease::Fence;
 use crate::subscription::{EventHandler, Feed, GroupMember, Subscription, SubscriptionStats};
 #[derive(Debug, Clone)]
 pub(super) enum Beat {
@@ -155,6 +156,9 @@ async fn member_loop<H: EventHandler + ?Sized>(
     let name = sub.name();
     let checkpoints = sub.checkpoint_store();
     let clock = &*group.clock;
+    // The generation in which the store fenced this member: a later one settled without it, so the view
+    // showing this generation as settled is stale; it waits for a newer one.
+    let mut fenced_in: Option<u64> = None;
     loop {
         // Wait, handling nothing, for a settled generation this member is part of.
         let (generation, member) = loop {
@@ -177,6 +181,7 @@ async fn member_loop<H: EventHandler + ?Sized>(
                             });
                     } else if view.settled
                         && view.generation == *ack.borrow()
+                        && fenced_in != Some(view.generation)
                         && clock.now_micros() < lease_until
                         && let Some(index) = view.members.iter().position(|m| *m == group.member)
                     {
@@ -197,7 +202,22 @@ async fn member_loop<H: EventHandler + ?Sized>(
             }
         };
 
-        let handover = handover(&*checkpoints, name, generation, member.count()).await?;
+        let handover = match handover(&*checkpoints, name, generation, member.count()).await {
+            Ok(handover) => handover,
+            Err(e) if e.is_fenced() => {
+                tracing::warn!(subscription = %name, member = %group.member, generation, "a later generation settled before this member started; rejoining");
+                fenced_in = Some(generation);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // A member paused past its lease (dropped from the group, a later generation settled without it)
+        // must not move its checkpoint when it resumes: the later generation's members may have started
+        // from it.
+        let fence = Fence::Generation {
+            group: name.to_owned(),
+            generation,
+        };
         let key = member_key(name, generation, member);
         // A member that stopped and resumes in the same generation (its lease lapsed and was renewed before
         // anyone noticed) continues from its own checkpoint.
@@ -259,9 +279,18 @@ async fn member_loop<H: EventHandler + ?Sized>(
                 }
             }
             if let Some(cursor) = done {
-                checkpoints.save(&key, cursor).await?;
-                stats.cursor = Some(cursor);
-                sub.progress_sender().send_replace(Some(cursor));
+                match checkpoints.save_fenced(&key, cursor, &fence).await {
+                    Ok(()) => {
+                        stats.cursor = Some(cursor);
+                        sub.progress_sender().send_replace(Some(cursor));
+                    }
+                    Err(e) if e.is_fenced() => {
+                        tracing::warn!(subscription = %name, member = %group.member, generation, "checkpoint refused: a later generation settled without this member; rejoining");
+                        fenced_in = Some(generation);
+                        break Stop::Rebalance;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if let Some(e) = failure {
                 return Err(e);

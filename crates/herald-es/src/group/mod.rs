@@ -80,6 +80,9 @@ pub(crate) struct GroupState {
     pub(crate) generation: u64,
     pub(crate) members: Vec<String>,
     pub(crate) leases: BTreeMap<String, Lease>,
+    /// The newest generation ever settled: its members may have started from the checkpoints of every
+    /// earlier one, so those are fenced ([`crate::Fence::Generation`]). Never goes back.
+    pub(crate) settled: u64,
 }
 
 impl GroupState {
@@ -94,11 +97,21 @@ impl GroupState {
             },
         );
         self.renumber();
+        self.record_settled();
     }
 
     pub(crate) fn leave(&mut self, member: &str) {
         self.leases.remove(member);
         self.renumber();
+        self.record_settled();
+    }
+
+    /// Records a settled generation. Called after every change: a member starts handling only after a
+    /// heartbeat returned a settled view, and that heartbeat's transaction recorded it first.
+    fn record_settled(&mut self) {
+        if self.view().settled {
+            self.settled = self.settled.max(self.generation);
+        }
     }
 
     /// A new generation whenever the live set differs from the current generation's members. The generation
@@ -278,8 +291,13 @@ mod tests {
         assert_eq!(g.view().generation, 2);
         g.beat(&beat("a", 30, 2));
         assert!(!g.view().settled, "b has not acknowledged generation 2");
+        assert_eq!(g.settled, 1, "b may still save generation 1's checkpoint");
         g.beat(&beat("b", 40, 2));
         assert!(g.view().settled);
+        assert_eq!(
+            g.settled, 2,
+            "generation 2 settled: generation 1's checkpoints are fenced"
+        );
         // Renewals change nothing.
         g.beat(&beat("a", 50, 2));
         assert_eq!(g.view().generation, 2);

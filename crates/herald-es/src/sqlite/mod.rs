@@ -1,6 +1,7 @@
 //! SQLite implementations: snapshots, checkpoints, dynamic group membership and transactional projections, in
 //! the event store's own database file, in tables of their own (`herald_es_snapshots`, `herald_es_checkpoints`,
-//! `herald_es_groups`, `herald_es_group_members`, plus the read model's tables). Each opens its own connection to
+//! `herald_es_groups`, `herald_es_group_members`, `herald_es_group_fences`, `herald_es_leases`, plus the read
+//! model's tables). Each opens its own connection to
 //! the file with herald-sqlite's opener ([`herald_sqlite::open_existing`]); herald-sqlite's tables are never
 //! touched.
 //!
@@ -10,7 +11,9 @@
 //!
 //! [`SqliteProjection`] writes each batch of read-model changes **and** its checkpoint in one transaction on
 //! its connection: after a crash, the read model and the checkpoint agree, so every event is applied exactly
-//! once.
+//! once. The same transaction checks the run's fencing token ([`crate::lease`]): a second runner of the same
+//! name waits for the lease, and a runner that was overtaken (paused past its lease) has its batch refused
+//! and rolled back.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -45,6 +48,16 @@ CREATE TABLE IF NOT EXISTS herald_es_group_members (
     expires_at   INTEGER NOT NULL,
     acknowledged INTEGER NOT NULL,
     PRIMARY KEY (group_name, member)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS herald_es_leases (
+    name       TEXT    PRIMARY KEY,
+    owner      TEXT    NOT NULL,
+    token      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS herald_es_group_fences (
+    name    TEXT    PRIMARY KEY,
+    settled INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS herald_es_snapshots (
     stream         TEXT    PRIMARY KEY,

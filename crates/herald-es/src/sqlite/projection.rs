@@ -9,9 +9,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::checkpoint::{SqliteCheckpointStore, check_fence, load_checkpoint, save_checkpoint};
 use super::{Db, db_error};
 use crate::error::{EsError, Result};
+use crate::lease::{Fence, HeldLease, LeaseConfig};
 use crate::subscription::{BoxError, Feed, validate_name};
 
 /// A read model in SQLite tables, updated inside the projection's transactions.
@@ -29,7 +30,9 @@ pub trait SqliteReadModel: Send + Sync + 'static {
 }
 
 /// A persistent projection into SQLite tables of the event store's own file: each batch of events and the
-/// checkpoint commit in one transaction (exactly-once effect on the read model).
+/// checkpoint commit in one transaction (exactly-once effect on the read model). One runner per name at a
+/// time, in every process opening the file: a run takes the name's lease first and every batch checks its
+/// fencing token in the batch's transaction (see [`crate::lease`]).
 pub struct SqliteProjection<M> {
     name: String,
     path: PathBuf,
@@ -39,6 +42,7 @@ pub struct SqliteProjection<M> {
     model: Arc<M>,
     store: Arc<dyn EventStore>,
     progress: watch::Sender<Option<u64>>,
+    lease: LeaseConfig,
 }
 
 impl<M> std::fmt::Debug for SqliteProjection<M> {
@@ -95,7 +99,15 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
             model,
             store,
             progress: watch::channel(None).0,
+            lease: LeaseConfig::default(),
         })
+    }
+
+    /// How runs hold the projection's lease (default [`LeaseConfig::default`]: 10 s, waiting when another
+    /// runner holds it).
+    pub fn lease(mut self, config: LeaseConfig) -> Self {
+        self.lease = config;
+        self
     }
 
     /// Events per transaction (1 to 10,000; default 512).
@@ -162,7 +174,22 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
     }
 
     /// Keeps the read model up to date until `cancel`; returns the number of events applied by this run.
+    ///
+    /// Takes the projection's lease first (waiting while another runner holds it, unless configured to
+    /// fail: [`EsError::LeaseHeld`]); ends with [`EsError::Fenced`] when another runner took it over, the
+    /// batch in hand rolled back.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<u64> {
+        let leases = Arc::new(SqliteCheckpointStore::on(self.db.clone()));
+        let Some(lease) = HeldLease::acquire(leases, &self.name, &self.lease, cancel).await? else {
+            return Ok(0);
+        };
+        let result = self.run_leased(&lease, cancel).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_leased(&self, lease: &HeldLease, cancel: &CancellationToken) -> Result<u64> {
+        // Read after the lease is held: the previous holder's last commit is in it.
         let start = self.checkpoint().await?;
         let mut query = ReadQuery {
             scope: self.scope.clone(),
@@ -173,8 +200,15 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
         let stream_scope = matches!(self.scope, ReadScope::Stream(_));
         let mut feed = Feed::new(self.store.follow(query));
         self.progress.send_replace(start);
+        tracing::debug!(projection = %self.name, token = lease.token(), from = ?start, "projection started");
         let mut applied = 0u64;
-        while let Some(batch) = feed.next_batch(self.batch_size, cancel).await? {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                batch = feed.next_batch(self.batch_size, cancel) => batch?,
+                fenced = lease.lost() => return Err(fenced),
+            };
+            let Some(batch) = batch else { break };
             let Some(last) = batch.last() else { continue };
             let cursor = if stream_scope {
                 last.version
@@ -182,23 +216,9 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
                 last.position
             };
             let n = batch.len() as u64;
-            let (name, model) = (self.name.clone(), self.model.clone());
+            let (name, model, fence) = (self.name.clone(), self.model.clone(), lease.fence());
             self.db
-                .call(move |c| {
-                    let err = db_error("projecting a batch");
-                    let tx = c
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(&err)?;
-                    for event in &batch {
-                        model.apply(&tx, event).map_err(|e| EsError::Handler {
-                            handler: name.clone(),
-                            event_id: event.id,
-                            message: e.to_string(),
-                        })?;
-                    }
-                    save_checkpoint(&tx, &name, cursor).map_err(&err)?;
-                    tx.commit().map_err(&err)
-                })
+                .call(move |c| apply_batch(c, &name, &*model, &batch, cursor, &fence))
                 .await?;
             applied += n;
             self.progress.send_replace(Some(cursor));
@@ -208,4 +228,31 @@ impl<M: SqliteReadModel> SqliteProjection<M> {
         }
         Ok(applied)
     }
+}
+
+/// One batch: the fencing check, the read model's changes and the checkpoint, in one immediate transaction
+/// (the database's write lock is held from the check to the commit, so no other runner can take the lease
+/// in between). Any error rolls everything back.
+fn apply_batch<M: SqliteReadModel + ?Sized>(
+    c: &mut Connection,
+    name: &str,
+    model: &M,
+    batch: &[RecordedEvent],
+    cursor: u64,
+    fence: &Fence,
+) -> Result<()> {
+    let err = db_error("projecting a batch");
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    check_fence(&tx, fence)?;
+    for event in batch {
+        model.apply(&tx, event).map_err(|e| EsError::Handler {
+            handler: name.to_owned(),
+            event_id: event.id,
+            message: e.to_string(),
+        })?;
+    }
+    save_checkpoint(&tx, name, cursor).map_err(&err)?;
+    tx.commit().map_err(&err)
 }

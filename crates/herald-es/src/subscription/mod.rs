@@ -18,6 +18,20 @@
 //! caller decides (restart with a backoff, alert, park the event); a panicking handler panics the task
 //! running [`Subscription::run`], with the same checkpoint guarantee.
 //!
+//! # One runner per checkpoint
+//!
+//! Starting the same subscription (same name) in two processes does not handle every event twice: a run
+//! first takes a **lease** on its checkpoint key in the checkpoint store's database, and every checkpoint
+//! write carries the lease's **fencing token** ([`CheckpointStore::save_fenced`]). A second run of the same
+//! name waits (retrying every heartbeat) until the first stops (it releases the lease) or its lease ends,
+//! then resumes from the first one's checkpoint; configured with [`WhenHeld::Fail`](crate::WhenHeld::Fail) it
+//! fails at once with [`EsError::LeaseHeld`]. A run whose lease was taken over (it was paused past its lease:
+//! SIGSTOP, a long GC or VM pause) stops with [`EsError::Fenced`]: it checks its lease before every event and
+//! its checkpoint write is refused by the token, so it cannot move the checkpoint. Settings:
+//! [`Subscription::lease`] with a [`LeaseConfig`] (lease 10 s by default, heartbeat a third of it, the
+//! [`Clock`](crate::Clock)); the protocol and its assumptions are in [`crate::lease`]. Static group members
+//! lease their own key (`name#IofN`); dynamic members are fenced by generation instead (below).
+//!
 //! # Consumer groups
 //!
 //! Members share a category (or the global log). Each reads the whole scope and handles only the streams it
@@ -78,6 +92,12 @@
 //!   acknowledging it stops renewing its lease, so the others drop it when the lease ends and go on, and it
 //!   rejoins once unstuck. The stuck call itself may then overlap the new owner's handling of that stream:
 //!   give handlers timeouts shorter than the lease.
+//! - **Fencing.** A member's checkpoint writes carry its generation ([`Fence::Generation`](crate::Fence)): the
+//!   store refuses them, changing nothing, once a later generation has settled (every member of it
+//!   acknowledged it, so it may have started from this generation's checkpoints). A member paused past its
+//!   lease (SIGSTOP) is dropped and the group moves on; when it resumes, its late checkpoint write is refused
+//!   and it goes back to waiting for a generation, rejoining as a new member. Writes made during an ordinary
+//!   rebalance (before the new generation settles) are accepted.
 //! - **Assumptions.** Member ids are unique within the group. Members read the same time to within a small
 //!   fraction of the lease (one process, or synchronised clocks). One handler call finishes well within the
 //!   lease: a member checks its lease before each event, not during one. Use the membership store of the
@@ -145,6 +165,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{EsError, Result};
 use crate::group::{self, Assignment, DynamicGroup, GroupKey};
+use crate::lease::{HeldLease, LeaseConfig};
 
 mod feed;
 mod handler;
@@ -224,6 +245,7 @@ pub struct Subscription {
     checkpoints: Arc<dyn CheckpointStore>,
     progress: watch::Sender<Option<u64>>,
     assignment: watch::Sender<Assignment>,
+    lease: LeaseConfig,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -275,6 +297,7 @@ impl Subscription {
             checkpoints,
             progress: watch::channel(None).0,
             assignment: watch::channel(Assignment::Idle).0,
+            lease: LeaseConfig::default(),
         })
     }
 
@@ -329,6 +352,14 @@ impl Subscription {
         self.query = self.query.batch_size(n);
         self.query.validate()?;
         Ok(self)
+    }
+
+    /// How runs hold the lease on the checkpoint key (default [`LeaseConfig::default`]: 10 s, waiting while
+    /// another runner holds it). See [single ownership](crate::subscription#one-runner-per-checkpoint). Not
+    /// used by dynamic group members, which are fenced by their group's generation.
+    pub fn lease(mut self, config: LeaseConfig) -> Self {
+        self.lease = config;
+        self
     }
 
     /// Makes this subscription one member of a static consumer group (category or global scope only).
@@ -477,6 +508,24 @@ impl Subscription {
             return group::run(self, dynamic, handler, cancel).await;
         }
         let key = self.checkpoint_key();
+        let Some(lease) =
+            HeldLease::acquire(self.checkpoints.clone(), &key, &self.lease, cancel).await?
+        else {
+            return Ok(SubscriptionStats::default());
+        };
+        let result = self.run_leased(&key, &lease, handler, cancel).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_leased<H: EventHandler + ?Sized>(
+        &self,
+        key: &str,
+        lease: &HeldLease,
+        handler: &H,
+        cancel: &CancellationToken,
+    ) -> Result<SubscriptionStats> {
+        // Read after the lease is held: the previous holder's last checkpoint is in it.
         let start = self.start_cursor().await?;
         let mut query = self.query.clone();
         query.from = start.map(|c| c + 1);
@@ -487,16 +536,32 @@ impl Subscription {
         let batch_size = query.batch_size;
         self.progress.send_replace(start);
         let mut feed = Feed::new(self.store.follow(query));
-        tracing::debug!(subscription = %key, from = ?start, "subscription started");
-        while let Some(batch) = feed.next_batch(batch_size, cancel).await? {
+        let fence = lease.fence();
+        tracing::debug!(subscription = %key, token = lease.token(), from = ?start, "subscription started");
+        loop {
+            let batch = tokio::select! {
+                biased;
+                batch = feed.next_batch(batch_size, cancel) => batch?,
+                fenced = lease.lost() => return Err(fenced),
+            };
+            let Some(batch) = batch else { break };
             let mut done = None;
             let mut failure = None;
             for event in &batch {
+                // Before every event: a lapsed lease means another runner may own the checkpoint now.
+                match lease.ensure(cancel).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
                 let owned = self.group.is_none_or(|m| m.owns(&event.stream));
                 if owned {
                     if let Err(e) = handler.handle(event).await {
                         failure = Some(EsError::Handler {
-                            handler: key.clone(),
+                            handler: key.to_owned(),
                             event_id: event.id,
                             message: e.to_string(),
                         });
@@ -512,7 +577,7 @@ impl Subscription {
                 }
             }
             if let Some(cursor) = done {
-                self.checkpoints.save(&key, cursor).await?;
+                self.checkpoints.save_fenced(key, cursor, &fence).await?;
                 stats.cursor = Some(cursor);
                 self.progress.send_replace(Some(cursor));
             }

@@ -224,6 +224,11 @@ impl Fixture {
         }
     }
 
+    /// The PostgreSQL test schema (`None` on the other backends).
+    pub fn schema(&self) -> Option<&str> {
+        self._schema.as_ref().map(|s| s.name())
+    }
+
     pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
         match (
             &self.memory_snapshots,
