@@ -203,7 +203,7 @@ async fn postgres(
 }
 
 /// herald-es reports opening failures as its own error; the store's kind is kept when it is one.
-#[cfg(feature = "es")]
+#[cfg(all(feature = "es", any(feature = "sqlite", feature = "postgres")))]
 fn es_error(e: herald_es::EsError) -> Error {
     match e {
         herald_es::EsError::Store(e) => e,
