@@ -79,6 +79,21 @@ pub enum Error {
     /// The store was closed or its writer stopped; no further writes are accepted.
     #[error("event store is closed")]
     Closed,
+    /// The backend could not be reached or stopped answering: the connection was refused, lost or timed out
+    /// (a server restarting, a network fault, a server that accepts connections and never answers). Transient:
+    /// the same call may succeed later, which is what [`crate::EventStoreExt::follow`] does, reconnecting with
+    /// a backoff. A read or a failed connect wrote nothing; for a write whose connection was lost while it
+    /// committed the outcome is unknown, so retry it with the same event ids (an idempotent retry) to find out.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable {
+        /// What could not be reached, e.g. `PostgreSQL at 127.0.0.1:5432` (never a password).
+        what: String,
+        /// Why, e.g. `no answer within 5 s of connecting (connect_timeout)`.
+        reason: String,
+        /// The driver's error, when there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The backend failed (I/O, database error). The operation may be retried; nothing was written.
     #[error("backend error: {}", innermost_backend_source(source))]
     Backend {
@@ -92,6 +107,21 @@ impl Error {
     /// Builds an [`Error::InvalidInput`] from anything printable.
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidInput(message.into())
+    }
+
+    /// Builds an [`Error::Unavailable`]: `what` could not be reached, because of `reason`.
+    pub fn unavailable(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unavailable {
+            what: what.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// Whether trying again later may succeed without changing anything: the backend was
+    /// [unavailable](Error::Unavailable). Followers retry exactly these.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
     }
 
     /// Wraps a backend (driver) error. An [`Error`] passed in is returned as it is, so its kind is kept and

@@ -74,7 +74,9 @@ pub use event::{AppendedEvent, NewEvent, Origin, RecordedEvent, SCHEMA_VERSION_K
 pub use jobs::{JobQueue, JobRouter, JobsConfig, NewJob};
 pub use limits::Limits;
 pub use query::{Direction, ReadQuery, ReadScope};
-pub use store::{AppendResult, EventStore, EventStoreExt, Head, LinkResult, StreamInfo};
+pub use store::{
+    AppendResult, EventStore, EventStoreExt, FollowOptions, Head, LinkResult, StreamInfo,
+};
 pub use stream::StreamName;
 pub use url::DatabaseUrl;
 pub use version::ExpectedVersion;

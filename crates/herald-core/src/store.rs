@@ -23,6 +23,51 @@ use crate::version::ExpectedVersion;
 /// How often an idle [`EventStoreExt::follow`] re-reads when no commit notification arrives.
 pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How [`EventStoreExt::follow_with`] rides out a backend that is [unavailable](Error::Unavailable) (a server
+/// restarting, a lost connection): it waits as `reconnect` says, logs each attempt (`warn`), and reads again
+/// from the position after the last event it yielded, so nothing is skipped or repeated across the outage.
+///
+/// ```
+/// use herald_core::{Backoff, FollowOptions};
+/// // The default: the house reconnect schedule, never give up.
+/// assert_eq!(FollowOptions::default().give_up_after, None);
+/// // Give up (the stream yields the error and ends) after 10 failed attempts in a row.
+/// let options = FollowOptions::default().give_up_after(10).reconnect(Backoff::reconnect());
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// The wait after each failed attempt: [`Backoff::reconnect`] unless changed.
+    pub reconnect: crate::Backoff,
+    /// After this many failed attempts in a row the follower yields the error and ends; `None` (the default)
+    /// keeps trying for as long as the stream is polled. Errors that are not transient (invalid input, a
+    /// closed store, a backend error) end the follow at once whatever this says.
+    pub give_up_after: Option<u32>,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            reconnect: crate::Backoff::reconnect(),
+            give_up_after: None,
+        }
+    }
+}
+
+impl FollowOptions {
+    /// Waits as `backoff` says between attempts.
+    pub fn reconnect(mut self, backoff: crate::Backoff) -> Self {
+        self.reconnect = backoff;
+        self
+    }
+
+    /// Gives up after `attempts` failed attempts in a row (0: at the first failure).
+    pub fn give_up_after(mut self, attempts: u32) -> Self {
+        self.give_up_after = Some(attempts);
+        self
+    }
+}
+
 /// What an append wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppendResult {
@@ -254,7 +299,20 @@ pub trait EventStoreExt: EventStore {
     /// The follower wakes on [`EventStore::watch_head`] (commits through this handle: microseconds) and, so
     /// that commits by other processes are seen on backends without cross-process notification, re-reads at
     /// least every [`FOLLOW_POLL_INTERVAL`] when idle. Drop the stream to stop.
+    ///
+    /// When the backend is [unavailable](Error::Unavailable) (a database server restarting) the follower
+    /// reconnects with [`FollowOptions::default`]: the house backoff, for ever, each attempt logged at `warn`;
+    /// [`follow_with`](Self::follow_with) changes that.
     fn follow(&self, query: ReadQuery) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.follow_with(query, FollowOptions::default())
+    }
+
+    /// [`follow`](Self::follow) with the reconnect behaviour `options` says.
+    fn follow_with(
+        &self,
+        query: ReadQuery,
+        options: FollowOptions,
+    ) -> BoxStream<'_, Result<RecordedEvent>> {
         if let Err(e) = query.validate() {
             return stream::once(async { Err(e) }).boxed();
         }
@@ -268,30 +326,63 @@ pub trait EventStoreExt: EventStore {
             pager: Pager { query, done: false },
             head: self.watch_head(),
             buffer: VecDeque::new(),
+            failures: 0,
         };
-        stream::try_unfold(state, move |mut state| async move {
-            loop {
-                if let Some(event) = state.buffer.pop_front() {
-                    return Ok(Some((event, state)));
-                }
-                if state.pager.limit_reached() {
-                    return Ok(None);
-                }
-                // Mark the head seen *before* reading, so a commit landing during the read still wakes us.
-                state.head.borrow_and_update();
-                let page = self.read_page(&state.pager.query).await?;
-                state.pager.advance(&page);
-                if page.is_empty() {
-                    tokio::select! {
-                        changed = state.head.changed() => {
-                            if changed.is_err() {
-                                return Err(Error::Closed);
-                            }
-                        }
-                        () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {}
+        stream::try_unfold(state, move |mut state| {
+            let options = options.clone();
+            async move {
+                loop {
+                    if let Some(event) = state.buffer.pop_front() {
+                        return Ok(Some((event, state)));
                     }
-                } else {
-                    state.buffer.extend(page);
+                    if state.pager.limit_reached() {
+                        return Ok(None);
+                    }
+                    // Mark the head seen *before* reading, so a commit landing during the read still wakes us.
+                    state.head.borrow_and_update();
+                    let page = match self.read_page(&state.pager.query).await {
+                        Ok(page) => page,
+                        Err(e)
+                            if e.is_transient()
+                                && options
+                                    .give_up_after
+                                    .is_none_or(|most| state.failures < most) =>
+                        {
+                            state.failures += 1;
+                            let delay = options.reconnect.delay(state.failures);
+                            tracing::warn!(
+                                error = %e,
+                                attempt = state.failures,
+                                retry_in_ms = delay.as_millis() as u64,
+                                resume_from = ?state.pager.query.from,
+                                "follow: the store is unavailable; reconnecting"
+                            );
+                            // A retry delay, not synchronisation: the backend gives no signal when it is back.
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if state.failures > 0 {
+                        tracing::info!(
+                            attempts = state.failures,
+                            "follow: the store is available again"
+                        );
+                        state.failures = 0;
+                    }
+                    state.pager.advance(&page);
+                    if page.is_empty() {
+                        tokio::select! {
+                            changed = state.head.changed() => {
+                                if changed.is_err() {
+                                    return Err(Error::Closed);
+                                }
+                            }
+                            () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {}
+                        }
+                    } else {
+                        state.buffer.extend(page);
+                    }
                 }
             }
         })
@@ -354,4 +445,6 @@ struct Follower {
     pager: Pager,
     head: watch::Receiver<Head>,
     buffer: VecDeque<RecordedEvent>,
+    /// Failed attempts in a row while the backend is unavailable.
+    failures: u32,
 }

@@ -25,6 +25,13 @@ pub const DEFAULT_MAX_BATCH: usize = 256;
 /// thousand requests a batch only delays the first reply without saving WAL flushes.
 pub const MAX_BATCH_LIMIT: usize = 16_384;
 
+/// How long opening one connection (TCP connect, start-up, authentication) may take when the URL gives no
+/// `connect_timeout`: a server that accepts connections and never answers fails an open (and each
+/// reconnect attempt) after this, with [`Error::Unavailable`] naming its host and port.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Largest `connect_timeout` (seconds) a URL may give; the smallest is 1.
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 600;
+
 /// Herald's own query options; every other option of a `postgres://` URL is the driver's.
 const HERALD_OPTIONS: &[&str] = &["schema", "pool_size", "max_batch"];
 /// Longest schema name accepted (the LISTEN channel name, `herald_` + schema, must fit in 63 bytes).
@@ -140,7 +147,9 @@ pub fn validate_schema_name(s: &str) -> Result<()> {
 
 /// A parsed `postgres://` (or `postgresql://`) URL: the connection part for the driver and Herald's own
 /// parameters (`schema`, `pool_size` 1 to [`MAX_POOL_SIZE`], `max_batch` 1 to [`MAX_BATCH_LIMIT`]), which are
-/// taken out of the query string. Parsed by herald-core's [`DatabaseUrl`], like every database URL of the
+/// taken out of the query string. `connect_timeout` (seconds, 1 to [`MAX_CONNECT_TIMEOUT_SECS`], default
+/// [`DEFAULT_CONNECT_TIMEOUT`]) stays for the driver and bounds every connection Herald opens, start-up
+/// and authentication included. Parsed by herald-core's [`DatabaseUrl`], like every database URL of the
 /// workspace.
 ///
 /// ```
@@ -183,6 +192,9 @@ impl PostgresUrl {
         if let Some(n) = url.option_in("max_batch", 1..=MAX_BATCH_LIMIT)? {
             config.max_batch = n;
         }
+        // The driver's own option, kept in the connection string; checked here so that 0 (which the driver
+        // takes as "wait for ever") and absurd values are refused like Herald's options.
+        url.option_in("connect_timeout", 1..=MAX_CONNECT_TIMEOUT_SECS)?;
         config.validate()?;
         let connection = url.without_options(HERALD_OPTIONS);
         // Let the driver reject what it cannot use now (an unknown option, a bad value), with its own message.
@@ -235,6 +247,9 @@ mod tests {
             "postgres://h/db?pool_size=-1",
             "postgres://h/db?schema=a&schema=b",
             "postgres://h:99999/db",
+            "postgres://h/db?connect_timeout=0",
+            "postgres://h/db?connect_timeout=601",
+            "postgres://h/db?connect_timeout=soon",
         ] {
             let err = bad.parse::<PostgresUrl>().unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");

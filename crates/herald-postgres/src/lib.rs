@@ -122,8 +122,9 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_BATCH_LIMIT, MAX_POOL_SIZE,
-    MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl, validate_schema_name,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_BATCH_LIMIT,
+    MAX_CONNECT_TIMEOUT_SECS, MAX_POOL_SIZE, MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl,
+    validate_schema_name,
 };
 pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
@@ -160,7 +161,7 @@ pub struct WriteStats {
 pub struct PostgresStore {
     config: PostgresConfig,
     requests: mpsc::UnboundedSender<Request>,
-    reads: Pool,
+    reads: read::Reads,
     head: watch::Receiver<Head>,
     counters: Arc<writer::Counters>,
     /// The driver's settings as given (no `search_path`), for the job queues opened on this store.
@@ -205,7 +206,7 @@ impl PostgresStore {
             .map_err(schema::backend)?
             .get(0);
 
-        let reads = Pool::builder(Manager::from_config(
+        let pool = Pool::builder(Manager::from_config(
             pg.clone(),
             NoTls,
             ManagerConfig {
@@ -214,8 +215,13 @@ impl PostgresStore {
         ))
         .max_size(config.pool_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(schema::connect_timeout(&pg)))
         .build()
         .map_err(|e| Error::backend(format!("cannot build the read pool: {e}")))?;
+        let reads = read::Reads {
+            pool,
+            server: schema::server(&pg),
+        };
 
         let (head_tx, head_rx) = watch::channel(Head {
             position: position as u64,

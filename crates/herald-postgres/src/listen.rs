@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use herald_core::Head;
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config};
 
 /// What a listening loop does with its channel's traffic.
 pub(crate) trait Channel: Send + Sync + 'static {
@@ -71,7 +71,9 @@ async fn listen_once(
     handler: &impl Channel,
     ready: &mut Option<oneshot::Sender<Result<(), String>>>,
 ) -> Result<(), String> {
-    let (client, mut connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = crate::schema::open_connection(pg)
+        .await
+        .map_err(|e| e.to_string())?;
     let (tx, mut messages) = futures::channel::mpsc::unbounded();
     let driver = futures::stream::poll_fn(move |cx| connection.poll_message(cx))
         .map(Ok)

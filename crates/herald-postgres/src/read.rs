@@ -11,14 +11,25 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::schema::backend;
+use crate::schema::{backend, pool_error_at};
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-pub(crate) async fn client(pool: &Pool) -> Result<Object> {
-    pool.get().await.map_err(|e| {
-        crate::schema::pool_error_while("cannot get a PostgreSQL read connection from the pool", e)
-    })
+/// The read connections of a store, and the server they go to (for messages).
+pub(crate) struct Reads {
+    pub(crate) pool: Pool,
+    /// See [`crate::schema::server`].
+    pub(crate) server: String,
+}
+
+/// A read connection: a server that cannot be reached, or opens no connection within `connect_timeout`, is
+/// [`Error::Unavailable`] naming it.
+pub(crate) async fn client(reads: &Reads) -> Result<Object> {
+    reads
+        .pool
+        .get()
+        .await
+        .map_err(|e| pool_error_at(e, &reads.server))
 }
 
 const EVENT_COLUMNS: &str =
@@ -107,9 +118,9 @@ fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
 }
 
 /// One page of `query` (already validated).
-pub(crate) async fn read_page(pool: &Pool, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
+pub(crate) async fn read_page(reads: &Reads, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
     let (sql, params) = page_statement(query);
-    let client = client(pool).await?;
+    let client = client(reads).await?;
     let statement = client.prepare_cached(&sql).await.map_err(backend)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
@@ -164,8 +175,8 @@ fn recorded(row: &Row) -> Result<RecordedEvent> {
     })
 }
 
-pub(crate) async fn event(pool: &Pool, id: Uuid) -> Result<Option<RecordedEvent>> {
-    let client = client(pool).await?;
+pub(crate) async fn event(reads: &Reads, id: Uuid) -> Result<Option<RecordedEvent>> {
+    let client = client(reads).await?;
     let statement = client
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1"
@@ -179,8 +190,8 @@ pub(crate) async fn event(pool: &Pool, id: Uuid) -> Result<Option<RecordedEvent>
     row.as_ref().map(recorded).transpose()
 }
 
-pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<Option<u64>> {
-    let client = client(pool).await?;
+pub(crate) async fn stream_version(reads: &Reads, stream: &str) -> Result<Option<u64>> {
+    let client = client(reads).await?;
     let statement = client
         .prepare_cached("SELECT version FROM streams WHERE name = $1")
         .await
@@ -207,7 +218,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 pub(crate) async fn streams(
-    pool: &Pool,
+    reads: &Reads,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
@@ -228,7 +239,7 @@ pub(crate) async fn streams(
     }
     params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
     sql.push_str(&format!(" ORDER BY name LIMIT ${}", params.len()));
-    let client = client(pool).await?;
+    let client = client(reads).await?;
     let statement = client.prepare_cached(&sql).await.map_err(backend)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()

@@ -6,8 +6,14 @@
 //! schema name, so several processes opening a fresh database at once serialise there and the later ones find
 //! the work done.
 
+use std::time::Duration;
+
 use herald_core::{Error, Result};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
+
+use crate::config::DEFAULT_CONNECT_TIMEOUT;
 
 /// The migrations, in order. Never edit a released one: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -149,35 +155,78 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Wraps a driver error as [`Error::Backend`]: shown as [`error_text`] says, with the driver's error kept in
-/// the source chain (the backend error's source is a [`DbError`], whose source is the driver's error), so a
-/// caller can still read its SQLSTATE.
+/// Whether a driver error means the server could not be reached or the connection broke (refused, reset,
+/// closed, the server shutting down or not accepting connections yet: what a restart looks like), rather than
+/// the server refusing a statement. Such an error is transient: [`Error::Unavailable`].
+pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        return [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::CONNECTION_DOES_NOT_EXIST,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+        ]
+        .contains(db.code());
+    }
+    // Refused, reset, broken pipe, end of stream: an I/O error somewhere in the chain.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Wraps a driver error: a lost or refused connection as [`Error::Unavailable`] (transient), anything else as
+/// [`Error::Backend`]; shown as [`error_text`] says, with the driver's error kept in the source chain (the
+/// backend error's source is a [`DbError`], whose source is the driver's error), so a caller can still read
+/// its SQLSTATE.
 pub(crate) fn backend(e: tokio_postgres::Error) -> Error {
+    if is_connection_error(&e) {
+        return Error::Unavailable {
+            what: "PostgreSQL".to_owned(),
+            reason: error_text(&e),
+            source: Some(Box::new(e)),
+        };
+    }
     Error::backend(DbError {
         text: error_text(&e),
         source: Box::new(e),
     })
 }
 
-/// Wraps a failure to get a pooled connection as [`Error::Backend`], after `what` was being done: the server's
-/// or the connection's reason (as [`error_text`] says), or the pool's (timeout, closed pool); the original is
-/// kept as the source.
-pub(crate) fn pool_error_while(what: &str, e: deadpool_postgres::PoolError) -> Error {
-    let reason = match &e {
-        deadpool_postgres::PoolError::Backend(e) => error_text(e),
-        other => format!("connection pool: {other}"),
-    };
-    Error::backend(DbError {
-        text: format!("{what}: {reason}"),
-        source: Box::new(e),
-    })
+/// Wraps a connection pool failure: a server or connection error as [`backend`] does, a pool that could not
+/// open a connection in time as [`Error::Unavailable`] naming `server`, a closed pool as [`Error::Closed`],
+/// anything else as [`Error::Backend`]; each keeps the original as the source.
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    pool_error_at(e, "PostgreSQL")
 }
 
-/// Wraps a connection pool failure as [`Error::Backend`]: a server or connection error as [`backend`] does,
-/// a pool error (timeout, closed pool) with what it was; either keeps the original as the source.
-pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+/// [`pool_error`] naming the server (see [`server`]).
+pub(crate) fn pool_error_at(e: deadpool_postgres::PoolError, server: &str) -> Error {
+    use deadpool_postgres::PoolError;
     match e {
-        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        PoolError::Backend(e) if is_connection_error(&e) => Error::Unavailable {
+            what: server.to_owned(),
+            reason: error_text(&e),
+            source: Some(Box::new(e)),
+        },
+        PoolError::Backend(e) => backend(e),
+        PoolError::Timeout(_) => Error::Unavailable {
+            what: server.to_owned(),
+            reason: "no connection could be opened in time (connect_timeout)".to_owned(),
+            source: Some(Box::new(e)),
+        },
+        PoolError::Closed => Error::Closed,
         other => Error::backend(DbError {
             text: format!("PostgreSQL connection pool: {other}"),
             source: Box::new(other),
@@ -220,21 +269,84 @@ pub(crate) fn pg_config(url: &str, schema: &str) -> Result<Config> {
     if config.get_application_name().is_none() {
         config.application_name("herald");
     }
+    with_timeouts(&mut config);
     Ok(config)
 }
 
-/// Opens one connection and drives it on a Tokio task.
-pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        Error::backend(DbError {
+/// The driver's default idle time before the first TCP keepalive probe (2 hours).
+const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Sets what the connection string leaves unset: the connect timeout ([`DEFAULT_CONNECT_TIMEOUT`]), and TCP
+/// keepalives that find a dead peer (a machine gone, a cable cut: no reset ever arrives) in about a minute
+/// instead of the driver's two hours: first probe after 30 s idle, then every 10 s, 3 unanswered ones end
+/// the connection. They cannot find a server process that is alive and does not answer (its kernel answers
+/// the probes); the connect timeout covers that at start-up.
+pub(crate) fn with_timeouts(config: &mut Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if config.get_keepalives() && config.get_keepalives_idle() == DRIVER_KEEPALIVES_IDLE {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+}
+
+/// The bound on opening one connection: `connect_timeout` (the driver applies it to each TCP connect only;
+/// Herald to the whole of TCP connect, TLS, start-up and authentication, so a server that accepts and never
+/// answers cannot hold an open or a reconnect for ever).
+pub(crate) fn connect_timeout(config: &Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// Opens one connection within [`connect_timeout`]: the client and the connection future the caller must
+/// drive. A server that cannot be reached, refuses, or does not answer in time is [`Error::Unavailable`]
+/// naming its host and port; a refusal by the server (authentication, unknown database) is
+/// [`Error::Backend`].
+pub(crate) async fn open_connection(
+    config: &Config,
+) -> Result<(Client, Connection<Socket, NoTlsStream>)> {
+    let limit = connect_timeout(config);
+    match tokio::time::timeout(limit, config.connect(NoTls)).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) if is_connection_error(&e) => Err(Error::Unavailable {
+            what: server(config),
+            reason: error_text(&e),
+            source: Some(Box::new(e)),
+        }),
+        Ok(Err(e)) => Err(Error::backend(DbError {
             text: format!(
                 "cannot connect to PostgreSQL ({}): {}",
                 describe(config),
                 error_text(&e)
             ),
             source: Box::new(e),
-        })
-    })?;
+        })),
+        Err(_) => Err(Error::unavailable(
+            server(config),
+            format!(
+                "no answer within {} of connecting (connect_timeout)",
+                seconds(limit)
+            ),
+        )),
+    }
+}
+
+/// `5 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Opens one connection (within [`connect_timeout`]) and drives it on a Tokio task.
+pub(crate) async fn connect(config: &Config) -> Result<Client> {
+    let (client, connection) = open_connection(config).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "herald-postgres connection ended");
@@ -256,6 +368,24 @@ pub(crate) fn describe(config: &Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
         "host {host}, port {port}, database {}",
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+/// `PostgreSQL at HOST:PORT (database DB)`: the server a connection goes to, for messages (never the
+/// password).
+pub(crate) fn server(config: &Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let at = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]:{port}"),
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(tokio_postgres::config::Host::Unix(p)) => {
+            format!("{}/.s.PGSQL.{port}", p.display())
+        }
+        None => format!("localhost:{port}"),
+    };
+    format!(
+        "PostgreSQL at {at} (database {})",
         config.get_dbname().unwrap_or("(default)")
     )
 }

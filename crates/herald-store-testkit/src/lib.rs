@@ -98,6 +98,7 @@ pub mod cases;
 pub mod jobs;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod proxy;
 pub mod support;
 
 pub use support::Store;

@@ -13,6 +13,23 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
 }
 
+/// The test server's TCP address (host and port of [`server_url`]): what a [`crate::proxy::TcpProxy`]
+/// relays to.
+pub fn server_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let config: tokio_postgres::Config = server_url().parse().expect("the test server's URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the test server's address resolves")
+}
+
 /// A uniquely named schema for one test, dropped with everything in it when this guard is dropped. Herald's
 /// stores create it on open; [`TestSchema::create`] creates it up front for code that does not.
 #[derive(Debug)]
@@ -39,6 +56,18 @@ impl TestSchema {
         let server = server_url();
         let separator = if server.contains('?') { '&' } else { '?' };
         format!("{server}{separator}schema={}", self.name)
+    }
+
+    /// [`url`](Self::url) with the server's host and port replaced by `127.0.0.1:port`: the same database
+    /// reached through a [`crate::proxy::TcpProxy`] listening there.
+    pub fn url_via(&self, port: u16) -> String {
+        let config: tokio_postgres::Config = server_url().parse().expect("the test server's URL");
+        let user = config.get_user().unwrap_or("postgres");
+        let database = config.get_dbname().unwrap_or(user);
+        format!(
+            "postgres://{user}@127.0.0.1:{port}/{database}?schema={}",
+            self.name
+        )
     }
 
     /// Creates the schema now.

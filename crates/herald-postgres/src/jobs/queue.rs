@@ -104,6 +104,7 @@ impl PostgresJobQueue {
         if pg.get_application_name().is_none() {
             pg.application_name("herald-jobs");
         }
+        crate::schema::with_timeouts(&mut pg);
         if !config.full_sync {
             pg = with_option(pg, "-c synchronous_commit=off");
         }
@@ -218,6 +219,8 @@ fn build_pool(pg: &Config, size: usize) -> Result<Pool> {
     ))
     .max_size(size)
     .runtime(deadpool_postgres::Runtime::Tokio1)
+    // A server that accepts and never answers must not hold a claim or an enqueue for ever.
+    .create_timeout(Some(crate::schema::connect_timeout(pg)))
     .build()
     .map_err(|e| Error::backend(format!("cannot build the PostgreSQL job queue's pool: {e}")))
 }

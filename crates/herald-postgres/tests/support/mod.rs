@@ -26,6 +26,11 @@ impl TestSchema {
         self.0.name()
     }
 
+    /// The test server's URL for this schema, reached through a loopback proxy on `port`.
+    pub fn url_via(&self, port: u16) -> String {
+        self.0.url_via(port)
+    }
+
     pub fn config(&self) -> PostgresConfig {
         PostgresConfig::default().schema(self.name())
     }
