@@ -16,7 +16,11 @@
 //! A handler error stops the subscription with [`EsError::Handler`]; the checkpoint stays before the failed
 //! event, so the next run delivers it again. A store error stops it too. Neither is retried here: the
 //! caller decides (restart with a backoff, alert, park the event); a panicking handler panics the task
-//! running [`Subscription::run`], with the same checkpoint guarantee.
+//! running [`Subscription::run`], with the same checkpoint guarantee. The exception is a store that is
+//! [unavailable](herald_core::Error::Unavailable) (a database server restarting): the follow under the
+//! subscription reconnects with a backoff and resumes after the last event it read, logging each attempt
+//! at `warn`, so catch-up and live reads ride out a restart (a checkpoint save that fails meanwhile still
+//! stops the run).
 //!
 //! # One runner per checkpoint
 //!
