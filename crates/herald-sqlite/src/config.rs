@@ -63,7 +63,13 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The query options a `sqlite://` URL may carry (`synchronous` is another name for `durability`).
-const URL_OPTIONS: &[&str] = &["durability", "synchronous", "read_connections", "max_batch"];
+const URL_OPTIONS: &[&str] = &[
+    "durability",
+    "synchronous",
+    "read_connections",
+    "max_batch",
+    "mode",
+];
 
 /// Settings of a [`crate::SqliteStore`].
 ///
@@ -95,6 +101,10 @@ pub struct SqliteConfig {
     /// Computes the jobs of every append, written in its transaction (see [`SqliteConfig::with_job_router`]);
     /// none by default.
     pub job_router: JobRouting,
+    /// Open the file read-only (URL: `mode=ro`; default `mode=rw`): nothing is written, not even a migration,
+    /// and writes are refused with [`Error::Unsupported`]. The file must exist at this build's schema. A file
+    /// this process cannot write opens read-only without asking.
+    pub read_only: bool,
 }
 
 impl Default for SqliteConfig {
@@ -107,6 +117,7 @@ impl Default for SqliteConfig {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             append_hooks: AppendHooks::default(),
             job_router: JobRouting::default(),
+            read_only: false,
         }
     }
 }
@@ -121,6 +132,12 @@ impl SqliteConfig {
     /// Sets the size limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Opens the file read-only (see [`SqliteConfig::read_only`]).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 
@@ -231,6 +248,12 @@ impl SqliteUrl {
         }
         if let Some(n) = url.option_in("max_batch", 1..=MAX_BATCH_LIMIT)? {
             config.max_batch = n;
+        }
+        match url.option("mode")? {
+            None => {}
+            Some("ro") => config.read_only = true,
+            Some("rw") => config.read_only = false,
+            Some(_) => return Err(url.invalid("mode must be `ro` (read-only) or `rw`")),
         }
         config.validate()?;
         Ok(SqliteUrl {

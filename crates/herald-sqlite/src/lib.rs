@@ -103,6 +103,9 @@ pub struct WriteStats {
 /// lets the writer finish the requests already queued, then stops it and closes the file.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Opened read-only ([`SqliteConfig::read_only`], or a file this process cannot write): writes are
+    /// refused before they reach the writer.
+    read_only: bool,
     config: SqliteConfig,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
@@ -161,23 +164,30 @@ impl SqliteStore {
     ) -> Result<Self> {
         config.validate()?;
         let (path2, config2) = (path.clone(), config.clone());
-        let (write_conn, read_conns, position, checkpointer) =
+        let (write_conn, read_conns, position, checkpointer, read_only) =
             tokio::task::spawn_blocking(move || {
-                let mut write_conn =
-                    schema::connect(&path2, config2.busy_timeout, config2.durability)?;
+                let connect = || {
+                    schema::connect_mode(
+                        &path2,
+                        config2.busy_timeout,
+                        config2.durability,
+                        config2.read_only,
+                    )
+                };
+                let mut write_conn = connect()?;
                 schema::migrate(&mut write_conn)?;
+                let read_only = schema::is_read_only(&write_conn)?;
                 let checkpointer = checkpoint::start(&mut write_conn, &path2, &config2)?;
                 let (position, _) = writer::read_tail(&write_conn).map_err(schema::backend)?;
                 let read_conns = (0..config2.read_connections)
                     .map(|_| {
-                        let conn =
-                            schema::connect(&path2, config2.busy_timeout, config2.durability)?;
+                        let conn = connect()?;
                         conn.pragma_update(None, "query_only", true)
                             .map_err(schema::backend)?;
                         Ok(conn)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok::<_, Error>((write_conn, read_conns, position, checkpointer))
+                Ok::<_, Error>((write_conn, read_conns, position, checkpointer, read_only))
             })
             .await
             .map_err(|e| Error::backend(format!("open task failed: {e}")))??;
@@ -200,9 +210,10 @@ impl SqliteStore {
             .name("herald-sqlite-writer".to_owned())
             .spawn(move || writer::run(write_conn, rx, head_tx, max_batch, writer_counters, side))
             .map_err(|e| Error::backend(format!("cannot start the writer thread: {e}")))?;
-        tracing::debug!(path = %path.display(), schema = schema::latest_version(), "opened herald-sqlite store");
+        tracing::debug!(path = %path.display(), schema = schema::latest_version(), read_only, "opened herald-sqlite store");
         Ok(SqliteStore {
             path,
+            read_only,
             config,
             requests: Some(tx),
             writer: Some(writer),
@@ -218,6 +229,12 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the store was opened read-only ([`SqliteConfig::read_only`], or a file this process cannot
+    /// write): reads work, writes are refused with [`Error::Unsupported`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The settings in force.
@@ -299,6 +316,12 @@ impl SqliteStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
     ) -> Result<T> {
+        if self.read_only {
+            return Err(Error::Unsupported {
+                operation: "writing",
+                backend: "read-only SQLite store (opened with mode=ro, or a file this process cannot write)",
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let requests = self.requests.as_ref().ok_or(Error::Closed)?;
         requests.send(make(reply)).map_err(|_| Error::Closed)?;

@@ -65,18 +65,55 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Opens a connection with the pragmas every Herald connection uses: the event store's writer, readers and
-/// checkpointer, and the job queue's (which pass their own lock wait and durability).
+/// checkpointer, and the job queue's (which pass their own lock wait and durability). A file this process
+/// may not write (its permissions, or a read-only directory) opens read-only: see [`connect_mode`].
 pub(crate) fn connect(
     path: &Path,
     busy_timeout: Duration,
     durability: Durability,
 ) -> Result<Connection> {
+    connect_mode(path, busy_timeout, durability, false)
+}
+
+/// [`connect`], read-only when `read_only` (the file must exist; nothing is ever written through it), or when
+/// the file cannot be written: SQLite then opens it read-only by itself. A WAL file in a directory this
+/// process cannot write, with no `-wal` file beside it (the last writer closed cleanly, so the file holds
+/// everything), cannot have its shared-memory index created: it is opened `immutable` then, which reads the
+/// file without locks. Nobody can be writing it then: a writer would need to create the `-wal` file in that
+/// same directory.
+pub(crate) fn connect_mode(
+    path: &Path,
+    busy_timeout: Duration,
+    durability: Durability,
+    read_only: bool,
+) -> Result<Connection> {
     refuse_empty_file(path)?;
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let conn = open_with(path, busy_timeout, durability, flags)?;
+    if !cannot_open_wal_index(&conn) {
+        return Ok(conn);
+    }
+    drop(conn);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if Path::new(&wal).exists() {
+        return Err(Error::backend(format!(
+            "cannot read SQLite database {}: its directory is not writable, so the shared-memory index of its \
+             WAL cannot be created, and a -wal file with commits not yet copied into the database exists; \
+             read it where the directory is writable",
+            path.display()
+        )));
+    }
+    tracing::debug!(path = %path.display(), "opening immutable: read-only directory, no WAL file");
     open_with(
-        path,
+        Path::new(&immutable_uri(path)),
         busy_timeout,
         durability,
-        OpenFlags::SQLITE_OPEN_CREATE,
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
 }
 
@@ -119,6 +156,40 @@ fn is_empty_database_file(path: &Path) -> bool {
     len(path) == Some(0) && len(Path::new(&wal)).unwrap_or(0) == 0
 }
 
+/// Whether reading through `conn` fails because the WAL's shared-memory index (`-shm`) cannot be opened or
+/// created (a read-only directory).
+fn cannot_open_wal_index(conn: &Connection) -> bool {
+    match conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+        ),
+    }
+}
+
+/// `file:PATH?immutable=1`, with the characters a URI gives meaning to escaped.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(char::from(*b)),
+        }
+    }
+    // Non-ASCII bytes were pushed as Latin-1 characters above: escape them instead.
+    let mut escaped = String::with_capacity(uri.len());
+    for c in uri.chars() {
+        if c.is_ascii() {
+            escaped.push(c);
+        } else {
+            escaped.push_str(&format!("%{:02X}", c as u32));
+        }
+    }
+    escaped.push_str("?immutable=1");
+    escaped
+}
+
 /// Opens the existing Herald database at `path` for a crate that keeps tables of its own in the file
 /// (herald-es's checkpoints, snapshots and read models): the store's pragmas, never creating a file, refusing
 /// one that is not a Herald database (so a mistyped path never modifies an unrelated file), then `tables`
@@ -129,7 +200,7 @@ pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result
         path,
         config.busy_timeout,
         config.durability,
-        OpenFlags::empty(),
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
     )?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -152,12 +223,9 @@ fn open_with(
     path: &Path,
     busy_timeout: Duration,
     durability: Durability,
-    create: OpenFlags,
+    mode: OpenFlags,
 ) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | create
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+    let flags = mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| context(format!("cannot open SQLite database {}", path.display()), e))?;
     conn.busy_timeout(busy_timeout).map_err(backend)?;
@@ -177,9 +245,48 @@ fn open_with(
     Ok(conn)
 }
 
+/// Whether the file is already what [`migrate`] would make of it: a Herald database in WAL mode at this
+/// build's schema, job tables included. Read without taking the write lock (a WAL reader never waits for the
+/// writer), so opening a current file never waits for, or is refused by, a write transaction held elsewhere,
+/// and a read-only file opens.
+fn is_current(conn: &Connection) -> Result<bool> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(backend)?;
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(backend)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    Ok(mode.eq_ignore_ascii_case("wal")
+        && app_id == APPLICATION_ID
+        && version == latest_version()
+        && crate::jobs::schema::is_current(conn)?)
+}
+
+/// Whether `conn` cannot write its database (opened read-only, or a file SQLite could only open read-only).
+pub(crate) fn is_read_only(conn: &Connection) -> Result<bool> {
+    conn.is_readonly(rusqlite::MAIN_DB).map_err(backend)
+}
+
 /// Puts the file in WAL mode and applies pending migrations, of the event tables and the job tables. Safe to
-/// run from several processes at once.
+/// run from several processes at once. A file that is already current is only read (see [`is_current`]); one
+/// that is not, on a read-only connection, is refused with a message that says to open it writable once.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    if is_current(conn)? {
+        return Ok(());
+    }
+    if is_read_only(conn)? {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(backend)?;
+        return Err(Error::backend(format!(
+            "the database is read-only here and not at this Herald's schema (file: version {version}, this \
+             build: {}; or not in WAL mode, or not a Herald database): open it once where it can be written",
+            latest_version()
+        )));
+    }
     // Switching to WAL needs a brief exclusive lock; the busy timeout covers a concurrent opener.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

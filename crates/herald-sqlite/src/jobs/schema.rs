@@ -77,6 +77,26 @@ const MIGRATIONS: &[&str] = &[
 
 /// Creates or upgrades the job tables. `tx` is inside the caller's `BEGIN IMMEDIATE` transaction, on a file
 /// already checked (or stamped) as a Herald database.
+/// Whether the job tables exist at this build's version, read without writing anything.
+pub(crate) fn is_current(conn: &Connection) -> Result<bool> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'herald_jobs_schema'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if !exists {
+        return Ok(false);
+    }
+    let version: Option<i64> = conn
+        .query_row("SELECT max(version) FROM herald_jobs_schema", [], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    Ok(version == Some(MIGRATIONS.len() as i64))
+}
+
 pub(crate) fn migrate(tx: &Connection) -> Result<()> {
     tx.execute_batch("CREATE TABLE IF NOT EXISTS herald_jobs_schema (version INTEGER NOT NULL)")
         .map_err(backend)?;
