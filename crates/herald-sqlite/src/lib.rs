@@ -287,8 +287,13 @@ impl SqliteStore {
     /// queue has its own connections and writer thread; it may outlive the store (not a temporary store's
     /// file, which is removed with the store).
     pub async fn job_queue(&self, config: JobsConfig) -> Result<SqliteJobQueue> {
-        SqliteJobQueue::open_with_wakeups(self.path.clone(), config, Arc::clone(&self.job_wake))
-            .await
+        SqliteJobQueue::open_with_wakeups(
+            self.path.clone(),
+            config,
+            Arc::clone(&self.job_wake),
+            self.read_only,
+        )
+        .await
     }
 
     /// Validates an append and hands it to the writer.

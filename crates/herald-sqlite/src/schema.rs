@@ -93,9 +93,10 @@ pub(crate) fn connect_mode(
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
     };
-    let conn = open_with(path, busy_timeout, durability, flags)?;
+    // Probe before the pragmas: on such a file every statement fails, the first pragma included.
+    let conn = open_raw(path, flags)?;
     if !cannot_open_wal_index(&conn) {
-        return Ok(conn);
+        return configure(conn, busy_timeout, durability);
     }
     drop(conn);
     let mut wal = path.as_os_str().to_owned();
@@ -109,12 +110,11 @@ pub(crate) fn connect_mode(
         )));
     }
     tracing::debug!(path = %path.display(), "opening immutable: read-only directory, no WAL file");
-    open_with(
+    let conn = open_raw(
         Path::new(&immutable_uri(path)),
-        busy_timeout,
-        durability,
         OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
+    )?;
+    configure(conn, busy_timeout, durability)
 }
 
 /// How long an existing empty file may stay empty before it is refused: Herald writes a new file's header
@@ -193,8 +193,13 @@ fn immutable_uri(path: &Path) -> String {
 /// Opens the existing Herald database at `path` for a crate that keeps tables of its own in the file
 /// (herald-es's checkpoints, snapshots and read models): the store's pragmas, never creating a file, refusing
 /// one that is not a Herald database (so a mistyped path never modifies an unrelated file), then `tables`
-/// (idempotent DDL, `CREATE TABLE IF NOT EXISTS …`) in one `BEGIN IMMEDIATE`, so concurrent openers
-/// serialise. Open the event store on the file first: it creates and stamps it.
+/// (idempotent DDL, `CREATE TABLE IF NOT EXISTS …`). Open the event store on the file first: it creates and
+/// stamps it.
+///
+/// The DDL first runs in a deferred transaction: when the tables exist it writes nothing and so takes no write
+/// lock (a write transaction held elsewhere does not make the open wait, and a read-only file opens). When it
+/// must write and another opener got there first (`SQLITE_BUSY`), it runs again in one `BEGIN IMMEDIATE`, so
+/// concurrent openers serialise.
 pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result<Connection> {
     let mut conn = open_with(
         path,
@@ -202,10 +207,7 @@ pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result
         config.durability,
         OpenFlags::SQLITE_OPEN_READ_WRITE,
     )?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    let app_id: i32 = tx
+    let app_id: i32 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(backend)?;
     if app_id != APPLICATION_ID {
@@ -214,6 +216,19 @@ pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result
             path.display()
         )));
     }
+    let deferred = (|| {
+        let tx = conn.transaction()?;
+        tx.execute_batch(tables)?;
+        tx.commit()
+    })();
+    match deferred {
+        Ok(()) => return Ok(conn),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+        Err(e) => return Err(backend(e)),
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
     tx.execute_batch(tables).map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok(conn)
@@ -225,9 +240,22 @@ fn open_with(
     durability: Durability,
     mode: OpenFlags,
 ) -> Result<Connection> {
+    configure(open_raw(path, mode)?, busy_timeout, durability)
+}
+
+/// Opens `path` (a file name, or a `file:` URI) with `mode` and no settings.
+fn open_raw(path: &Path, mode: OpenFlags) -> Result<Connection> {
     let flags = mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| context(format!("cannot open SQLite database {}", path.display()), e))?;
+    Connection::open_with_flags(path, flags)
+        .map_err(|e| context(format!("cannot open SQLite database {}", path.display()), e))
+}
+
+/// The pragmas every Herald connection uses.
+fn configure(
+    conn: Connection,
+    busy_timeout: Duration,
+    durability: Durability,
+) -> Result<Connection> {
     conn.busy_timeout(busy_timeout).map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "synchronous", durability.pragma_value())
@@ -259,7 +287,10 @@ fn is_current(conn: &Connection) -> Result<bool> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(backend)?;
-    Ok(mode.eq_ignore_ascii_case("wal")
+    // The journal mode matters to writers only: an immutable (read-only directory) connection reports
+    // another, and may read anyway.
+    let wal_or_reader = mode.eq_ignore_ascii_case("wal") || is_read_only(conn)?;
+    Ok(wal_or_reader
         && app_id == APPLICATION_ID
         && version == latest_version()
         && crate::jobs::schema::is_current(conn)?)

@@ -116,3 +116,25 @@ async fn read_only_needs_an_existing_current_file() {
         assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn open_existing_with_its_tables_in_place_needs_no_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables.db");
+    file_with_events(&path, 1).await;
+    let config = SqliteConfig::default().busy_timeout(Duration::from_millis(300));
+    let tables = "CREATE TABLE IF NOT EXISTS side_table (k TEXT PRIMARY KEY, v INTEGER NOT NULL);";
+    // The first open creates the table.
+    drop(herald_sqlite::open_existing(&path, &config, tables).unwrap());
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("BEGIN IMMEDIATE; CREATE TABLE scratch (x); INSERT INTO scratch VALUES (1);")
+        .unwrap();
+    let conn = herald_sqlite::open_existing(&path, &config, tables)
+        .expect("the tables exist: opening must not wait for the write lock");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM side_table", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    holder.execute_batch("ROLLBACK").unwrap();
+}

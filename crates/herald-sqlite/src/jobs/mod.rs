@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::config::Durability;
 use crate::read::ReadPool;
-use crate::schema::{backend, connect, migrate};
+use crate::schema::{backend, connect_mode, migrate};
 
 pub use enqueue::insert_job;
 pub(crate) use enqueue::insert_jobs;
@@ -73,14 +73,22 @@ impl SqliteJobQueue {
     /// Opens (creating when missing) the job tables in the SQLite file at `path`, with wake-ups of its own.
     /// The file may be an event store's (the usual case), opened before or after the store.
     pub async fn open(path: impl AsRef<Path>, config: JobsConfig) -> Result<Self> {
-        Self::open_with_wakeups(path.as_ref().to_path_buf(), config, Arc::new(Notify::new())).await
+        Self::open_with_wakeups(
+            path.as_ref().to_path_buf(),
+            config,
+            Arc::new(Notify::new()),
+            false,
+        )
+        .await
     }
 
-    /// [`SqliteJobQueue::open`], announcing runnable jobs on `wake` (the store's, when opened from one).
+    /// [`SqliteJobQueue::open`], announcing runnable jobs on `wake` (the store's, when opened from one);
+    /// `read_only`: the store was opened read-only, so the queue's connections are too.
     pub(crate) async fn open_with_wakeups(
         path: PathBuf,
         config: JobsConfig,
         wake: Arc<Notify>,
+        read_only: bool,
     ) -> Result<Self> {
         let durability = if config.full_sync {
             Durability::Full
@@ -89,9 +97,9 @@ impl SqliteJobQueue {
         };
         let (opened, busy_timeout) = (path.clone(), config.busy_timeout);
         let (write, read) = tokio::task::spawn_blocking(move || {
-            let mut write = connect(&opened, busy_timeout, durability)?;
+            let mut write = connect_mode(&opened, busy_timeout, durability, read_only)?;
             migrate(&mut write)?;
-            let read = connect(&opened, busy_timeout, durability)?;
+            let read = connect_mode(&opened, busy_timeout, durability, read_only)?;
             Ok::<_, Error>((write, read))
         })
         .await
