@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::url::{DatabaseUrl, Scheme, check_range};
 use herald_core::{Error, Limits, Result};
@@ -28,12 +29,18 @@ pub const MAX_BATCH_LIMIT: usize = 16_384;
 /// How long opening one connection (TCP connect, start-up, authentication) may take when the URL gives no
 /// `connect_timeout`: a server that accepts connections and never answers fails an open (and each
 /// reconnect attempt) after this, with [`Error::Unavailable`] naming its host and port.
-pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest `connect_timeout` (seconds) a URL may give; the smallest is 1.
 pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 600;
 
+/// How long one read (a page, an event, a stream's version, a page of streams: one statement each) may wait
+/// for the server's answer by default; see [`PostgresConfig::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest `read_timeout` (seconds) accepted; the smallest is 1.
+pub const MAX_READ_TIMEOUT_SECS: u64 = 3600;
+
 /// Herald's own query options; every other option of a `postgres://` URL is the driver's.
-const HERALD_OPTIONS: &[&str] = &["schema", "pool_size", "max_batch"];
+const HERALD_OPTIONS: &[&str] = &["schema", "pool_size", "max_batch", "read_timeout"];
 /// Longest schema name accepted (the LISTEN channel name, `herald_` + schema, must fit in 63 bytes).
 pub const MAX_SCHEMA_LEN: usize = 48;
 
@@ -54,6 +61,15 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Most write requests committed in one transaction, 1 to [`MAX_BATCH_LIMIT`].
     pub max_batch: usize,
+    /// How long one read may wait for the server's answer (1 s to [`MAX_READ_TIMEOUT_SECS`], default
+    /// [`DEFAULT_READ_TIMEOUT`]); URL option `read_timeout` (seconds). A read not answered in time is
+    /// [`Error::Unavailable`] and its connection is closed. It bounds each statement, not a whole read: a
+    /// long read or a follow is many short statements, so it is never cut short by this, and a follower
+    /// retries a timed-out page on a fresh connection. Writes have no such client-side bound: an append
+    /// abandoned while its `COMMIT` is in flight may have committed, so the writer waits for the answer (TCP
+    /// keepalives end a connection to a vanished peer in about a minute; a server-side `statement_timeout`,
+    /// set through the driver's `options`, bounds slow statements).
+    pub read_timeout: Duration,
     /// Size limits enforced before anything is written.
     pub limits: Limits,
     /// Hooks run inside every append's transaction (see [`crate::hook`]); none by default.
@@ -68,6 +84,7 @@ impl Default for PostgresConfig {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             max_batch: DEFAULT_MAX_BATCH,
+            read_timeout: DEFAULT_READ_TIMEOUT,
             limits: Limits::default(),
             append_hooks: AppendHooks::default(),
             job_routers: JobRouters::default(),
@@ -91,6 +108,12 @@ impl PostgresConfig {
     /// Most write requests per transaction (1 to [`MAX_BATCH_LIMIT`]).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;
+        self
+    }
+
+    /// How long one read may wait for an answer (1 s to [`MAX_READ_TIMEOUT_SECS`]).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
         self
     }
 
@@ -121,6 +144,14 @@ impl PostgresConfig {
         validate_schema_name(&self.schema)?;
         check_range("pool_size", self.pool_size, 1..=MAX_POOL_SIZE)?;
         check_range("max_batch", self.max_batch, 1..=MAX_BATCH_LIMIT)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(MAX_READ_TIMEOUT_SECS))
+            .contains(&self.read_timeout)
+        {
+            return Err(Error::invalid(format!(
+                "read_timeout must be from 1 to {MAX_READ_TIMEOUT_SECS} seconds (got {:?})",
+                self.read_timeout
+            )));
+        }
         Ok(())
     }
 }
@@ -146,11 +177,11 @@ pub fn validate_schema_name(s: &str) -> Result<()> {
 }
 
 /// A parsed `postgres://` (or `postgresql://`) URL: the connection part for the driver and Herald's own
-/// parameters (`schema`, `pool_size` 1 to [`MAX_POOL_SIZE`], `max_batch` 1 to [`MAX_BATCH_LIMIT`]), which are
-/// taken out of the query string. `connect_timeout` (seconds, 1 to [`MAX_CONNECT_TIMEOUT_SECS`], default
-/// [`DEFAULT_CONNECT_TIMEOUT`]) stays for the driver and bounds every connection Herald opens, start-up
-/// and authentication included. Parsed by herald-core's [`DatabaseUrl`], like every database URL of the
-/// workspace.
+/// parameters (`schema`, `pool_size` 1 to [`MAX_POOL_SIZE`], `max_batch` 1 to [`MAX_BATCH_LIMIT`],
+/// `read_timeout` 1 to [`MAX_READ_TIMEOUT_SECS`] seconds), which are taken out of the query string.
+/// `connect_timeout` (seconds, 1 to [`MAX_CONNECT_TIMEOUT_SECS`], default [`DEFAULT_CONNECT_TIMEOUT`]) stays
+/// for the driver and bounds every connection Herald opens, start-up and authentication included. Parsed by
+/// herald-core's [`DatabaseUrl`], like every database URL of the workspace.
 ///
 /// ```
 /// use herald_postgres::PostgresUrl;
@@ -191,6 +222,9 @@ impl PostgresUrl {
         }
         if let Some(n) = url.option_in("max_batch", 1..=MAX_BATCH_LIMIT)? {
             config.max_batch = n;
+        }
+        if let Some(seconds) = url.option_in("read_timeout", 1..=MAX_READ_TIMEOUT_SECS)? {
+            config.read_timeout = Duration::from_secs(seconds);
         }
         // The driver's own option, kept in the connection string; checked here so that 0 (which the driver
         // takes as "wait for ever") and absurd values are refused like Herald's options.
@@ -250,6 +284,8 @@ mod tests {
             "postgres://h/db?connect_timeout=0",
             "postgres://h/db?connect_timeout=601",
             "postgres://h/db?connect_timeout=soon",
+            "postgres://h/db?read_timeout=0",
+            "postgres://h/db?read_timeout=3601",
         ] {
             let err = bad.parse::<PostgresUrl>().unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{bad}: {err}");

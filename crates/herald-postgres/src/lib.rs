@@ -122,9 +122,9 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, MAX_BATCH_LIMIT,
-    MAX_CONNECT_TIMEOUT_SECS, MAX_POOL_SIZE, MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl,
-    validate_schema_name,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_POOL_SIZE, DEFAULT_READ_TIMEOUT,
+    DEFAULT_SCHEMA, MAX_BATCH_LIMIT, MAX_CONNECT_TIMEOUT_SECS, MAX_POOL_SIZE,
+    MAX_READ_TIMEOUT_SECS, MAX_SCHEMA_LEN, PostgresConfig, PostgresUrl, validate_schema_name,
 };
 pub use hook::{
     AppendExtra, AppendHook, AppendHooks, AppendedEvent, HookError, HookParam, HookWrites,
@@ -221,6 +221,7 @@ impl PostgresStore {
         let reads = read::Reads {
             pool,
             server: schema::server(&pg),
+            answer_timeout: config.read_timeout,
         };
 
         let (head_tx, head_rx) = watch::channel(Head {

@@ -6,6 +6,8 @@
 
 use deadpool_postgres::{Object, Pool};
 use herald_core::query::{Direction, ReadQuery, ReadScope};
+use std::time::Duration;
+
 use herald_core::{Error, Origin, RecordedEvent, Result, StreamInfo, timefmt};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -20,6 +22,32 @@ pub(crate) struct Reads {
     pub(crate) pool: Pool,
     /// See [`crate::schema::server`].
     pub(crate) server: String,
+    /// How long one read (one statement) may wait for the server's answer.
+    pub(crate) answer_timeout: Duration,
+}
+
+/// The outcome of one read on `client` that had `reads.answer_timeout` to answer. A server that did not
+/// answer in time (alive but stalled: TCP keepalives cannot tell) is [`Error::Unavailable`], and the
+/// connection, which may still be waiting for that answer, is taken out of the pool and closed, so the next
+/// read opens a fresh one instead of queueing behind it.
+fn settle<T>(
+    reads: &Reads,
+    client: Object,
+    answer: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T> {
+    match answer {
+        Ok(result) => result,
+        Err(_) => {
+            drop(Object::take(client));
+            Err(Error::unavailable(
+                reads.server.clone(),
+                format!(
+                    "no answer to a read within {} s (read_timeout)",
+                    reads.answer_timeout.as_secs_f64()
+                ),
+            ))
+        }
+    }
 }
 
 /// A read connection: a server that cannot be reached, or opens no connection within `connect_timeout`, is
@@ -119,8 +147,13 @@ fn page_statement(query: &ReadQuery) -> (String, Vec<Param>) {
 
 /// One page of `query` (already validated).
 pub(crate) async fn read_page(reads: &Reads, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
-    let (sql, params) = page_statement(query);
     let client = client(reads).await?;
+    let answer = tokio::time::timeout(reads.answer_timeout, page_on(&client, query)).await;
+    settle(reads, client, answer)
+}
+
+async fn page_on(client: &Object, query: &ReadQuery) -> Result<Vec<RecordedEvent>> {
+    let (sql, params) = page_statement(query);
     let statement = client.prepare_cached(&sql).await.map_err(backend)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
@@ -177,6 +210,11 @@ fn recorded(row: &Row) -> Result<RecordedEvent> {
 
 pub(crate) async fn event(reads: &Reads, id: Uuid) -> Result<Option<RecordedEvent>> {
     let client = client(reads).await?;
+    let answer = tokio::time::timeout(reads.answer_timeout, event_on(&client, id)).await;
+    settle(reads, client, answer)
+}
+
+async fn event_on(client: &Object, id: Uuid) -> Result<Option<RecordedEvent>> {
     let statement = client
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1"
@@ -192,6 +230,11 @@ pub(crate) async fn event(reads: &Reads, id: Uuid) -> Result<Option<RecordedEven
 
 pub(crate) async fn stream_version(reads: &Reads, stream: &str) -> Result<Option<u64>> {
     let client = client(reads).await?;
+    let answer = tokio::time::timeout(reads.answer_timeout, version_on(&client, stream)).await;
+    settle(reads, client, answer)
+}
+
+async fn version_on(client: &Object, stream: &str) -> Result<Option<u64>> {
     let statement = client
         .prepare_cached("SELECT version FROM streams WHERE name = $1")
         .await
@@ -240,7 +283,21 @@ pub(crate) async fn streams(
     params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
     sql.push_str(&format!(" ORDER BY name LIMIT ${}", params.len()));
     let client = client(reads).await?;
-    let statement = client.prepare_cached(&sql).await.map_err(backend)?;
+    let answer = tokio::time::timeout(
+        reads.answer_timeout,
+        streams_on(&client, &sql, &params, prefix),
+    )
+    .await;
+    settle(reads, client, answer)
+}
+
+async fn streams_on(
+    client: &Object,
+    sql: &str,
+    params: &[Param],
+    prefix: &str,
+) -> Result<Vec<StreamInfo>> {
+    let statement = client.prepare_cached(sql).await.map_err(backend)?;
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))

@@ -210,3 +210,54 @@ async fn a_follower_told_to_give_up_ends_with_unavailable() {
     // It tried 1 + 3 times before giving up (each attempt opens a read connection the proxy turns away).
     assert!(proxy.refused() >= 4, "refused {}", proxy.refused());
 }
+
+/// The server stops answering after the start-up (alive, connections open, nothing comes back): a read fails
+/// with `Unavailable` within `read_timeout` instead of waiting for ever, and a follower retries on fresh
+/// connections and, once the server answers again, resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_fails_a_read_within_read_timeout_and_a_follower_resumes() {
+    if !support::postgres_available(
+        "a_stalled_server_fails_a_read_within_read_timeout_and_a_follower_resumes",
+    )
+    .await
+    {
+        return;
+    }
+    let schema = support::TestSchema::new();
+    let direct = PostgresStore::open(&support::database_url(), schema.config())
+        .await
+        .unwrap();
+    let proxy = TcpProxy::forward(server_addr()).await;
+    let url = format!(
+        "{}&read_timeout=1&connect_timeout=1",
+        schema.url_via(proxy.port())
+    );
+    let proxied = Arc::new(PostgresStore::open_url(&url).await.unwrap());
+    let mut follow = spawn_follower(Arc::clone(&proxied), ReadQuery::all());
+    let mut expected = append(&direct, "before", 2).await;
+    let mut seen: Vec<Uuid> = next_events(&mut follow, 2)
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
+
+    proxy.stall();
+    let started = Instant::now();
+    let err = tokio::time::timeout(WAIT, proxied.read_to_vec(ReadQuery::all()))
+        .await
+        .expect("a read from a stalled server hangs")
+        .expect_err("a stalled server answered");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    expected.extend(append(&direct, "during", 2).await);
+    proxy.restore();
+    expected.extend(append(&direct, "after", 1).await);
+    seen.extend(next_events(&mut follow, 3).await.iter().map(|e| e.id));
+    assert_eq!(seen, expected, "each event exactly once, in order");
+    let last = append(&direct, "last", 1).await;
+    assert_eq!(next_events(&mut follow, 1).await[0].id, last[0]);
+}

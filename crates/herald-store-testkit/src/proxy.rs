@@ -7,6 +7,9 @@
 //!   [`TcpProxy::refused`] counts the connections turned away, so a test can wait until a client really
 //!   tried during the outage instead of sleeping.
 //! - [`TcpProxy::silent`] accepts connections and never answers (nor closes them): a server that hangs.
+//! - [`TcpProxy::stall`] makes a relaying proxy hang: open connections stop carrying bytes (both ways) but
+//!   stay open, new ones are accepted and never answered, until [`TcpProxy::restore`] (which closes the
+//!   stalled ones and relays new ones again).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ enum Mode {
     Forward,
     Down,
     Silent,
+    Stalled,
 }
 
 #[derive(Debug)]
@@ -87,11 +91,22 @@ impl TcpProxy {
             .send_modify(|(mode, generation)| (*mode, *generation) = (Mode::Down, *generation + 1));
     }
 
-    /// Relays new connections again.
+    /// Stops every open connection carrying bytes, leaving it open, and holds new ones unanswered until
+    /// [`restore`](Self::restore).
+    pub fn stall(&self) {
+        self.shared.mode.send_modify(|(mode, generation)| {
+            (*mode, *generation) = (Mode::Stalled, *generation + 1)
+        });
+    }
+
+    /// Relays new connections again (connections held by a stall are closed).
     pub fn restore(&self) {
-        self.shared
-            .mode
-            .send_modify(|(mode, _)| *mode = Mode::Forward);
+        self.shared.mode.send_modify(|(mode, generation)| {
+            if *mode == Mode::Stalled {
+                *generation += 1;
+            }
+            *mode = Mode::Forward;
+        });
     }
 
     /// Connections turned away since the proxy started.
@@ -129,8 +144,10 @@ impl Drop for TcpProxy {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    // Silent connections are kept here, open and unanswered, until the proxy stops.
+    // Silent connections are kept here, open and unanswered, until the proxy stops; stalled ones until the
+    // stall ends.
     let mut held = Vec::new();
+    let mut stalled = Vec::new();
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -139,8 +156,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
         let (mode, generation) = *shared.mode.borrow();
+        if mode != Mode::Stalled {
+            stalled.clear();
+        }
         match (mode, shared.upstream) {
             (Mode::Silent, _) => held.push(client),
+            (Mode::Stalled, _) => stalled.push(client),
             (Mode::Down, _) | (Mode::Forward, None) => {
                 drop(client);
                 shared.refused.fetch_add(1, Ordering::SeqCst);
@@ -163,19 +184,28 @@ async fn relay(
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
-    let outage = async {
+    let next_generation = async {
         loop {
-            if mode.borrow_and_update().1 != generation {
-                return;
+            let (now, current) = *mode.borrow_and_update();
+            if current != generation {
+                return now;
             }
             if mode.changed().await.is_err() {
-                return;
+                return Mode::Down;
             }
         }
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        () = outage => {}
+    let interrupted = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+        now = next_generation => Some(now),
+    };
+    if interrupted == Some(Mode::Stalled) {
+        // Hold both sockets, carrying nothing, until the stall ends (or the proxy stops).
+        while mode.changed().await.is_ok() {
+            if mode.borrow_and_update().0 != Mode::Stalled {
+                break;
+            }
+        }
     }
     // Dropping both sockets closes them: the client sees its connection end, as when a server stops.
 }
