@@ -37,7 +37,7 @@ pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_
 /// ```
 #[derive(Debug, Clone)]
 pub struct FollowOptions {
-    /// The wait after each failed attempt: [`Backoff::reconnect`] unless changed.
+    /// The wait after each failed attempt: [`Backoff::reconnect`](crate::Backoff::reconnect) unless changed.
     pub reconnect: crate::Backoff,
     /// After this many failed attempts in a row the follower yields the error and ends; `None` (the default)
     /// keeps trying for as long as the stream is polled. Errors that are not transient (invalid input, a
