@@ -116,13 +116,17 @@ fn tail_prints(url: &str, n: usize, as_nobody: bool) {
     );
 }
 
-/// A store file with three events in two streams, written and closed by `herald`.
+/// A store file with three events in two streams, written and closed by `herald`, with every table this
+/// build's open creates (a build with the facade's `es` feature, as in a workspace test run, keeps checkpoint
+/// tables beside the store: `jobs stats` opens them once). Creating tables needs the write lock; reading a file
+/// that has them must not.
 fn store_file(dir: &Path) -> (std::path::PathBuf, String) {
     let path = dir.join("herald.db");
     let url = format!("sqlite://{}", path.display());
     for stream in ["a-1", "a-1", "b-1"] {
         ok_lines(herald(&url, &["append", stream, "--type", "T"], false));
     }
+    ok_lines(herald(&url, &["jobs", "stats"], false));
     (path, url)
 }
 

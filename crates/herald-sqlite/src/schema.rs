@@ -93,6 +93,16 @@ pub(crate) fn connect_mode(
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
     };
+    open_probed(path, busy_timeout, durability, flags)
+}
+
+/// Opens `path` with `flags`, falling back to an immutable read-only open as [`connect_mode`] says.
+fn open_probed(
+    path: &Path,
+    busy_timeout: Duration,
+    durability: Durability,
+    flags: OpenFlags,
+) -> Result<Connection> {
     // Probe before the pragmas: on such a file every statement fails, the first pragma included.
     let conn = open_raw(path, flags)?;
     if !cannot_open_wal_index(&conn) {
@@ -201,7 +211,7 @@ fn immutable_uri(path: &Path) -> String {
 /// must write and another opener got there first (`SQLITE_BUSY`), it runs again in one `BEGIN IMMEDIATE`, so
 /// concurrent openers serialise.
 pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result<Connection> {
-    let mut conn = open_with(
+    let mut conn = open_probed(
         path,
         config.busy_timeout,
         config.durability,
@@ -232,15 +242,6 @@ pub fn open_existing(path: &Path, config: &SqliteConfig, tables: &str) -> Result
     tx.execute_batch(tables).map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok(conn)
-}
-
-fn open_with(
-    path: &Path,
-    busy_timeout: Duration,
-    durability: Durability,
-    mode: OpenFlags,
-) -> Result<Connection> {
-    configure(open_raw(path, mode)?, busy_timeout, durability)
 }
 
 /// Opens `path` (a file name, or a `file:` URI) with `mode` and no settings.
