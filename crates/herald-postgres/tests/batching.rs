@@ -152,7 +152,7 @@ async fn a_burst_of_mixed_appends_behaves_as_if_run_one_by_one() {
 }
 
 /// The server ends every connection of the store (as a restart or failover would): appends in flight fail
-/// with a backend error or succeed, nothing is half-written, and the writer and notifier reconnect by
+/// as unavailable (transient) or succeed, nothing is half-written, and the writer and notifier reconnect by
 /// themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_reconnects_after_its_connections_are_killed() {
@@ -204,7 +204,7 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
                 Ok(_) => committed += 1,
                 // A connection ended under a request is the server being unavailable.
                 Err(e) => assert!(
-                    matches!(e, Error::Backend { .. } | Error::Unavailable { .. }),
+                    matches!(e, Error::Unavailable { .. }),
                     "{e}"
                 ),
             }
@@ -224,7 +224,7 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
                 }
                 Err(e) => {
                     assert!(
-                        matches!(e, Error::Backend { .. } | Error::Unavailable { .. }),
+                        matches!(e, Error::Unavailable { .. }),
                         "{e}"
                     );
                     assert!(attempts < 5, "the writer does not recover: {e}");

@@ -261,3 +261,59 @@ async fn a_stalled_server_fails_a_read_within_read_timeout_and_a_follower_resume
     let last = append(&direct, "last", 1).await;
     assert_eq!(next_events(&mut follow, 1).await[0].id, last[0]);
 }
+
+/// Appends while the server is away fail as `Unavailable` (transient, so a caller knows to retry), and the
+/// writer reconnects by itself once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_during_an_outage_are_unavailable_and_the_writer_recovers() {
+    if !support::postgres_available(
+        "appends_during_an_outage_are_unavailable_and_the_writer_recovers",
+    )
+    .await
+    {
+        return;
+    }
+    let schema = support::TestSchema::new();
+    let proxy = TcpProxy::forward(server_addr()).await;
+    let proxied = PostgresStore::open_url(&schema.url_via(proxy.port()))
+        .await
+        .unwrap();
+    append(&proxied, "before", 1).await;
+    proxy.outage();
+    for _ in 0..3 {
+        let err = tokio::time::timeout(
+            WAIT,
+            proxied.append(
+                &stream("during"),
+                vec![NewEvent::new("Lost")],
+                ExpectedVersion::Any,
+            ),
+        )
+        .await
+        .expect("an append hangs during the outage")
+        .expect_err("an append succeeded with no server");
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    }
+    proxy.restore();
+    let appended = tokio::time::timeout(WAIT, async {
+        loop {
+            match proxied
+                .append(
+                    &stream("after"),
+                    vec![NewEvent::new("Back")],
+                    ExpectedVersion::Any,
+                )
+                .await
+            {
+                Ok(result) => return result,
+                Err(e) => assert!(e.is_transient(), "{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the writer does not recover");
+    assert_eq!(
+        appended.first_position, 2,
+        "nothing of the failed appends stored"
+    );
+}

@@ -141,9 +141,19 @@ impl Writer {
             if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
                 conn = match self.reconnect().await {
                     Ok(c) => Some(c),
+                    // Nothing of the batch was sent: a server that cannot be reached is `Unavailable` for
+                    // each request (retry later), anything else the same backend error for all.
+                    Err(Error::Unavailable { what, reason, .. }) => {
+                        for request in batch.drain(..) {
+                            request.fail(Error::unavailable(what.clone(), reason.clone()));
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         let shared: Arc<dyn std::error::Error + Send + Sync> =
-                            Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(e));
+                            Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                                e.to_string(),
+                            ));
                         for request in batch.drain(..) {
                             request.fail(Error::backend(Arc::clone(&shared)));
                         }
@@ -187,11 +197,9 @@ impl Writer {
         batch.len() - before
     }
 
-    async fn reconnect(&self) -> std::result::Result<Connection, String> {
-        let client = schema::connect(&self.pg).await.map_err(|e| e.to_string())?;
-        let statements = Statements::prepare(&client)
-            .await
-            .map_err(|e| backend(e).to_string())?;
+    async fn reconnect(&self) -> Result<Connection> {
+        let client = schema::connect(&self.pg).await?;
+        let statements = Statements::prepare(&client).await.map_err(backend)?;
         Ok(Connection::new(client, statements))
     }
 
@@ -270,7 +278,14 @@ impl Writer {
                 }
                 let shared = Arc::new(e);
                 for request in batch.drain(..) {
-                    request.fail(Error::backend(Arc::clone(&shared)));
+                    // A lost connection stays `Unavailable` (transient) for every request: the Error
+                    // doc says what that means for a commit that was in flight.
+                    request.fail(match &*shared {
+                        Error::Unavailable { what, reason, .. } => {
+                            Error::unavailable(what.clone(), reason.clone())
+                        }
+                        _ => Error::backend(Arc::clone(&shared)),
+                    });
                 }
             }
         }
