@@ -203,10 +203,7 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
             match r {
                 Ok(_) => committed += 1,
                 // A connection ended under a request is the server being unavailable.
-                Err(e) => assert!(
-                    matches!(e, Error::Unavailable { .. }),
-                    "{e}"
-                ),
+                Err(e) => assert!(matches!(e, Error::Unavailable { .. }), "{e}"),
             }
         }
         // Afterwards the store works again within a few attempts (the first may still meet the dead
@@ -223,10 +220,7 @@ async fn the_writer_reconnects_after_its_connections_are_killed() {
                     break;
                 }
                 Err(e) => {
-                    assert!(
-                        matches!(e, Error::Unavailable { .. }),
-                        "{e}"
-                    );
+                    assert!(matches!(e, Error::Unavailable { .. }), "{e}");
                     assert!(attempts < 5, "the writer does not recover: {e}");
                 }
             }
