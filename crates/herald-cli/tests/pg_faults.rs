@@ -74,7 +74,8 @@ async fn every_command_on_a_server_that_never_answers_exits_1_naming_host_and_po
         // The message is the contract: one line naming the server that did not answer.
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(
-            stderr.contains(&format!("127.0.0.1:{}", silent.port())),
+            stderr.contains("host 127.0.0.1")
+                && stderr.contains(&format!("port {}", silent.port())),
             "{args:?}: {stderr}"
         );
     }

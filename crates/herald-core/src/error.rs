@@ -86,7 +86,7 @@ pub enum Error {
     /// committed the outcome is unknown, so retry it with the same event ids (an idempotent retry) to find out.
     #[error("{what} is unavailable: {reason}")]
     Unavailable {
-        /// What could not be reached, e.g. `PostgreSQL at 127.0.0.1:5432` (never a password).
+        /// What could not be reached, e.g. `PostgreSQL (host 10.0.0.5, port 5432, database app)` (never a password).
         what: String,
         /// Why, e.g. `no answer within 5 s of connecting (connect_timeout)`.
         reason: String,

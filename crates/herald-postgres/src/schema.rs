@@ -372,22 +372,10 @@ pub(crate) fn describe(config: &Config) -> String {
     )
 }
 
-/// `PostgreSQL at HOST:PORT (database DB)`: the server a connection goes to, for messages (never the
-/// password).
+/// `PostgreSQL (host H, port P, database D)`: the server a connection goes to, as [`Error::Unavailable`]
+/// names it (never the password).
 pub(crate) fn server(config: &Config) -> String {
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let at = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]:{port}"),
-        Some(tokio_postgres::config::Host::Tcp(h)) => format!("{h}:{port}"),
-        Some(tokio_postgres::config::Host::Unix(p)) => {
-            format!("{}/.s.PGSQL.{port}", p.display())
-        }
-        None => format!("localhost:{port}"),
-    };
-    format!(
-        "PostgreSQL at {at} (database {})",
-        config.get_dbname().unwrap_or("(default)")
-    )
+    format!("PostgreSQL ({})", describe(config))
 }
 
 /// A stable 64-bit key for the advisory lock guarding one component's migrations in `schema` (FNV-1a).

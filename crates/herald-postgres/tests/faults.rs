@@ -49,7 +49,9 @@ async fn a_server_that_never_answers_fails_the_open_within_connect_timeout() {
     // The message is the contract here: it names the server that did not answer.
     let message = err.to_string();
     assert!(
-        message.contains(&format!("127.0.0.1:{port}")) && message.contains("connect_timeout"),
+        message.contains("host 127.0.0.1")
+            && message.contains(&format!("port {port}"))
+            && message.contains("connect_timeout"),
         "{message}"
     );
 }
