@@ -31,6 +31,9 @@ use clap::{Parser, Subcommand};
 
 /// Exit status of a role that stopped on an error it reported (the supervisor restarts it).
 const EXIT_ROLE_ERROR: i32 = 3;
+/// Exit status of a follower whose follow ended with an error: followers must reconnect by themselves, so the
+/// supervisor counts this as a violation (a failure to *open* is an ordinary role error).
+const EXIT_FOLLOW_BROKE: i32 = 4;
 
 #[derive(Debug, Parser)]
 #[command(

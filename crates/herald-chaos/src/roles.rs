@@ -123,8 +123,9 @@ pub(crate) struct FollowArgs {
     log: PathBuf,
 }
 
-/// Follows the global log from after its own log's last position, writing each event; stops on the first
-/// error (the supervisor restarts it, as an operator's service manager would).
+/// Follows the global log from after its own log's last position, writing each event. A follow rides out
+/// server restarts by itself (it reconnects); if it ends anyway, the process exits with
+/// [`EXIT_FOLLOW_BROKE`](crate::EXIT_FOLLOW_BROKE), which fails the run.
 pub(crate) async fn follow(args: FollowArgs) -> Result<()> {
     let last = read_lines(&args.log)?
         .last()
@@ -142,10 +143,20 @@ pub(crate) async fn follow(args: FollowArgs) -> Result<()> {
         .map_err(context("opening the store"))?;
     let mut events = herald.store.follow(ReadQuery::all().from(last + 1));
     while let Some(event) = events.next().await {
-        let event = event.map_err(context("following"))?;
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                eprintln!(
+                    "herald-chaos: the follow ended: {}",
+                    crate::one_line(&e.to_string())
+                );
+                std::process::exit(crate::EXIT_FOLLOW_BROKE);
+            }
+        };
         log.line(&format!("{} {}", event.position, event.id))?;
     }
-    Err("the follow ended".into())
+    eprintln!("herald-chaos: the follow ended without an error");
+    std::process::exit(crate::EXIT_FOLLOW_BROKE);
 }
 
 #[derive(Debug, clap::Args)]

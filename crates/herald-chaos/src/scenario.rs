@@ -80,8 +80,11 @@ struct Faults {
     kills: [u32; 4],
     restarts_fast: u32,
     restarts_immediate: u32,
-    /// Role processes that stopped by themselves with an error (a follower losing its server, say).
+    /// Role processes that stopped by themselves with an error (one that could not open the store during a
+    /// restart, say).
     error_exits: [u32; 4],
+    /// Followers whose follow ended with an error instead of reconnecting: each one fails the run.
+    follows_broken: u32,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
@@ -194,6 +197,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         }
     }
     settle?;
+    if faults.follows_broken > 0 {
+        return Err(format!(
+            "{} times a follower's follow ended with an error instead of reconnecting (see follow-*.stderr in {})",
+            faults.follows_broken,
+            dir.display()
+        ));
+    }
     let report = check(
         &herald,
         &url,
@@ -253,6 +263,9 @@ fn respawn_exited(
         };
         if let Some(status) = child.try_wait().map_err(context("checking a role"))? {
             faults.error_exits[slot.role as usize] += 1;
+            if slot.role == Role::Follow && status.code() == Some(crate::EXIT_FOLLOW_BROKE) {
+                faults.follows_broken += 1;
+            }
             eprintln!(
                 "chaos: {} {} exited ({status}); restarting it",
                 slot.role.name(),
