@@ -598,23 +598,45 @@ fn panic_text(e: tokio::task::JoinError) -> String {
     }
 }
 
-/// Records starts and completions in batches: everything that started or finished while the previous batch
-/// committed, in one write.
+/// How long the completer holds a start back when nothing else comes: a job that finishes meanwhile records
+/// its start with its completion; a longer one has it recorded (and visible) after this.
+const START_HOLD: Duration = Duration::from_millis(20);
+
+/// Records starts and completions in batches: everything that finished while the previous batch committed, in
+/// one write, with the starts received a batch earlier. Holding a start back one batch (or [`START_HOLD`] when
+/// nothing else comes) lets most jobs record it with their completion, at no cost: under load a no-op job
+/// often starts just before a batch is taken and finishes just after. Starts a job waits for
+/// ([`Claimed::record_start_first`]) go into the next write.
 async fn completer(jobs: JobStore, owner: Uuid, mut reports: mpsc::UnboundedReceiver<Report>) {
     // Between attempts to record a batch whose commit failed (a lock held past the busy timeout, a server
     // restart): 100 ms doubling, at most 2 s; after five, the leases take over.
     let retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2));
     let mut batch = Vec::new();
-    while reports.recv_many(&mut batch, 4096).await > 0 {
+    let mut held: Vec<Start> = Vec::new();
+    loop {
+        let open = if held.is_empty() {
+            reports.recv_many(&mut batch, 4096).await > 0
+        } else {
+            match tokio::time::timeout(START_HOLD, reports.recv_many(&mut batch, 4096)).await {
+                Ok(received) => received > 0,
+                // Nothing came for a while: the held starts go alone.
+                Err(_) => true,
+            }
+        };
+        if !open && held.is_empty() {
+            break;
+        }
+        let mut fresh = Vec::new();
         let mut starts = Vec::new();
         let mut acks = Vec::new();
         let mut completions = Vec::new();
         let mut states = Vec::new();
         for report in batch.drain(..) {
             match report {
-                Report::Started(start, ack) => {
+                Report::Started(start, None) => fresh.push(start),
+                Report::Started(start, Some(ack)) => {
                     starts.push(start);
-                    acks.extend(ack);
+                    acks.push(ack);
                 }
                 Report::Done(completion, state) => {
                     completions.push(completion);
@@ -622,12 +644,29 @@ async fn completer(jobs: JobStore, owner: Uuid, mut reports: mpsc::UnboundedRece
                 }
             }
         }
-        // A completion records its run's start itself: under load most jobs start and finish within one
-        // batch, and their starts cost nothing.
-        if !starts.is_empty() && !completions.is_empty() {
+        // A completion records its run's start itself.
+        let any_start = !held.is_empty() || !fresh.is_empty();
+        if any_start && !completions.is_empty() {
             let finished: HashSet<(i64, u32)> =
                 completions.iter().map(|c| (c.row, c.attempt)).collect();
-            starts.retain(|s| !finished.contains(&(s.row, s.attempt)));
+            held.retain(|s| !finished.contains(&(s.row, s.attempt)));
+            fresh.retain(|s| !finished.contains(&(s.row, s.attempt)));
+        }
+        let hold_fresh = open && !fresh.is_empty() && completions.is_empty() && starts.is_empty();
+        if hold_fresh && held.is_empty() {
+            // Only new starts: hold them for the next batch (or the hold's end).
+            held = fresh;
+            continue;
+        }
+        starts.append(&mut held);
+        if open {
+            held = fresh;
+        } else {
+            // Closing: nothing more will finish; record every start.
+            starts.append(&mut fresh);
+        }
+        if starts.is_empty() && completions.is_empty() {
+            continue;
         }
         let n = completions.len();
         let mut attempt = 0u32;
@@ -660,6 +699,9 @@ async fn completer(jobs: JobStore, owner: Uuid, mut reports: mpsc::UnboundedRece
                 notified.push(key);
                 state.freed.notify_waiters();
             }
+        }
+        if !open {
+            break;
         }
     }
 }
