@@ -8,8 +8,8 @@
 //! process or a completion in any process that frees an ordering key or a limited type's slot
 //! (`LISTEN`/`NOTIFY`) — or the poll interval (on SQLite jobs enqueued by other processes; scheduled jobs
 //! coming due, expired leases). Starts and finished runs go to one completer task that records them in batches: one
-//! commit for everything that started or finished during the previous commit (a start whose job finished in the
-//! same batch is recorded by its completion). A claim counts no attempt, a start does (herald-core's `JobQueue`,
+//! commit for everything that finished during the previous commit, with the starts of a batch earlier (most jobs
+//! finish by then, and their completion records the start). A claim counts no attempt, a start does (herald-core's `JobQueue`,
 //! "Attempts"): jobs prefetched but not started when the process dies go back to the queue untouched. A job
 //! that lost such a lease before waits for its start to commit before it runs, so a job that kills its worker
 //! is counted. A heartbeat renews the pool's leases; if the process dies they expire and other workers run the
