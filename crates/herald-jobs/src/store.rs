@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use herald_core::jobs::{
-    ClaimRequest, Claimed, Completion, DeadJob, JobInfo, JobQueue, JobsConfig, ListFilter, Stats,
+    ClaimRequest, Claimed, Completion, DeadJob, JobInfo, JobQueue, JobsConfig, ListFilter, Start,
+    Stats,
 };
 use herald_core::{
     AppendResult, Error, EventStore, ExpectedVersion, NewEvent, NewJob, Result, StreamName,
@@ -127,10 +128,15 @@ impl JobStore {
             .await
     }
 
-    /// Records finished runs (see [`JobQueue::complete`]).
-    #[tracing::instrument(name = "herald.jobs.complete", level = "debug", skip_all, fields(jobs = done.len()))]
-    pub(crate) async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
-        self.queue.complete(owner, done).await
+    /// Records started and finished runs (see [`JobQueue::record`]).
+    #[tracing::instrument(name = "herald.jobs.complete", level = "debug", skip_all, fields(started = started.len(), jobs = done.len()))]
+    pub(crate) async fn record(
+        &self,
+        owner: Uuid,
+        started: Vec<Start>,
+        done: Vec<Completion>,
+    ) -> Result<()> {
+        self.queue.record(owner, started, done).await
     }
 
     /// Extends the leases of every job `owner` holds.

@@ -7,11 +7,15 @@
 //! event store it follows, the committed completions of its queue's jobs, on PostgreSQL an enqueue in any
 //! process or a completion in any process that frees an ordering key or a limited type's slot
 //! (`LISTEN`/`NOTIFY`) — or the poll interval (on SQLite jobs enqueued by other processes; scheduled jobs
-//! coming due, expired leases). Finished runs go to one completer task that records them in batches: one commit for
-//! everything that finished during the previous commit. A heartbeat renews the pool's leases; if the process
-//! dies they expire and other workers run the jobs again (at-least-once).
+//! coming due, expired leases). Starts and finished runs go to one completer task that records them in batches: one
+//! commit for everything that finished during the previous commit, with the starts of a batch earlier (most jobs
+//! finish by then, and their completion records the start). A claim counts no attempt, a start does (herald-core's `JobQueue`,
+//! "Attempts"): jobs prefetched but not started when the process dies go back to the queue untouched. A job
+//! that lost such a lease before waits for its start to commit before it runs, so a job that kills its worker
+//! is counted. A heartbeat renews the pool's leases; if the process dies they expire and other workers run the
+//! jobs again (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,13 +24,13 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use herald_core::{EventStore, RecordedEvent};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use herald_core::clock::micros;
-use herald_core::jobs::{Claimed, Completion, Finish, JobType};
+use herald_core::jobs::{Claimed, Completion, Finish, JobType, Start};
 
 use crate::events::EventJobArgs;
 use herald_core::Backoff;
@@ -219,7 +223,7 @@ impl WorkerPoolBuilder {
                 .filter_map(|(k, o)| o.max_concurrency.map(|m| (k.clone(), m)))
                 .collect(),
         );
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<(Completion, Arc<QueueState>)>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Report>();
         let mut tasks = JoinSet::new();
         let completer = tokio::spawn(completer(self.jobs.clone(), owner, done_rx));
         if let Some(events) = &self.events {
@@ -345,6 +349,15 @@ impl Prefetch {
     }
 }
 
+/// What a job's task tells the completer.
+enum Report {
+    /// The job is starting. With a sender, the job waits to hear whether the start committed before it
+    /// runs ([`Claimed::record_start_first`]).
+    Started(Start, Option<oneshot::Sender<bool>>),
+    /// The job finished (or was released unstarted).
+    Done(Completion, Arc<QueueState>),
+}
+
 struct QueueState {
     /// Claimed jobs of this queue not yet finished (waiting for a slot or running). A finished job leaves
     /// at once, before its completion is committed, so the next claim overlaps that commit (on SQLite they
@@ -363,7 +376,7 @@ async fn fetcher(
     mut prefetch: Prefetch,
     limits: Arc<Vec<(String, u32)>>,
     state: Arc<QueueState>,
-    done: mpsc::UnboundedSender<(Completion, Arc<QueueState>)>,
+    done: mpsc::UnboundedSender<Report>,
     poll: Duration,
     shutdown_timeout: Duration,
 ) {
@@ -438,12 +451,18 @@ async fn fetcher(
                     () = shared.shutdown.cancelled() => None,
                 };
                 let finish = match permit {
-                    Some(_permit) if !shared.shutdown.is_cancelled() => run_job(&shared, job).await,
+                    Some(_permit) if !shared.shutdown.is_cancelled() => {
+                        if begin(&done, &job).await {
+                            run_job(&shared, job).await
+                        } else {
+                            Finish::Release
+                        }
+                    }
                     _ => Finish::Release,
                 };
                 state.in_flight.fetch_sub(1, Ordering::AcqRel);
                 state.freed.notify_waiters();
-                let _ = done.send((
+                let _ = done.send(Report::Done(
                     Completion {
                         row,
                         attempt,
@@ -469,6 +488,27 @@ async fn fetcher(
             }
         }
     }
+}
+
+/// Reports `job`'s start to the completer. A job that lost a lease before any start of it was recorded waits
+/// until its start has committed: its last worker may have died running it, and this run must count. Returns
+/// whether the job may run (false: its start could not be recorded; it is released unrun).
+async fn begin(done: &mpsc::UnboundedSender<Report>, job: &Claimed) -> bool {
+    if !job.record_start_first {
+        // Recorded with the next batch; if the process dies first, the lease comes back unstarted and the
+        // job's next run records its start first.
+        let _ = done.send(Report::Started(Start::of(job), None));
+        return true;
+    }
+    let (ack, committed) = oneshot::channel();
+    if done
+        .send(Report::Started(Start::of(job), Some(ack)))
+        .is_err()
+    {
+        return false;
+    }
+    // The completer answers every report it takes (after its retries); a dropped sender means it is gone.
+    committed.await.unwrap_or(false)
 }
 
 async fn run_job(shared: &Shared, job: Claimed) -> Finish {
@@ -558,38 +598,98 @@ fn panic_text(e: tokio::task::JoinError) -> String {
     }
 }
 
-/// Records completions in batches: everything that finished while the previous batch committed.
-async fn completer(
-    jobs: JobStore,
-    owner: Uuid,
-    mut done: mpsc::UnboundedReceiver<(Completion, Arc<QueueState>)>,
-) {
-    // Between attempts to record completions whose commit failed (a lock held past the busy timeout, a server
+/// How long the completer holds a start back when nothing else comes: a job that finishes meanwhile records
+/// its start with its completion; a longer one has it recorded (and visible) after this.
+const START_HOLD: Duration = Duration::from_millis(20);
+
+/// Records starts and completions in batches: everything that finished while the previous batch committed, in
+/// one write, with the starts received a batch earlier. Holding a start back one batch (or [`START_HOLD`] when
+/// nothing else comes) lets most jobs record it with their completion, at no cost: under load a no-op job
+/// often starts just before a batch is taken and finishes just after. Starts a job waits for
+/// ([`Claimed::record_start_first`]) go into the next write.
+async fn completer(jobs: JobStore, owner: Uuid, mut reports: mpsc::UnboundedReceiver<Report>) {
+    // Between attempts to record a batch whose commit failed (a lock held past the busy timeout, a server
     // restart): 100 ms doubling, at most 2 s; after five, the leases take over.
     let retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2));
     let mut batch = Vec::new();
-    while done.recv_many(&mut batch, 4096).await > 0 {
-        let (completions, states): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+    let mut held: Vec<Start> = Vec::new();
+    loop {
+        let open = if held.is_empty() {
+            reports.recv_many(&mut batch, 4096).await > 0
+        } else {
+            match tokio::time::timeout(START_HOLD, reports.recv_many(&mut batch, 4096)).await {
+                Ok(received) => received > 0,
+                // Nothing came for a while: the held starts go alone.
+                Err(_) => true,
+            }
+        };
+        if !open && held.is_empty() {
+            break;
+        }
+        let mut fresh = Vec::new();
+        let mut starts = Vec::new();
+        let mut acks = Vec::new();
+        let mut completions = Vec::new();
+        let mut states = Vec::new();
+        for report in batch.drain(..) {
+            match report {
+                Report::Started(start, None) => fresh.push(start),
+                Report::Started(start, Some(ack)) => {
+                    starts.push(start);
+                    acks.push(ack);
+                }
+                Report::Done(completion, state) => {
+                    completions.push(completion);
+                    states.push(state);
+                }
+            }
+        }
+        // A completion records its run's start itself.
+        let any_start = !held.is_empty() || !fresh.is_empty();
+        if any_start && !completions.is_empty() {
+            let finished: HashSet<(i64, u32)> =
+                completions.iter().map(|c| (c.row, c.attempt)).collect();
+            held.retain(|s| !finished.contains(&(s.row, s.attempt)));
+            fresh.retain(|s| !finished.contains(&(s.row, s.attempt)));
+        }
+        let hold_fresh = open && !fresh.is_empty() && completions.is_empty() && starts.is_empty();
+        if hold_fresh && held.is_empty() {
+            // Only new starts: hold them for the next batch (or the hold's end).
+            held = fresh;
+            continue;
+        }
+        starts.append(&mut held);
+        if open {
+            held = fresh;
+        } else {
+            // Closing: nothing more will finish; record every start.
+            starts.append(&mut fresh);
+        }
+        if starts.is_empty() && completions.is_empty() {
+            continue;
+        }
         let n = completions.len();
         let mut attempt = 0u32;
-        let mut completions = Some(completions);
-        loop {
-            let c = completions.take().expect("set");
-            // Keep a copy for a retry of a failed commit (rare: a lock held past busy_timeout).
-            let copy = c.clone();
-            match jobs.complete(owner, c).await {
-                Ok(()) => break,
+        let recorded = loop {
+            // Copies kept for a retry of a failed commit (rare: a lock held past busy_timeout).
+            match jobs
+                .record(owner, starts.clone(), completions.clone())
+                .await
+            {
+                Ok(()) => break true,
                 Err(e) if attempt < 5 => {
                     attempt += 1;
-                    tracing::warn!(error = %e, "herald-jobs: recording completions failed; retrying");
+                    tracing::warn!(error = %e, "herald-jobs: recording starts and completions failed; retrying");
                     tokio::time::sleep(retry.delay(attempt)).await;
-                    completions = Some(copy);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, jobs = n, "herald-jobs: completions lost; the jobs will run again after their lease");
-                    break;
+                    break false;
                 }
             }
+        };
+        for ack in acks {
+            let _ = ack.send(recorded);
         }
         // Finished jobs already left `in_flight`; their committed completions may unblock others.
         let mut notified: Vec<*const QueueState> = Vec::new();
@@ -599,6 +699,9 @@ async fn completer(
                 notified.push(key);
                 state.freed.notify_waiters();
             }
+        }
+        if !open {
+            break;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! A worker process killed with SIGKILL mid-job loses nothing: its leased jobs run again (next attempt) in
-//! another worker once the lease expires. On SQLite and on PostgreSQL.
+//! A worker process killed with SIGKILL mid-job loses nothing: its leased jobs run again in another worker
+//! once the lease expires, the started one as its next attempt. On SQLite and on PostgreSQL.
 
 mod common;
 
@@ -89,20 +89,25 @@ async fn sigkill_mid_job_loses_nothing(f: Fixture) {
     .unwrap()
     .expect("the child reports the hanging job");
     assert!(hang.contains("attempt 1"), "{hang}");
-    // The job is running in the child (leased, attempt 1): kill the process (SIGKILL) mid-job.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let running = jobs
-        .list(ListFilter {
+    // The job is running in the child (leased); once its start is recorded (attempt 1 counted), kill the
+    // process (SIGKILL) mid-job.
+    let hanging = || async {
+        jobs.list(ListFilter {
             state: Some(JobState::Running),
             ..Default::default()
         })
         .await
-        .unwrap();
-    assert!(
-        running.iter().any(|j| j.args == HANGS.to_string()),
-        "the hanging job is still leased"
-    );
+        .unwrap()
+        .into_iter()
+        .find(|j| j.args == HANGS.to_string())
+    };
+    eventually("the hanging job's start is recorded", || async {
+        hanging().await.is_some_and(|j| j.attempt == 1)
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(hanging().await.is_some(), "the hanging job is still leased");
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stop = CancellationToken::new();

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use herald_core::clock::micros;
 use herald_core::jobs::{
     ClaimRequest, Claimed, Completion, CronTick, DeadJob, Finish, JobInfo, JobQueue, JobRouter,
-    JobState, JobsConfig, ListFilter, NewJob, QueueStats, Stats,
+    JobState, JobsConfig, ListFilter, NewJob, QueueStats, Start, Stats,
 };
 use herald_core::uuid::Uuid;
 use herald_core::{AppendResult, AppendedEvent, Error, NewEvent, Result};
@@ -224,7 +224,7 @@ impl JobQueue for InMemoryJobQueue {
             state.unpend(row);
             let job = state.live.get_mut(&row).expect("a live row");
             job.owner = Some(request.owner);
-            job.attempt += 1;
+            job.started = false;
             job.run_at = lease_end;
             claimed.push(Claimed {
                 row,
@@ -233,19 +233,29 @@ impl JobQueue for InMemoryJobQueue {
                 kind: job.kind.clone(),
                 args: job.args.clone(),
                 metadata: job.metadata.clone(),
-                attempt: job.attempt,
+                attempt: job.attempt + 1,
                 max_attempts: job.max_attempts,
                 ordered: job.order_key.is_some(),
+                record_start_first: job.lost_unstarted > 0,
             });
         }
         Ok(claimed)
     }
 
-    async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
+    async fn record(&self, owner: Uuid, started: Vec<Start>, done: Vec<Completion>) -> Result<()> {
         let now = self.now();
         let mut wake = false;
         {
             let mut state = self.shared.lock();
+            for start in started {
+                if state.held(start.row, owner, start.attempt) {
+                    let job = state.live.get_mut(&start.row).expect("a held row");
+                    if !job.started {
+                        job.started = true;
+                        job.attempt = start.attempt;
+                    }
+                }
+            }
             let mut died = false;
             for completion in done {
                 // A completion for a lease since lost (re-claimed, released, expired and returned) is stale.
@@ -254,6 +264,10 @@ impl JobQueue for InMemoryJobQueue {
                 }
                 wake |= completion.unblocks_others();
                 let row = completion.row;
+                let job = state.live.get_mut(&row).expect("a held row");
+                // A run that finished started: its attempt counts (a release gives it back below).
+                job.attempt = completion.attempt;
+                job.started = false;
                 match completion.finish {
                     Finish::Delete => {
                         state.remove(row);
@@ -277,7 +291,7 @@ impl JobQueue for InMemoryJobQueue {
                     Finish::Release => {
                         let job = state.live.get_mut(&row).expect("a held row");
                         job.owner = None;
-                        job.attempt -= 1;
+                        job.attempt = completion.attempt.saturating_sub(1);
                         job.run_at = now;
                         state.pend(row);
                         // Available again itself: announced like an enqueue.
@@ -319,6 +333,7 @@ impl JobQueue for InMemoryJobQueue {
             for &row in &rows {
                 let job = state.live.get_mut(&row).expect("a live row");
                 job.owner = None;
+                job.started = false;
                 job.run_at = now;
                 state.pend(row);
             }
@@ -434,6 +449,7 @@ impl JobQueue for InMemoryJobQueue {
             for seq in &seqs {
                 let Dead { mut job, .. } = state.drop_dead(*seq).expect("checked above");
                 job.attempt = 0;
+                job.lost_unstarted = 0;
                 job.run_at = now;
                 job.owner = None;
                 state.add(job);

@@ -48,7 +48,7 @@ use crate::event::AppendedEvent;
 
 pub use job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobType, MAX_NAME_LEN, NewJob, When};
 pub use records::{
-    Claimed, Completion, DeadJob, Finish, JobInfo, JobState, ListFilter, QueueStats, Stats,
+    Claimed, Completion, DeadJob, Finish, JobInfo, JobState, ListFilter, QueueStats, Start, Stats,
 };
 
 /// Settings of a job queue, the same on every backend (fields a backend has no use for are ignored, as
@@ -154,9 +154,28 @@ pub struct CronTick {
 ///   later jobs of its key until it is deleted or dead.
 /// - **Unique keys.** While a job with a unique key is pending or running, enqueueing another with that key
 ///   inserts nothing.
-/// - **Leases.** A claim leases jobs to `owner` until now + [`JobsConfig::lease`], counting an attempt. An
-///   expired lease returns the job to its queue on the next claim (or to the dead set when no attempt is
-///   left), and a completion for a lease since lost changes nothing.
+/// - **Leases.** A claim leases jobs to `owner` until now + [`JobsConfig::lease`]; the next claim returns an
+///   expired lease's job to its queue (or to the dead set, see "Attempts"), and a completion for a lease
+///   since lost changes nothing.
+/// - **Attempts.** An attempt counts when the job *starts*, not when it is claimed: a worker pool leases
+///   more jobs than it has free slots (one claim per batch), and a job that waited in its buffer when the
+///   worker died was never run. The pool records starts ([`JobQueue::record`]) in the same batched writes as
+///   completions, and a completion records its run's start if that was not recorded yet. When a lease
+///   expires:
+///   - its start was recorded: the attempt stays counted, with "lease expired" as its error in the job's
+///     history; the job goes back to its queue, or to the dead set when no attempt is left;
+///   - no start was recorded: the job goes back to its queue untouched (attempt, error and history as they
+///     were), in its place, and is marked. Each later claim of it hands it out with
+///     [`Claimed::record_start_first`]: the worker records the start and waits for the commit before running
+///     it.
+///
+///   The window between a job starting and its start being committed is what the mark closes: a worker that
+///   died in it (killed, or crashed by the job itself) may have run the job without counting the attempt,
+///   so the job runs again (at-least-once either way), but it can do so only once uncounted; from then on
+///   every run counts before it starts, so a job that kills its worker every time reaches the dead set after
+///   at most `max_attempts + 1` runs. A lease is named by owner and attempt: if a lease expires unstarted
+///   and the same owner claims the job again, both leases have the same attempt, and a completion of the
+///   first applies to the second (the job did run).
 /// - **Dead set.** Trimmed to [`JobsConfig::dead_max_jobs`] and [`JobsConfig::dead_max_age`] whenever jobs
 ///   die.
 /// - **Cron.** [`JobQueue::enqueue_cron`] enqueues each (schedule, tick) once, however many processes ask.
@@ -171,14 +190,22 @@ pub trait JobQueue: Send + Sync + 'static {
     /// behind an earlier job of their ordering key and types at their concurrency limit.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>>;
 
-    /// Records finished runs of `owner`'s jobs in one transaction.
-    async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()>;
+    /// Records, in one batched write (one transaction, or one pipelined round trip of statements that commit
+    /// in order), that `owner` started running the jobs in `started` (each one's attempt counts from now
+    /// on) and then finished the runs in `done`. A start or completion for a lease `owner` no longer holds at
+    /// that attempt changes nothing.
+    async fn record(&self, owner: Uuid, started: Vec<Start>, done: Vec<Completion>) -> Result<()>;
+
+    /// Records finished runs of `owner`'s jobs: [`JobQueue::record`] with no starts.
+    async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
+        self.record(owner, Vec::new(), done).await
+    }
 
     /// Extends the lease of every job `owner` holds to now + [`JobsConfig::lease`]. Returns how many.
     async fn renew(&self, owner: Uuid) -> Result<usize>;
 
-    /// Returns every job `owner` still holds to its queue, available now (the attempt counts). Returns how
-    /// many.
+    /// Returns every job `owner` still holds to its queue, available now (a started job's attempt counts, an
+    /// unstarted one's does not). Returns how many.
     async fn release_all(&self, owner: Uuid) -> Result<usize>;
 
     /// Counts per queue (a scheduled job whose time has come counts as available) and the dead set's size.
@@ -240,6 +267,9 @@ impl<Q: JobQueue + ?Sized> JobQueue for Arc<Q> {
     }
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
         (**self).claim(request).await
+    }
+    async fn record(&self, owner: Uuid, started: Vec<Start>, done: Vec<Completion>) -> Result<()> {
+        (**self).record(owner, started, done).await
     }
     async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
         (**self).complete(owner, done).await

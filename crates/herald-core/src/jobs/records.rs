@@ -68,12 +68,37 @@ pub struct Claimed {
     pub args: String,
     /// Metadata, JSON object text.
     pub metadata: String,
-    /// This attempt's number, from 1.
+    /// The number this run's attempt gets when it starts, from 1 (the claim itself counts nothing: see
+    /// [`JobQueue`](super::JobQueue)'s "Attempts").
     pub attempt: u32,
     /// Attempts allowed.
     pub max_attempts: u32,
     /// It has an ordering key: later jobs of that key wait for it.
     pub ordered: bool,
+    /// An earlier lease of this job expired before any start of it was recorded, so a worker may have died
+    /// running it before it could say so: record this run's [`Start`] and wait for it to commit before
+    /// running the job, so that a job that kills its worker every time still uses up its attempts.
+    pub record_start_first: bool,
+}
+
+/// A claimed job's run has begun: from now on its attempt counts (see [`JobQueue`](super::JobQueue)'s
+/// "Attempts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// [`Claimed::row`].
+    pub row: i64,
+    /// [`Claimed::attempt`].
+    pub attempt: u32,
+}
+
+impl Start {
+    /// The start of `claimed`'s run.
+    pub fn of(claimed: &Claimed) -> Self {
+        Start {
+            row: claimed.row,
+            attempt: claimed.attempt,
+        }
+    }
 }
 
 /// What a worker decided for a claimed job.
@@ -81,28 +106,32 @@ pub struct Claimed {
 pub enum Finish {
     /// Done (success or discard): the job is removed.
     Delete,
-    /// Failed with attempts left: pending again at `at` (µs), the error kept in its history.
+    /// Failed with attempts left: pending again at `at` (µs), the error kept in its history, the attempt
+    /// counted.
     Reschedule {
         /// When it may run again.
         at: i64,
         /// Why this attempt failed.
         error: String,
     },
-    /// Out of attempts (or arguments that cannot be read): moved to the dead set.
+    /// Out of attempts (or arguments that cannot be read): moved to the dead set, the attempt counted.
     Dead {
         /// The last error.
         error: String,
     },
-    /// Not run (shutdown before start): back to available, the attempt not counted.
+    /// Not run (shutdown before start): back to available, the attempt not counted (given back if its start
+    /// was recorded).
     Release,
 }
 
-/// A finished (or released) run of a claimed job, as the worker pool decided it.
+/// A finished (or released) run of a claimed job, as the worker pool decided it. A run that finished
+/// started: a completion whose [`Start`] was not recorded yet records it too (but a `Release`).
 #[derive(Debug, Clone)]
 pub struct Completion {
     /// [`Claimed::row`].
     pub row: i64,
-    /// [`Claimed::attempt`]: a completion for an attempt the job no longer is at changes nothing.
+    /// [`Claimed::attempt`]: a completion for a lease the owner no longer holds at this attempt changes
+    /// nothing.
     pub attempt: u32,
     /// What happens to the job.
     pub finish: Finish,

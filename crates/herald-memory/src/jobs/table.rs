@@ -33,6 +33,10 @@ pub(super) struct Job {
     pub(super) enqueued_at: i64,
     /// The owner of its lease while running.
     pub(super) owner: Option<Uuid>,
+    /// While running: the lease's start was recorded (its attempt is counted in `attempt`).
+    pub(super) started: bool,
+    /// Leases that expired before a start was recorded: from the first, every start is recorded first.
+    pub(super) lost_unstarted: u32,
 }
 
 /// One failed attempt, in a job's history.
@@ -112,6 +116,8 @@ impl Jobs {
             errors: Vec::new(),
             enqueued_at: now,
             owner: None,
+            started: false,
+            lost_unstarted: 0,
         });
         true
     }
@@ -181,6 +187,7 @@ impl Jobs {
         });
         job.last_error = Some(error.to_owned());
         job.owner = None;
+        job.started = false;
         self.next_dead += 1;
         self.dead_by_id.insert(job.id, self.next_dead);
         self.dead.insert(self.next_dead, Dead { job, died_at: now });
@@ -212,8 +219,9 @@ impl Jobs {
         Some(dead)
     }
 
-    /// Returns expired leases to their queue, or to the dead set when no attempt is left. Returns whether a
-    /// job died.
+    /// Returns expired leases to their queue: untouched (but marked) when no start was recorded, else with
+    /// the lost attempt in the history, or to the dead set when no attempt is left. Returns whether a job
+    /// died.
     pub(super) fn expire_leases(&mut self, now: i64) -> bool {
         let expired: Vec<i64> = self
             .live
@@ -224,12 +232,19 @@ impl Jobs {
         let mut died = false;
         for row in expired {
             let job = self.live.get_mut(&row).expect("a live row");
-            if job.attempt >= job.max_attempts {
+            if !job.started {
+                // Never started as far as anyone knows: no attempt was made (or one that is not counted,
+                // which the mark makes the only one; see the port's "Attempts").
+                job.owner = None;
+                job.lost_unstarted += 1;
+                self.pend(row);
+            } else if job.attempt >= job.max_attempts {
                 self.kill(row, LEASE_EXPIRED, now);
                 died = true;
             } else {
                 // Runnable again at once: its run time (the lease end) is already past.
                 job.owner = None;
+                job.started = false;
                 job.errors.push(Failure {
                     attempt: job.attempt,
                     at: now,
@@ -252,11 +267,12 @@ impl Jobs {
         })
     }
 
-    /// The running job at `row` if `owner` holds it at `attempt`: what a completion may change.
+    /// The running job at `row` if `owner` holds it at `attempt` (the lease's attempt, whether its start is
+    /// recorded or not): what a start or a completion may change.
     pub(super) fn held(&self, row: i64, owner: Uuid, attempt: u32) -> bool {
         self.live
             .get(&row)
-            .is_some_and(|j| j.owner == Some(owner) && j.attempt == attempt)
+            .is_some_and(|j| j.owner == Some(owner) && j.attempt + u32::from(!j.started) == attempt)
     }
 
     pub(super) fn info(&self, job: &Job, now: i64) -> JobInfo {

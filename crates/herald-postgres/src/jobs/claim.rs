@@ -136,6 +136,7 @@ impl PostgresJobQueue {
                         attempt: r.get::<_, i32>(6) as u32,
                         max_attempts: r.get::<_, i32>(7) as u32,
                         ordered: r.get(9),
+                        record_start_first: r.get(10),
                     },
                 )
             })

@@ -69,6 +69,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schedule, tick)
     );
     ",
+    // 2: an attempt counts when the job starts, not when it is claimed (see herald-core's `JobQueue`).
+    "
+    -- `started`: while running, whether the lease's start was recorded, i.e. whether `attempt` counts this
+    -- run. `lost_unstarted`: leases that expired before a start was recorded; from the first, every start is
+    -- recorded before the job runs.
+    ALTER TABLE {s}.herald_jobs
+        ADD COLUMN started        boolean NOT NULL DEFAULT false,
+        ADD COLUMN lost_unstarted integer NOT NULL DEFAULT 0;
+    -- Jobs leased by an older Herald had their attempt counted by the claim.
+    UPDATE {s}.herald_jobs SET started = true WHERE state = 2;
+    ",
 ];
 
 /// Creates the schema when missing and applies the job tables' pending migrations (advisory lock,

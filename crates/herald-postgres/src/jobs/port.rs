@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use herald_core::clock::micros;
 use herald_core::jobs::{
     ClaimRequest, Claimed, Completion, CronTick, DeadJob, Finish, JobInfo, JobQueue, JobState,
-    JobsConfig, ListFilter, NewJob, QueueStats, Stats,
+    JobsConfig, ListFilter, NewJob, QueueStats, Start, Stats,
 };
 use herald_core::{Error, Result};
 use tokio::sync::Notify;
@@ -57,11 +57,14 @@ impl JobQueue for PostgresJobQueue {
         .await
     }
 
-    /// One statement per kind of outcome present (usually just the delete), pipelined. When one of them may
-    /// unblock another job (it held an ordering key or a slot of a limited type), asks the notifier to wake
-    /// every process's workers once the statements have committed.
-    async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
+    /// One statement for the starts and one per kind of outcome present (usually just the delete),
+    /// pipelined. When one of them may unblock another job (it held an ordering key or a slot of a limited
+    /// type), asks the notifier to wake every process's workers once the statements have committed. (The
+    /// statements touch one job each at most once in a way that matters: a start after its own completion
+    /// finds the lease gone and changes nothing, so their order does not.)
+    async fn record(&self, owner: Uuid, started: Vec<Start>, done: Vec<Completion>) -> Result<()> {
         let now = self.config.clock.now_micros();
+        let start: (Vec<i64>, Vec<i32>) = started.iter().map(|s| (s.row, s.attempt as i32)).unzip();
         let unblocks = done.iter().any(Completion::unblocks_others);
         let mut delete: (Vec<i64>, Vec<i32>) = Default::default();
         let mut release: (Vec<i64>, Vec<i32>) = Default::default();
@@ -93,6 +96,13 @@ impl JobQueue for PostgresJobQueue {
         }
         let client = self.progress_client().await?;
         let s = &self.sql;
+        let starting = async {
+            if start.0.is_empty() {
+                return Ok(0);
+            }
+            let st = client.prepare_cached(&s.start).await?;
+            client.execute(&st, &[&start.0, &start.1, &owner]).await
+        };
         let deleting = async {
             if delete.0.is_empty() {
                 return Ok(0);
@@ -141,8 +151,9 @@ impl JobQueue for PostgresJobQueue {
                 .execute(&st, &[&die.0, &die.1, &owner, &now, &die.2])
                 .await
         };
-        let (_, _, _, died) =
-            futures::try_join!(deleting, releasing, rescheduling, dying).map_err(backend)?;
+        let (_, _, _, _, died) =
+            futures::try_join!(starting, deleting, releasing, rescheduling, dying)
+                .map_err(backend)?;
         // Each statement committed on its own (no transaction): the waiting jobs are runnable now. Plain
         // jobs wake nobody (at high throughput that would wake every fetcher of every process for nothing).
         if unblocks {

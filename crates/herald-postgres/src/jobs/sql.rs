@@ -25,6 +25,7 @@ pub(super) struct Sql {
     pub(super) expire: String,
     pub(super) promote: String,
     pub(super) claim: String,
+    pub(super) start: String,
     pub(super) candidates: String,
     pub(super) take: String,
     pub(super) count_running: String,
@@ -78,7 +79,9 @@ fn insert_cte(s: &str) -> String {
 
 impl Sql {
     pub(super) fn new(s: &str) -> Self {
-        let own = "j.id = d.id AND j.attempt = d.attempt AND j.lease_owner = $3 AND j.state = 2";
+        // A lease's attempt is the counted attempts plus this run when its start is not recorded yet.
+        let own = "j.id = d.id AND j.lease_owner = $3 AND j.state = 2 \
+                   AND j.attempt + 1 - j.started::int = d.attempt";
         let history = |attempt: &str, at: &str, error: &str| {
             format!(
                 "errors || jsonb_build_array(jsonb_build_object('attempt', {attempt}, 'at', {at}, 'error', {error}))"
@@ -92,7 +95,7 @@ impl Sql {
                 "WITH gone AS (
                     DELETE FROM {s}.herald_jobs WHERE id IN (
                         SELECT id FROM {s}.herald_jobs
-                        WHERE state = 2 AND run_at < $1 AND attempt >= max_attempts
+                        WHERE state = 2 AND run_at < $1 AND started AND attempt >= max_attempts
                         FOR UPDATE SKIP LOCKED)
                     RETURNING *
                  )
@@ -102,10 +105,15 @@ impl Sql {
                  FROM gone ORDER BY id",
                 history("attempt", "$1", &format!("'{LEASE_EXPIRED}'"))
             ),
+            // A started lease keeps its attempt counted and records the loss; an unstarted one goes back
+            // untouched but marked (herald-core's `JobQueue`, "Attempts").
             expire: format!(
-                "UPDATE {s}.herald_jobs SET state = 0, lease_owner = NULL, last_error = '{LEASE_EXPIRED}',
-                     errors = {}
+                "UPDATE {s}.herald_jobs SET state = 0, lease_owner = NULL, started = false,
+                     lost_unstarted = lost_unstarted + CASE WHEN started THEN 0 ELSE 1 END,
+                     last_error = CASE WHEN started THEN '{LEASE_EXPIRED}' ELSE last_error END,
+                     errors = CASE WHEN started THEN {} ELSE errors END
                  WHERE id IN (SELECT id FROM {s}.herald_jobs WHERE state = 2 AND run_at < $1
+                                  AND (NOT started OR attempt < max_attempts)
                               FOR UPDATE SKIP LOCKED)",
                 history("attempt", "$1", &format!("'{LEASE_EXPIRED}'"))
             ),
@@ -127,10 +135,14 @@ impl Sql {
                     LIMIT $2
                     FOR UPDATE SKIP LOCKED
                  )
-                 UPDATE {s}.herald_jobs j SET state = 2, attempt = attempt + 1, run_at = $3, lease_owner = $4
+                 UPDATE {s}.herald_jobs j SET state = 2, started = false, run_at = $3, lease_owner = $4
                  FROM picked WHERE j.id = picked.id
-                 RETURNING j.id, j.job_id, j.queue, j.kind, j.args, j.metadata, j.attempt, j.max_attempts,
-                     j.priority, j.order_key IS NOT NULL"
+                 RETURNING j.id, j.job_id, j.queue, j.kind, j.args, j.metadata, j.attempt + 1, j.max_attempts,
+                     j.priority, j.order_key IS NOT NULL, j.lost_unstarted > 0"
+            ),
+            start: format!(
+                "UPDATE {s}.herald_jobs j SET attempt = d.attempt, started = true
+                 FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt) WHERE {own} AND NOT j.started"
             ),
             candidates: format!(
                 "SELECT id, kind FROM {s}.herald_jobs j
@@ -144,10 +156,10 @@ impl Sql {
                  FOR UPDATE SKIP LOCKED"
             ),
             take: format!(
-                "UPDATE {s}.herald_jobs SET state = 2, attempt = attempt + 1, run_at = $2, lease_owner = $3
+                "UPDATE {s}.herald_jobs SET state = 2, started = false, run_at = $2, lease_owner = $3
                  WHERE id = ANY($1::int8[])
-                 RETURNING id, job_id, queue, kind, args, metadata, attempt, max_attempts, priority,
-                     order_key IS NOT NULL"
+                 RETURNING id, job_id, queue, kind, args, metadata, attempt + 1, max_attempts, priority,
+                     order_key IS NOT NULL, lost_unstarted > 0"
             ),
             count_running: format!(
                 "SELECT kind, count(*) FROM {s}.herald_jobs WHERE state = 2 AND kind = ANY($1::text[])
@@ -158,28 +170,29 @@ impl Sql {
                  WHERE {own}"
             ),
             release: format!(
-                "UPDATE {s}.herald_jobs j SET state = 0, attempt = j.attempt - 1, lease_owner = NULL, run_at = $4
+                "UPDATE {s}.herald_jobs j SET state = 0, attempt = d.attempt - 1, started = false,
+                     lease_owner = NULL, run_at = $4
                  FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt) WHERE {own}"
             ),
             reschedule: format!(
-                "UPDATE {s}.herald_jobs j SET state = 1, run_at = d.at, lease_owner = NULL, last_error = d.error,
-                     errors = j.{}
+                "UPDATE {s}.herald_jobs j SET state = 1, attempt = d.attempt, started = false, run_at = d.at,
+                     lease_owner = NULL, last_error = d.error, errors = j.{}
                  FROM unnest($1::int8[], $2::int4[], $5::int8[], $6::text[]) AS d(id, attempt, at, error)
                  WHERE {own}",
-                history("j.attempt", "$4::bigint", "d.error")
+                history("d.attempt", "$4::bigint", "d.error")
             ),
             die: format!(
                 "WITH gone AS (
                     DELETE FROM {s}.herald_jobs j USING unnest($1::int8[], $2::int4[], $5::text[])
                         AS d(id, attempt, error)
                     WHERE {own}
-                    RETURNING j.*, d.error AS final_error
+                    RETURNING j.*, d.error AS final_error, d.attempt AS final_attempt
                  )
                  INSERT INTO {s}.herald_jobs_dead ({dead_columns})
-                 SELECT job_id, queue, kind, args, metadata, priority, attempt, max_attempts, unique_key, order_key,
-                     final_error, {}, enqueued_at, $4::bigint
+                 SELECT job_id, queue, kind, args, metadata, priority, final_attempt, max_attempts, unique_key,
+                     order_key, final_error, {}, enqueued_at, $4::bigint
                  FROM gone ORDER BY id",
-                history("attempt", "$4::bigint", "final_error")
+                history("final_attempt", "$4::bigint", "final_error")
             ),
             trim_age: format!("DELETE FROM {s}.herald_jobs_dead WHERE died_at < $1"),
             trim_count: format!(
@@ -190,7 +203,7 @@ impl Sql {
                 "UPDATE {s}.herald_jobs SET run_at = $1 WHERE state = 2 AND lease_owner = $2"
             ),
             release_all: format!(
-                "UPDATE {s}.herald_jobs SET state = 0, run_at = $1, lease_owner = NULL
+                "UPDATE {s}.herald_jobs SET state = 0, run_at = $1, lease_owner = NULL, started = false
                  WHERE state = 2 AND lease_owner = $2"
             ),
             notify: format!("SELECT pg_notify('herald_jobs_{s}', '')"),

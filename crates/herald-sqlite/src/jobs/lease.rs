@@ -1,11 +1,15 @@
 //! The lease lifecycle of a job, in SQL: the housekeeping every claim starts with (expired leases back to
 //! their queue or to the dead set, due scheduled jobs made available), the claim itself (priority and enqueue
-//! order, ordering keys, per-type limits), completions, lease renewals and releases. Each function runs
-//! inside the job writer's transaction; "now" is the job clock's reading taken there.
+//! order, ordering keys, per-type limits), starts and completions, lease renewals and releases. Each function
+//! runs inside the job writer's transaction; "now" is the job clock's reading taken there.
+//!
+//! A claim does not count an attempt: `attempt` counts recorded starts, and `started` says whether the
+//! current lease's start is among them (herald-core's `JobQueue`, "Attempts"). So a lease's attempt is
+//! `attempt + 1 - started`, which is what starts and completions name.
 
 use std::time::Duration;
 
-use herald_core::jobs::{ClaimRequest, Claimed, Completion, Finish};
+use herald_core::jobs::{ClaimRequest, Claimed, Completion, Finish, Start};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
@@ -14,10 +18,11 @@ use super::dead::trim_dead;
 /// The dead set's limits: most jobs kept, and longest kept.
 pub(crate) type DeadLimits = (u64, Duration);
 
-/// Housekeeping done at the start of every claim: expired leases go back to their queue (or to the dead set
-/// when no attempt is left), due scheduled jobs become available, and the dead set is trimmed.
+/// Housekeeping done at the start of every claim: expired leases go back to their queue (untouched but
+/// marked when no start was recorded; else with the lost attempt in their history, or to the dead set when no
+/// attempt is left), due scheduled jobs become available, and the dead set is trimmed.
 fn maintain(conn: &Connection, now: i64, (dead_max, dead_age): DeadLimits) -> rusqlite::Result<()> {
-    let expired = "state = 2 AND run_at < ?1";
+    let expired = "state = 2 AND run_at < ?1 AND started = 1";
     let died = conn
         .prepare_cached(&format!(
             "INSERT INTO herald_jobs_dead (job_id, queue, kind, args, metadata, priority, attempt, max_attempts,
@@ -38,11 +43,17 @@ fn maintain(conn: &Connection, now: i64, (dead_max, dead_age): DeadLimits) -> ru
         trim_dead(conn, now, dead_max, dead_age)?;
     }
     conn.prepare_cached(&format!(
-        "UPDATE herald_jobs SET state = 0, lease_owner = NULL, last_error = 'lease expired (worker died?)',
+        "UPDATE herald_jobs SET state = 0, lease_owner = NULL, started = 0,
+             last_error = 'lease expired (worker died?)',
              errors = json_insert(errors, '$[#]',
                  json_object('attempt', attempt, 'at', ?1, 'error', 'lease expired (worker died?)'))
          WHERE {expired}"
     ))?
+    .execute([now])?;
+    conn.prepare_cached(
+        "UPDATE herald_jobs SET state = 0, lease_owner = NULL, lost_unstarted = lost_unstarted + 1
+         WHERE state = 2 AND run_at < ?1 AND started = 0",
+    )?
     .execute([now])?;
     conn.prepare_cached("UPDATE herald_jobs SET state = 0 WHERE state = 1 AND run_at <= ?1")?
         .execute([now])?;
@@ -84,9 +95,10 @@ pub(crate) fn claim(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut take = conn.prepare_cached(
-        "UPDATE herald_jobs SET state = 2, attempt = attempt + 1, run_at = ?2, lease_owner = ?3
+        "UPDATE herald_jobs SET state = 2, started = 0, run_at = ?2, lease_owner = ?3
          WHERE id = ?1
-         RETURNING job_id, queue, kind, args, metadata, attempt, max_attempts, order_key IS NOT NULL",
+         RETURNING job_id, queue, kind, args, metadata, attempt + 1, max_attempts, order_key IS NOT NULL,
+             lost_unstarted > 0",
     )?;
     let until = now.saturating_add(lease);
     let mut claimed = Vec::with_capacity(candidates.len());
@@ -108,6 +120,7 @@ pub(crate) fn claim(
                 attempt: r.get(5)?,
                 max_attempts: r.get(6)?,
                 ordered: r.get(7)?,
+                record_start_first: r.get(8)?,
             })
         })?;
         claimed.push(job);
@@ -126,17 +139,25 @@ fn full_types_json(remaining: &[(&str, i64)]) -> String {
     serde_json::to_string(&full).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// Records finished runs of `owner`'s jobs. A completion whose lease was lost (the job was re-leased after
-/// expiry, or is at another attempt) changes nothing.
-pub(crate) fn complete(
+/// Records started and then finished runs of `owner`'s jobs. A start or completion whose lease was lost (the
+/// job was re-leased after expiry, or is at another attempt) changes nothing. A completion counts its
+/// attempt whether or not its start was recorded (a release gives it back).
+pub(crate) fn record(
     conn: &Connection,
     owner: Uuid,
+    started: &[Start],
     done: &[Completion],
     now: i64,
     (dead_max, dead_age): DeadLimits,
 ) -> rusqlite::Result<()> {
+    let own = "id = ?1 AND lease_owner = ?2 AND state = 2 AND attempt + 1 - started = ?3";
+    for s in started {
+        conn.prepare_cached(&format!(
+            "UPDATE herald_jobs SET attempt = ?3, started = 1 WHERE {own} AND started = 0"
+        ))?
+        .execute(params![s.row, owner.as_bytes(), s.attempt])?;
+    }
     let mut died = false;
-    let own = "id = ?1 AND lease_owner = ?2 AND attempt = ?3 AND state = 2";
     for c in done {
         let key = params![c.row, owner.as_bytes(), c.attempt];
         match &c.finish {
@@ -146,19 +167,27 @@ pub(crate) fn complete(
             }
             Finish::Release => {
                 conn.prepare_cached(&format!(
-                    "UPDATE herald_jobs SET state = 0, attempt = attempt - 1, lease_owner = NULL,
+                    "UPDATE herald_jobs SET state = 0, attempt = ?3 - 1, started = 0, lease_owner = NULL,
                          run_at = ?4 WHERE {own}"
                 ))?
                 .execute(params![c.row, owner.as_bytes(), c.attempt, now])?;
             }
             Finish::Reschedule { at, error } => {
                 conn.prepare_cached(&format!(
-                    "UPDATE herald_jobs SET state = 1, run_at = ?4, lease_owner = NULL, last_error = ?5,
+                    "UPDATE herald_jobs SET state = 1, attempt = ?3, started = 0, run_at = ?4,
+                         lease_owner = NULL, last_error = ?5,
                          errors = json_insert(errors, '$[#]',
-                             json_object('attempt', attempt, 'at', ?6, 'error', ?5))
+                             json_object('attempt', ?3, 'at', ?6, 'error', ?5))
                      WHERE {own}"
                 ))?
-                .execute(params![c.row, owner.as_bytes(), c.attempt, at, error, now])?;
+                .execute(params![
+                    c.row,
+                    owner.as_bytes(),
+                    c.attempt,
+                    at,
+                    error,
+                    now
+                ])?;
             }
             Finish::Dead { error } => {
                 let moved = conn
@@ -166,10 +195,10 @@ pub(crate) fn complete(
                         "INSERT INTO herald_jobs_dead (job_id, queue, kind, args, metadata, priority,
                              attempt, max_attempts, unique_key, order_key, last_error, errors,
                              enqueued_at, died_at)
-                         SELECT job_id, queue, kind, args, metadata, priority, attempt, max_attempts,
+                         SELECT job_id, queue, kind, args, metadata, priority, ?3, max_attempts,
                              unique_key, order_key, ?4,
                              json_insert(errors, '$[#]',
-                                 json_object('attempt', attempt, 'at', ?5, 'error', ?4)),
+                                 json_object('attempt', ?3, 'at', ?5, 'error', ?4)),
                              enqueued_at, ?5
                          FROM herald_jobs WHERE {own}"
                     ))?
@@ -194,10 +223,11 @@ pub(crate) fn renew(conn: &Connection, owner: Uuid, until: i64) -> rusqlite::Res
         .execute(params![until, owner.as_bytes()])
 }
 
-/// Returns every job `owner` holds to its queue, available at `now` (the attempt counts). Returns how many.
+/// Returns every job `owner` holds to its queue, available at `now` (a started one's attempt counts).
+/// Returns how many.
 pub(crate) fn release_all(conn: &Connection, owner: Uuid, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "UPDATE herald_jobs SET state = 0, run_at = ?1, lease_owner = NULL
+        "UPDATE herald_jobs SET state = 0, run_at = ?1, lease_owner = NULL, started = 0
          WHERE state = 2 AND lease_owner = ?2",
     )?
     .execute(params![now, owner.as_bytes()])

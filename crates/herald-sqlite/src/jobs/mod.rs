@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use herald_core::clock::micros;
 use herald_core::jobs::{
     ClaimRequest, Claimed, Completion, CronTick, DeadJob, JobInfo, JobQueue, JobsConfig,
-    ListFilter, NewJob, Stats,
+    ListFilter, NewJob, Start, Stats,
 };
 use herald_core::{Error, Result};
 use rusqlite::Connection;
@@ -184,13 +184,21 @@ impl JobQueue for SqliteJobQueue {
         .await
     }
 
-    async fn complete(&self, owner: Uuid, done: Vec<Completion>) -> Result<()> {
+    async fn record(&self, owner: Uuid, started: Vec<Start>, done: Vec<Completion>) -> Result<()> {
         let clock = Arc::clone(&self.config.clock);
         let dead_limits = self.dead_limits();
         // Waking for completions that free an ordering key or a limited type's slot is the worker pool's
         // business in this process (it knows which of its queues wait); other processes see them at their poll.
         self.write_progress(move |conn| {
-            lease::complete(conn, owner, &done, clock.now_micros(), dead_limits).map_err(backend)
+            lease::record(
+                conn,
+                owner,
+                &started,
+                &done,
+                clock.now_micros(),
+                dead_limits,
+            )
+            .map_err(backend)
         })
         .await
     }

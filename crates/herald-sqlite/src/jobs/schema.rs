@@ -73,6 +73,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schedule, tick)
     ) WITHOUT ROWID;
     ",
+    // 2: an attempt counts when the job starts, not when it is claimed (see herald-core's `JobQueue`).
+    "
+    -- While running: whether the lease's start was recorded, i.e. whether `attempt` counts this run.
+    ALTER TABLE herald_jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 0;
+    -- Leases that expired before a start was recorded; from the first, every start is recorded first.
+    ALTER TABLE herald_jobs ADD COLUMN lost_unstarted INTEGER NOT NULL DEFAULT 0;
+    -- Jobs leased by an older Herald had their attempt counted by the claim.
+    UPDATE herald_jobs SET started = 1 WHERE state = 2;
+    ",
 ];
 
 /// Creates or upgrades the job tables. `tx` is inside the caller's `BEGIN IMMEDIATE` transaction, on a file

@@ -64,8 +64,9 @@ pub async fn queues_are_separate(backend: JobsBackend) {
 }
 
 /// A claim hands back the job (id, queue, type, arguments, metadata, attempt 1 of its maximum, whether it
-/// is ordered), and the job is then `running`, leased until now + the lease, and no longer claimable.
-pub async fn a_claim_leases_the_job_and_counts_an_attempt(backend: JobsBackend) {
+/// is ordered), and the job is then `running`, leased until now + the lease, and no longer claimable. The
+/// claim counts no attempt; recording the job's start does.
+pub async fn a_claim_leases_the_job_and_its_start_counts_the_attempt(backend: JobsBackend) {
     let (f, _clock) = open(&backend).await;
     let q = f.queue();
     let ordered = job("o", 1)
@@ -90,6 +91,10 @@ pub async fn a_claim_leases_the_job_and_counts_an_attempt(backend: JobsBackend) 
     );
     assert_eq!((c.attempt, c.max_attempts, c.ordered), (1, 3, true));
     assert!(
+        !c.record_start_first,
+        "a job that never lost a lease starts without waiting"
+    );
+    assert!(
         !got[1].ordered,
         "a job without an ordering key is not ordered"
     );
@@ -97,7 +102,7 @@ pub async fn a_claim_leases_the_job_and_counts_an_attempt(backend: JobsBackend) 
 
     let info = live_job(q, ordered.id).await;
     assert_eq!(info.state, JobState::Running);
-    assert_eq!(info.attempt, 1);
+    assert_eq!(info.attempt, 0, "claimed, not started");
     assert_eq!(
         info.run_at,
         START + herald_core::clock::micros(LEASE),
@@ -106,5 +111,14 @@ pub async fn a_claim_leases_the_job_and_counts_an_attempt(backend: JobsBackend) 
     assert!(
         claim(q, "work", owner(), 10).await.is_empty(),
         "leased jobs are not claimable"
+    );
+    start(q, me, &got[..1]).await;
+    assert_eq!(live_job(q, ordered.id).await.attempt, 1, "started");
+    assert_eq!(live_job(q, plain.id).await.attempt, 0, "still not started");
+    start(q, me, &got[..1]).await;
+    assert_eq!(
+        live_job(q, ordered.id).await.attempt,
+        1,
+        "a start recorded twice counts once"
     );
 }

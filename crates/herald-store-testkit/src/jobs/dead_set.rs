@@ -174,7 +174,7 @@ pub async fn dead_set_is_trimmed_by_count(backend: JobsBackend) {
     let ids = kill(q, (0..4).map(|n| job("d", n)).collect()).await;
     assert_eq!(dead_ids(&q.dead(10).await.expect("dead")), [ids[3], ids[2]]);
     let last = enqueue_one(q, job("d", 5).max_attempts(1)).await;
-    claim(q, "default", owner(), 1).await;
+    claim_started(q, "default", owner(), 1).await;
     clock.advance(LEASE + Duration::from_secs(1));
     assert!(claim(q, "default", owner(), 1).await.is_empty());
     assert_eq!(dead_ids(&q.dead(10).await.expect("dead")), [last, ids[3]]);

@@ -54,11 +54,15 @@
 //! - A job is due at its run time exactly (`run_at <= now`); a lease has expired only once the clock is past
 //!   its end (`run_at < now`). Run and enqueue times come from the queue's clock (enqueue, cron, retries) or
 //!   from the caller's reading (`append_with_jobs`'s `now_micros`, the router's `now_micros`).
-//! - An expired lease is returned by the next claim: the lost attempt is recorded (last error and a history
-//!   entry) and the job is claimable at once with the next attempt. Until a claim returns it, the old owner's
+//! - A claim counts no attempt; a recorded start does (once, however often it is recorded), and so does a
+//!   `Reschedule` or `Dead` completion whose start was not recorded.
+//! - An expired lease is returned by the next claim. Started: the lost attempt is recorded (last error and
+//!   a history entry) and the job is claimable at once with the next attempt (or dead with none left).
+//!   Not started: the job is claimable at once, untouched (attempt, last error), never dead for it, and
+//!   every later claim hands it out with `record_start_first`. Until a claim returns it, the old owner's
 //!   completion still counts and its renewal still extends the lease.
-//! - A completion changes the job only while `owner` holds it at that attempt; otherwise it is ignored
-//!   without error. `Reschedule` keeps the attempt counted; `Release` (and only it) gives the attempt back.
+//! - A start or completion changes the job only while `owner` holds it at that attempt; otherwise it is
+//!   ignored without error. `Release` (and only it) gives a recorded attempt back.
 //! - An ordering key is one sequence across queues; any earlier live job of the key (available, scheduled,
 //!   retrying or running) holds later ones back, whatever their priority. A type's limit counts its running
 //!   jobs in every queue and for every owner.
@@ -305,7 +309,7 @@ macro_rules! __job_queue_cases {
             one_claim_returns_jobs_in_order,
             claim_takes_at_most_the_limit,
             queues_are_separate,
-            a_claim_leases_the_job_and_counts_an_attempt,
+            a_claim_leases_the_job_and_its_start_counts_the_attempt,
         ]);
         $crate::__job_queue_module!($backend, unique_keys: [
             second_enqueue_while_pending_inserts_nothing,
@@ -326,13 +330,15 @@ macro_rules! __job_queue_cases {
         ]);
         $crate::__job_queue_module!($backend, leases: [
             expired_lease_goes_to_another_owner_with_the_next_attempt,
+            an_unstarted_lease_expires_back_to_the_queue_untouched,
+            a_start_for_a_lost_lease_changes_nothing,
             lease_holds_until_it_ends,
             stale_owner_completion_changes_nothing,
             completion_for_an_earlier_attempt_changes_nothing,
             completion_before_anyone_reclaims_still_counts,
             expiry_on_the_last_attempt_sends_the_job_to_the_dead_set,
             renew_extends_the_lease,
-            release_all_returns_the_jobs_and_counts_the_attempt,
+            release_all_returns_the_jobs_counting_started_attempts,
         ]);
         $crate::__job_queue_module!($backend, completions: [
             delete_removes_the_job,

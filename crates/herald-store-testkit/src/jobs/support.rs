@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_core::jobs::{
     ClaimRequest, Claimed, Completion, Finish, JobInfo, JobQueue, JobRouter, JobsConfig,
-    ListFilter, NewJob,
+    ListFilter, NewJob, Start,
 };
 use herald_core::uuid::Uuid;
 use herald_core::{AppendedEvent, ManualClock};
@@ -98,6 +98,27 @@ pub async fn claim_limited(
         })
         .await
         .expect("claim")
+}
+
+/// Claims up to `limit` jobs of `queue_name` for `owner` and records that they started (their attempts
+/// count), as a worker pool running them does.
+pub async fn claim_started(
+    queue: &Arc<dyn JobQueue>,
+    queue_name: &str,
+    owner: Uuid,
+    limit: usize,
+) -> Vec<Claimed> {
+    let claimed = claim(queue, queue_name, owner, limit).await;
+    start(queue, owner, &claimed).await;
+    claimed
+}
+
+/// Records, for `owner`, that the `claimed` jobs started.
+pub async fn start(queue: &Arc<dyn JobQueue>, owner: Uuid, claimed: &[Claimed]) {
+    queue
+        .record(owner, claimed.iter().map(Start::of).collect(), Vec::new())
+        .await
+        .expect("record starts");
 }
 
 /// The ids of claimed jobs, in claim order.
