@@ -485,6 +485,21 @@ mod tests {
     }
 
     #[test]
+    fn delivery_queues_hold_only_their_kind() {
+        for (kind, queue, ok) in [
+            (WEBHOOK_KIND, WEBHOOK_KIND, true),
+            (SHELL_KIND, SHELL_KIND, true),
+            ("mail", "default", true),
+            ("mail", SHELL_KIND, false),
+            (WEBHOOK_KIND, "default", false),
+            (WEBHOOK_KIND, SHELL_KIND, false),
+        ] {
+            let job = NewJob::raw(kind, "{}").queue(queue);
+            assert_eq!(job.validate().is_ok(), ok, "{kind} in {queue}");
+        }
+    }
+
+    #[test]
     fn routes_validate_their_targets() {
         let webhook = |url: &str, secret: &str| DeliveryTarget::Webhook {
             url: url.into(),
