@@ -107,6 +107,7 @@ pub(crate) async fn run(database: &str, args: WorkerArgs) -> Result<(), CliError
             .map_err(Error::backend)?,
     });
     let mut kinds = args.kinds;
+    kinds.sort_by_key(|k| k.queue());
     kinds.dedup();
     let mut pool = WorkerPool::builder(herald.jobs.clone())
         .events(Arc::clone(&herald.store))
