@@ -94,6 +94,10 @@ enum Command {
     },
     /// Inspect and manage durable jobs: stats, list, dead, retry, retry-all, discard.
     Jobs(crate::jobs_cli::JobsArgs),
+    /// Delivery routes: when a matching event commits, POST it to a URL or run a program (add, list, remove).
+    Routes(crate::routes_cli::RoutesArgs),
+    /// Run the deliveries of the routes (webhooks, programs) until SIGINT or SIGTERM.
+    Worker(crate::worker_cli::WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +265,16 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         }
         return out.flush();
     }
+    if let Command::Routes(args) = cli.command {
+        let mut out = Output::new();
+        for line in crate::routes_cli::run(&cli.database, args).await? {
+            out.line(&line)?;
+        }
+        return out.flush();
+    }
+    if let Command::Worker(args) = cli.command {
+        return crate::worker_cli::run(&cli.database, args).await;
+    }
     let store = herald::connect(&cli.database).await?;
     let mut out = Output::new();
     match cli.command {
@@ -312,7 +326,9 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
             query.from = from;
             tail(store, query, &mut out).await?;
         }
-        Command::Jobs(_) => unreachable!("handled before connecting"),
+        Command::Jobs(_) | Command::Routes(_) | Command::Worker(_) => {
+            unreachable!("handled before connecting")
+        }
     }
     out.flush()
 }
@@ -545,7 +561,7 @@ fn wait_for_stdout_hangup() -> bool {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {

@@ -6,10 +6,13 @@
 //! usage, 3 wrong expected version, 4 not found, 5 invalid input, 6 duplicate, 1 anything else.
 
 mod cli;
+mod deliver;
 #[cfg(feature = "sqlite")]
 mod jobs_cli;
 mod log;
 mod output;
+mod routes_cli;
+mod worker_cli;
 
 use std::process::ExitCode;
 

@@ -16,6 +16,7 @@
 //! | [`limits`] | [`Limits`] and the validation every backend runs once, at the entry of each operation |
 //! | [`rules`] | the write rules: retry or duplicate, expected versions, links, deletes, decided from looked-up facts |
 //! | [`jobs`] | the [`JobQueue`] port (durable jobs), [`NewJob`], and how jobs join an append's transaction |
+//! | [`delivery`] | the [`DeliveryRoutes`](delivery::DeliveryRoutes) port: routes from events to webhooks and programs, kept in the database |
 //! | [`clock`] | [`Clock`]: the one time source (µs), [`ManualClock`] for tests |
 //! | [`url`] | [`DatabaseUrl`]: the one parser of `sqlite://`, `postgres://` and `memory://` URLs, typed and bounded options |
 //! | [`backoff`] | [`Backoff`]: the one retry schedule (exponential with cap and jitter, constant, custom) |
@@ -54,6 +55,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod jobs;

@@ -61,6 +61,8 @@ impl std::fmt::Debug for InMemoryJobQueue {
 pub(crate) struct SharedJobs {
     state: Mutex<Jobs>,
     wakeups: Arc<Notify>,
+    /// The delivery routes (`crate::routes`), by name.
+    pub(crate) routes: Mutex<Vec<herald_core::delivery::DeliveryRoute>>,
 }
 
 impl SharedJobs {
@@ -88,7 +90,8 @@ impl SharedJobs {
         given_now: i64,
     ) -> Result<Option<AppendJobs<'a>>> {
         let mut jobs: Vec<(NewJob, i64)> = given.into_iter().map(|j| (j, given_now)).collect();
-        if let Some(router) = router {
+        let routes = crate::routes::matchers(self);
+        if router.is_some() || !routes.is_empty() {
             let count = events.len() as u64;
             let result = AppendResult {
                 stream: stream.to_owned(),
@@ -99,10 +102,20 @@ impl SharedJobs {
                 ids: events.iter().map(|e| e.id).collect(),
             };
             let appended = AppendedEvent::list(events, &result);
-            let now = router.now_micros();
+            let now = match router {
+                Some(router) => router.now_micros(),
+                None => herald_core::Clock::now_micros(&herald_core::SystemClock),
+            };
+            if let Some(router) = router {
+                jobs.extend(
+                    router
+                        .jobs_for(stream, &appended)
+                        .into_iter()
+                        .map(|j| (j, now)),
+                );
+            }
             jobs.extend(
-                router
-                    .jobs_for(stream, &appended)
+                herald_core::delivery::delivery_jobs(&routes, stream, &appended)
                     .into_iter()
                     .map(|j| (j, now)),
             );
@@ -151,6 +164,11 @@ impl InMemoryJobQueue {
     /// A handle on `shared` jobs.
     pub(crate) fn on(shared: Arc<SharedJobs>, config: JobsConfig) -> Self {
         InMemoryJobQueue { shared, config }
+    }
+
+    /// The state this queue shares with its store.
+    pub(crate) fn shared(&self) -> &SharedJobs {
+        &self.shared
     }
 
     fn now(&self) -> i64 {

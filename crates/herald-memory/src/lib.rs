@@ -57,6 +57,7 @@ use herald_core::{
 use tokio::sync::watch;
 
 mod jobs;
+mod routes;
 
 pub use jobs::InMemoryJobQueue;
 

@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use herald_core::AppendedEvent;
+use herald_core::delivery::{RouteMatcher, delivery_jobs};
 use herald_core::{AppendResult, JobRouter, NewEvent};
 use tokio::sync::Notify;
 
@@ -117,18 +118,19 @@ impl AppendSide {
         self.hooks.is_empty() && self.router.is_none()
     }
 
-    /// Runs the store's append hooks, then its job router, then this append's extra, inside the append's
-    /// savepoint. Returns how many jobs the router inserted.
+    /// Runs the store's append hooks, then its job router, then the delivery `routes` (read in this write
+    /// transaction), then this append's extra, inside the append's savepoint. Returns how many jobs the router inserted.
     pub(crate) fn run(
         &self,
         conn: &rusqlite::Connection,
         stream: &str,
         events: &[NewEvent],
         result: &AppendResult,
+        routes: &[RouteMatcher],
         extra: Option<AppendExtra>,
     ) -> rusqlite::Result<usize> {
         let mut jobs = 0;
-        if !self.is_empty() {
+        if !self.is_empty() || !routes.is_empty() {
             let appended = AppendedEvent::list(events, result);
             for hook in &self.hooks.0 {
                 hook.on_append(conn, stream, &appended)?;
@@ -138,6 +140,14 @@ impl AppendSide {
                 if !routed.is_empty() {
                     jobs = insert_jobs(conn, &routed, router.now_micros())?.len();
                 }
+            }
+            let delivered = delivery_jobs(routes, stream, &appended);
+            if !delivered.is_empty() {
+                let now = match &self.router {
+                    Some(router) => router.now_micros(),
+                    None => herald_core::Clock::now_micros(&herald_core::SystemClock),
+                };
+                jobs += insert_jobs(conn, &delivered, now)?.len();
             }
         }
         if let Some(extra) = extra {

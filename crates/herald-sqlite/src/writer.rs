@@ -38,6 +38,7 @@ use uuid::Uuid;
 use crate::error::{DriverError, context};
 use crate::hook::{AppendExtra, AppendSide};
 use crate::schema::{backend, is_constraint_violation};
+use herald_core::delivery::RouteMatcher;
 
 /// One write request and where its answer goes.
 pub(crate) type Request = herald_core::write::WriteRequest<AppendExtra>;
@@ -195,8 +196,17 @@ fn commit_batch(
             next_position: last + 1,
             recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),
         };
+        // Read inside the write transaction: no route can be added or removed until it commits, and every
+        // route committed before it (by any process) applies.
+        let routes = match crate::jobs::load_matchers(conn) {
+            Ok(routes) => routes,
+            Err(e) => {
+                rollback(conn);
+                return Err(e);
+            }
+        };
         for request in batch.iter_mut() {
-            match apply(conn, &mut tail, request, side, &mut wrote_jobs) {
+            match apply(conn, &mut tail, request, side, &routes, &mut wrote_jobs) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(fatal) => {
                     rollback(conn);
@@ -263,6 +273,7 @@ fn apply(
     tail: &mut Tail,
     request: &mut Request,
     side: &AppendSide,
+    routes: &[RouteMatcher],
     wrote_jobs: &mut bool,
 ) -> rusqlite::Result<Outcome> {
     Ok(match request {
@@ -275,13 +286,13 @@ fn apply(
         } => {
             // Only an append with hooks (a router, an extra) pays for a savepoint: arbitrary hook writes cannot be
             // undone row by row the way the writer undoes its own.
-            let hooked = !side.is_empty() || extra.is_some();
+            let hooked = !side.is_empty() || extra.is_some() || !routes.is_empty();
             if hooked {
                 conn.prepare_cached("SAVEPOINT append_hooks")?.execute([])?;
             }
             let outcome = match append(conn, tail, stream, events, *expected) {
                 Ok(r) if hooked => {
-                    match side.run(conn, stream, events, &r, extra.take()) {
+                    match side.run(conn, stream, events, &r, routes, extra.take()) {
                         Ok(jobs) => {
                             *wrote_jobs |= jobs > 0;
                             Ok(r)

@@ -340,7 +340,7 @@ async fn the_job_tables_come_with_any_store_file_and_migrate_once() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

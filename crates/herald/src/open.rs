@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use herald_core::delivery::DeliveryRoutes;
 use herald_core::jobs::{JobQueue, JobsConfig};
 use herald_core::{Error, EventStore, Result};
 
@@ -23,6 +24,9 @@ pub struct Herald {
     /// The job queue in the same database (the port; [`Herald::jobs`] is its face with the worker pool's
     /// conveniences).
     pub job_queue: Arc<dyn JobQueue>,
+    /// The delivery routes in the same database (webhooks and programs run by `herald worker`): every
+    /// append, by any process, writes their jobs in its own transaction.
+    pub routes: Arc<dyn DeliveryRoutes>,
     /// The job queue, ready for a [`WorkerPool`](herald_jobs::WorkerPool),
     /// [`Scheduler`](herald_jobs::Scheduler) or [`JobStore::append_with_jobs`](herald_jobs::JobStore::append_with_jobs).
     #[cfg(feature = "jobs")]
@@ -102,6 +106,7 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Herald> {
         #[cfg(feature = "jobs")]
         jobs: herald_jobs::JobStore::new(Arc::clone(&parts.job_queue)),
         job_queue: parts.job_queue,
+        routes: parts.routes,
         #[cfg(feature = "jobs")]
         handlers,
         #[cfg(feature = "es")]
@@ -126,6 +131,7 @@ const SUPPORTED: &str = if cfg!(all(feature = "sqlite", feature = "postgres")) {
 struct Parts {
     store: Arc<dyn EventStore>,
     job_queue: Arc<dyn JobQueue>,
+    routes: Arc<dyn DeliveryRoutes>,
     #[cfg(feature = "es")]
     checkpoints: Arc<dyn EsCheckpoints>,
 }
@@ -141,8 +147,10 @@ fn memory(jobs: JobsConfig, router: Option<Arc<dyn herald_core::JobRouter>>) -> 
         Some(router) => herald_memory::InMemoryStore::with_job_router(router),
         None => herald_memory::InMemoryStore::new(),
     };
+    let queue = Arc::new(store.job_queue(jobs));
     Parts {
-        job_queue: Arc::new(store.job_queue(jobs)),
+        job_queue: queue.clone(),
+        routes: queue,
         store: Arc::new(store),
         #[cfg(feature = "es")]
         checkpoints: Arc::new(herald_es::InMemoryCheckpointStore::new()),
@@ -168,8 +176,10 @@ async fn sqlite(
     let checkpoints = herald_es::sqlite::SqliteCheckpointStore::open(&parsed.path)
         .await
         .map_err(es_error)?;
+    let queue = Arc::new(store.job_queue(jobs).await?);
     Ok(Parts {
-        job_queue: Arc::new(store.job_queue(jobs).await?),
+        job_queue: queue.clone(),
+        routes: queue,
         store: Arc::new(store),
         #[cfg(feature = "es")]
         checkpoints: Arc::new(checkpoints),
@@ -194,8 +204,10 @@ async fn postgres(
         herald_es::postgres::PostgresCheckpointStore::connect(&parsed.connection, &schema)
             .await
             .map_err(es_error)?;
+    let queue = Arc::new(store.job_queue(jobs).await?);
     Ok(Parts {
-        job_queue: Arc::new(store.job_queue(jobs).await?),
+        job_queue: queue.clone(),
+        routes: queue,
         store: Arc::new(store),
         #[cfg(feature = "es")]
         checkpoints: Arc::new(checkpoints),

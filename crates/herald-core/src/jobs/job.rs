@@ -181,6 +181,18 @@ impl NewJob {
                 self.queue.len()
             )));
         }
+        // The delivery queues hold only their own kind, so `herald worker`, which claims by queue, never
+        // leases a job it has no handler for (which would spend the job's attempts).
+        for reserved in [crate::delivery::WEBHOOK_KIND, crate::delivery::SHELL_KIND] {
+            if (self.queue == reserved) != (self.kind == reserved) {
+                return Err(Error::invalid(format!(
+                    "job `{}` in queue `{}`: queue `{reserved}` holds only jobs of type `{reserved}`, \
+                     and those go nowhere else",
+                    self.kind.escape_debug(),
+                    self.queue.escape_debug()
+                )));
+            }
+        }
         if self.max_attempts == 0 {
             return Err(Error::invalid(format!(
                 "max_attempts of job `{}` must be at least 1",

@@ -80,6 +80,19 @@ const MIGRATIONS: &[&str] = &[
     -- Jobs leased by an older Herald had their attempt counted by the claim.
     UPDATE {s}.herald_jobs SET started = true WHERE state = 2;
     ",
+    // 3: delivery routes (herald_core::delivery): joined by every append's delivery statement.
+    "
+    CREATE TABLE {s}.herald_routes (
+        name          text    PRIMARY KEY,
+        stream_prefix text    NOT NULL,
+        stream_exact  boolean NOT NULL,
+        event_type    text,
+        kind          text    NOT NULL,
+        target        text    NOT NULL,
+        max_attempts  integer NOT NULL,
+        created_at    bigint  NOT NULL
+    );
+    ",
 ];
 
 /// Creates the schema when missing and applies the job tables' pending migrations (advisory lock,

@@ -40,6 +40,7 @@ mod claim;
 mod migrations;
 mod port;
 mod queue;
+mod routes;
 mod sql;
 mod store;
 mod wake;

@@ -12,6 +12,7 @@
 mod dead;
 mod enqueue;
 mod lease;
+mod routes;
 pub(crate) mod schema;
 mod views;
 mod writer;
@@ -36,6 +37,7 @@ use crate::schema::{backend, connect_mode, migrate};
 
 pub use enqueue::insert_job;
 pub(crate) use enqueue::insert_jobs;
+pub(crate) use routes::load_matchers;
 
 /// The durable job queue in an SQLite file: one writer thread with group commit (one transaction and one
 /// fsync per batch of concurrent operations), one read connection. Several queues and processes may share a

@@ -82,6 +82,19 @@ const MIGRATIONS: &[&str] = &[
     -- Jobs leased by an older Herald had their attempt counted by the claim.
     UPDATE herald_jobs SET started = 1 WHERE state = 2;
     ",
+    // 3: delivery routes (herald_core::delivery): read by the store's writer in every write transaction.
+    "
+    CREATE TABLE herald_routes (
+        name          TEXT    PRIMARY KEY,
+        stream_prefix TEXT    NOT NULL,
+        stream_exact  INTEGER NOT NULL,
+        event_type    TEXT,
+        kind          TEXT    NOT NULL,
+        target        TEXT    NOT NULL,
+        max_attempts  INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Creates or upgrades the job tables. `tx` is inside the caller's `BEGIN IMMEDIATE` transaction, on a file

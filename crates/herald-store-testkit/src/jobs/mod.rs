@@ -11,7 +11,7 @@
 //!
 //! The cases are `pub async fn case(backend: JobsBackend)` in this module's submodules, one per topic
 //! (`enqueue`, `claim_order`, `unique_keys`, `order_keys`, `leases`, `completions`, `type_limits`, `views`,
-//! `dead_set`, `cron`, `concurrency`, `transactional`, `wakeups`), and
+//! `dead_set`, `cron`, `concurrency`, `transactional`, `delivery`, `wakeups`), and
 //! [`job_queue_conformance!`](crate::job_queue_conformance) expands to one test per case, named
 //! `job_queue::<module>::<case>`, each on its own two-worker runtime under
 //! [`CASE_TIMEOUT`](crate::CASE_TIMEOUT). The factory takes the queue's
@@ -87,6 +87,7 @@ pub mod completions;
 pub mod concurrency;
 pub mod cron;
 pub mod dead_set;
+pub mod delivery;
 pub mod enqueue;
 pub mod leases;
 pub mod order_keys;
@@ -103,10 +104,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use herald_core::EventStore;
+use herald_core::delivery::DeliveryRoutes;
 use herald_core::jobs::{JobQueue, JobRouter, JobsConfig};
 
+/// A job queue that also keeps the delivery routes of its database (every backend's queue does).
+pub trait QueueWithRoutes: JobQueue + DeliveryRoutes {}
+impl<T: JobQueue + DeliveryRoutes> QueueWithRoutes for T {}
+
 /// A future of another queue handle on the fixture's database.
-type HandleFuture = Pin<Box<dyn Future<Output = Arc<dyn JobQueue>>>>;
+type HandleFuture = Pin<Box<dyn Future<Output = Arc<dyn QueueWithRoutes>>>>;
 /// Opens another queue handle on the fixture's database.
 type HandleOpener = Box<dyn Fn() -> HandleFuture + Send + Sync>;
 /// The factory, boxed: settings and router in, fixture out.
@@ -119,6 +125,7 @@ type Factory = Arc<
 pub struct JobsFixture {
     store: Arc<dyn EventStore>,
     queue: Arc<dyn JobQueue>,
+    routes: Arc<dyn DeliveryRoutes>,
     handles: Option<HandleOpener>,
     // Declared last: fields drop in order, so the store and queues are closed before the guard goes (a
     // schema dropped under open connections would make the drop wait on their locks).
@@ -137,10 +144,12 @@ impl std::fmt::Debug for JobsFixture {
 impl JobsFixture {
     /// A fixture for `store` and `queue`, which must share one database: jobs given to
     /// [`EventStore::append_with_jobs`] and routed by the store's [`JobRouter`] must show in `queue`.
-    pub fn new(store: impl EventStore, queue: impl JobQueue) -> Self {
+    pub fn new(store: impl EventStore, queue: impl JobQueue + DeliveryRoutes) -> Self {
+        let queue = Arc::new(queue);
         JobsFixture {
             store: Arc::new(store),
-            queue: Arc::new(queue),
+            queue: queue.clone(),
+            routes: queue,
             handles: None,
             guard: None,
         }
@@ -159,11 +168,11 @@ impl JobsFixture {
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future + 'static,
-        Fut::Output: JobQueue,
+        Fut::Output: JobQueue + DeliveryRoutes,
     {
         self.handles = Some(Box::new(move || {
             let opening = open();
-            Box::pin(async move { Arc::new(opening.await) as Arc<dyn JobQueue> })
+            Box::pin(async move { Arc::new(opening.await) as Arc<dyn QueueWithRoutes> })
         }));
         self
     }
@@ -178,11 +187,25 @@ impl JobsFixture {
         &self.queue
     }
 
+    /// The delivery routes of the queue's database.
+    pub fn routes(&self) -> &Arc<dyn DeliveryRoutes> {
+        &self.routes
+    }
+
     /// Another queue handle on the same database when the backend offers one, else the fixture's queue.
     pub async fn other_handle(&self) -> Arc<dyn JobQueue> {
         match &self.handles {
-            Some(open) => open().await,
+            Some(open) => open().await as Arc<dyn JobQueue>,
             None => Arc::clone(&self.queue),
+        }
+    }
+
+    /// The delivery routes through another handle on the same database (as another process would change
+    /// them) when the backend offers one, else the fixture's.
+    pub async fn other_routes(&self) -> Arc<dyn DeliveryRoutes> {
+        match &self.handles {
+            Some(open) => open().await as Arc<dyn DeliveryRoutes>,
+            None => Arc::clone(&self.routes),
         }
     }
 }
@@ -398,6 +421,13 @@ macro_rules! __job_queue_cases {
             router_jobs_follow_every_append_with_final_positions,
             router_jobs_keep_positions_under_racing_appends,
             refused_appends_route_nothing,
+        ]);
+        $crate::__job_queue_module!($backend, delivery: [
+            routes_are_added_listed_and_removed,
+            bad_routes_are_refused_and_store_nothing,
+            appends_write_one_job_per_matching_event_and_route,
+            a_route_added_elsewhere_applies_to_the_next_append,
+            refused_appends_write_no_delivery_job,
         ]);
         $crate::__job_queue_module!($backend, wakeups: [
             enqueue_wakes_waiting_workers,
