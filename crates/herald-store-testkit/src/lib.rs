@@ -96,6 +96,7 @@ use herald_core::{EventStore, Limits};
 
 pub mod cases;
 pub mod jobs;
+pub mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod proxy;
