@@ -109,7 +109,7 @@ fn check_run(
     let code = out.status.code();
     prop_assert!(
         matches!(code, Some(0 | 2 | 3 | 4 | 5 | 6)),
-        "{what}: exit {code:?} (1 is 'other', none is a signal); stderr: {stderr}"
+        "{what}: exit {code:?} (1 is other, none is a signal); stderr: {stderr}"
     );
     if code != Some(0) {
         prop_assert!(

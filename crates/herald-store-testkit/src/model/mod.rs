@@ -162,7 +162,7 @@ where
         }
         Err(TestError::Fail(why, ops)) => panic!(
             "model-based test on {backend}: the store disagrees with the model (seed {seed:#x}: replay with \
-             HERALD_MODEL_SEED={seed:#x}; {sequences} sequences, {calls} calls run). Shrunk to {n} operations:\n\
+             HERALD_MODEL_SEED={seed:#x}; {sequences} sequences, {calls} calls run). Shrunk to {n} operation(s):\n\
              {why}",
             seed = config.seed,
             sequences = run.sequences,
