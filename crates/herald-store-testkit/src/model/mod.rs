@@ -1,7 +1,7 @@
 //! Model-based tests of the event store port: random sequences of appends (every kind of expected version,
 //! batches, reused ids, broken events), retries, links, deletes and reads (stream, global and category;
 //! forward and backward; `from`, `limit`, type filters; one page or streamed in small pages), run on a fresh
-//! store and on a reference model ([`reference`]), which must answer every call alike. A disagreement is
+//! store and on a reference model ([`mod@reference`]), which must answer every call alike. A disagreement is
 //! shrunk by proptest to a short sequence and reported as a readable trace.
 //!
 //! Every backend runs it through [`model_tests!`](crate::model_tests), next to the conformance suite:
@@ -21,7 +21,7 @@
 //! | `HERALD_MODEL_SEED` | random | the generator's seed (printed on failure), to replay a run |
 //!
 //! Failures are not persisted to files: the failure message gives the seed, and the shrunk trace is the
-//! regression test to write by hand.
+//! regression test to write by hand. Run long runs with `cargo test` (nextest kills a test after 300 s).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
