@@ -249,3 +249,52 @@ fn a_negative_stored_position_is_an_error_not_an_endless_read() {
         }
     });
 }
+
+/// Found by the fuzz above: a last stored `recorded_at` past the largest timestamp (a damaged row) became the
+/// commit time of every later append ("never before the previous commit"), so the store went on writing
+/// events it could not read back. The append is refused instead, as a backend error naming the damaged
+/// event's position, and nothing is written.
+#[test]
+fn an_out_of_range_last_commit_time_refuses_appends_instead_of_writing_unreadable_events() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.db");
+        let store = SqliteStore::open(&path, SqliteConfig::default())
+            .await
+            .unwrap();
+        store
+            .append(&name("s-1"), vec![NewEvent::new("A")], ExpectedVersion::Any)
+            .await
+            .unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE events SET recorded_at = ?1 WHERE position = 1",
+                [i64::MAX],
+            )
+            .unwrap();
+        let appended = store
+            .append(
+                &name("fresh-1"),
+                vec![NewEvent::new("B")],
+                ExpectedVersion::NoStream,
+            )
+            .await;
+        match appended {
+            Err(e @ Error::Backend { .. }) => {
+                assert!(
+                    e.to_string().contains("position 1"),
+                    "{e} names the damaged event"
+                );
+            }
+            other => panic!("expected the append refused as a backend error, got {other:?}"),
+        }
+        let fresh = store.stream_version(&name("fresh-1")).await.unwrap();
+        assert_eq!(fresh, None, "nothing was written");
+    });
+}
