@@ -57,6 +57,19 @@ impl ExpectedVersion {
     }
 }
 
+/// A version or position as a backend reads it back (a signed 64-bit integer in SQL). Herald never writes a
+/// negative one, so a negative value means the row was damaged outside Herald: [`Error::Backend`] naming
+/// `what` (which event, which column). Never a wrap-around to a huge number, which would send a paged read
+/// back to the start of the log, round in circles.
+pub fn stored_u64(value: i64, what: impl FnOnce() -> String) -> Result<u64> {
+    u64::try_from(value).map_err(|_| {
+        Error::backend(format!(
+            "{} is {value}, which Herald never writes: the stored row is corrupt",
+            what()
+        ))
+    })
+}
+
 impl fmt::Display for ExpectedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -117,6 +130,17 @@ mod tests {
         assert!("-1".parse::<ExpectedVersion>().is_err());
         assert!("9223372036854775808".parse::<ExpectedVersion>().is_err());
         assert!("Any".parse::<ExpectedVersion>().is_err());
+    }
+
+    #[test]
+    fn negative_stored_numbers_are_corrupt_rows() {
+        assert_eq!(stored_u64(7, || "v".into()).unwrap(), 7);
+        let err = stored_u64(i64::MIN, || "stored event e: position".into()).unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("stored event e: position"),
+            "{err}"
+        );
     }
 
     #[test]

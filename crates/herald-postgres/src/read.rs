@@ -6,6 +6,7 @@
 
 use deadpool_postgres::{Object, Pool};
 use herald_core::query::{Direction, ReadQuery, ReadScope};
+use herald_core::version::stored_u64;
 use std::time::Duration;
 
 use herald_core::{Error, Origin, RecordedEvent, Result, StreamInfo, timefmt};
@@ -176,7 +177,12 @@ async fn page_on(client: &Object, query: &ReadQuery) -> Result<Vec<RecordedEvent
                     version: event.version,
                 });
             }
-            event.version = version as u64;
+            event.version = stored_u64(version, || {
+                format!(
+                    "the entry of stored event {} in stream `{stream}`: version",
+                    event.id
+                )
+            })?;
         }
         page.push(event);
     }
@@ -186,10 +192,19 @@ async fn page_on(client: &Object, query: &ReadQuery) -> Result<Vec<RecordedEvent
 /// Maps the [`EVENT_COLUMNS`] of a row to an event as appended. A row that does not decode (a value out of
 /// range, edited by hand) is an error naming the event by position, stream and version.
 fn recorded(row: &Row) -> Result<RecordedEvent> {
-    let position = row.try_get::<_, i64>(5).map_err(backend)? as u64;
+    // A negative position was never written by Herald (a hand-edited row): the event is named by id, as its
+    // position is what is damaged. Wrapped into a huge number it would send a paged read round in circles.
+    let position = row.try_get::<_, i64>(5).map_err(backend)?;
+    let position = stored_u64(position, || match row.try_get::<_, Uuid>(0) {
+        Ok(id) => format!("the position of stored event {id}"),
+        Err(_) => "the position of a stored event".to_owned(),
+    })?;
     let corrupt = |e: Error| {
         let stream = row.try_get::<_, String>(6).ok();
-        let version = row.try_get::<_, i64>(7).ok().map(|v| v as u64);
+        let version = row
+            .try_get::<_, i64>(7)
+            .ok()
+            .and_then(|v| u64::try_from(v).ok());
         Error::corrupt_event(position, stream.as_deref(), version, e)
     };
     let column = |e: tokio_postgres::Error| corrupt(backend(e));
@@ -203,7 +218,7 @@ fn recorded(row: &Row) -> Result<RecordedEvent> {
         recorded_at: timefmt::from_unix_micros(recorded_at).map_err(corrupt)?,
         position,
         stream: row.try_get(6).map_err(column)?,
-        version: version as u64,
+        version: stored_u64(version, || "its version".to_owned()).map_err(corrupt)?,
         origin: None,
     })
 }

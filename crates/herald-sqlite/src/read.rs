@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use herald_core::query::{Direction, ReadQuery, ReadScope};
+use herald_core::version::stored_u64;
 use herald_core::{Error, Origin, RecordedEvent, Result, StreamInfo, timefmt};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
@@ -165,7 +166,12 @@ pub(crate) fn read_page(conn: &Connection, query: &ReadQuery) -> Result<Vec<Reco
                     version: event.version,
                 });
             }
-            event.version = version as u64;
+            event.version = stored_u64(version, || {
+                format!(
+                    "the entry of stored event {} in stream `{stream}`: version",
+                    event.id
+                )
+            })?;
         }
         page.push(event);
     }
@@ -175,11 +181,20 @@ pub(crate) fn read_page(conn: &Connection, query: &ReadQuery) -> Result<Vec<Reco
 /// Maps the [`EVENT_COLUMNS`] of a row to an event as appended. A row that does not decode (a damaged or
 /// hand-edited file) is an error naming the event by position, and stream and version when those decode.
 fn recorded(row: &Row<'_>) -> Result<RecordedEvent> {
-    // The position is the rowid: always an integer.
-    let position = row.get::<_, i64>(5).map_err(backend)? as u64;
+    // The position is the rowid: always an integer, but a negative one was never written by Herald (a damaged
+    // file): the event is named by id, as its position is what is damaged. Wrapped into a huge number it
+    // would send a paged read round in circles.
+    let position = row.get::<_, i64>(5).map_err(backend)?;
+    let position = stored_u64(position, || match row.get::<_, [u8; 16]>(0) {
+        Ok(id) => format!("the position of stored event {}", Uuid::from_bytes(id)),
+        Err(_) => "the position of a stored event".to_owned(),
+    })?;
     let corrupt = |e: Error| {
         let stream = row.get::<_, String>(6).ok();
-        let version = row.get::<_, i64>(7).ok().map(|v| v as u64);
+        let version = row
+            .get::<_, i64>(7)
+            .ok()
+            .and_then(|v| u64::try_from(v).ok());
         Error::corrupt_event(position, stream.as_deref(), version, e)
     };
     let column = |e: rusqlite::Error| corrupt(backend(e));
@@ -194,7 +209,7 @@ fn recorded(row: &Row<'_>) -> Result<RecordedEvent> {
         recorded_at: timefmt::from_unix_micros(recorded_at).map_err(corrupt)?,
         position,
         stream: row.get(6).map_err(column)?,
-        version: version as u64,
+        version: stored_u64(version, || "its version".to_owned()).map_err(corrupt)?,
         origin: None,
     })
 }

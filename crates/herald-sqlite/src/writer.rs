@@ -192,6 +192,22 @@ fn commit_batch(
                 return Err(e);
             }
         };
+        // The commit time is never before the last event's; a last time past the largest timestamp (a damaged
+        // row) would become every later event's, which could then not be read back: refuse the batch.
+        if last > 0
+            && let Err(e) = timefmt::from_unix_micros(last_time)
+        {
+            rollback(conn);
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Integer,
+                format!(
+                    "the last stored event (position {last}) has recorded_at {last_time}, which is not a \
+                     timestamp: the stored row is corrupt ({e})"
+                )
+                .into(),
+            ));
+        }
         let mut tail = Tail {
             next_position: last + 1,
             recorded_at: timefmt::to_unix_micros(timefmt::now_micros()).max(last_time),

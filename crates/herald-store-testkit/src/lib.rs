@@ -1,6 +1,7 @@
 //! The conformance suites every Herald backend runs: one for the event store port ([`EventStore`], below)
 //! and one for the job queue port ([`herald_core::jobs::JobQueue`], in [`jobs`], with its wiring and the
-//! decisions it pins).
+//! decisions it pins). Beside them, the model-based test of the store port ([`model`], [`model_tests!`]):
+//! random sequences of writes and reads checked against a reference model.
 //!
 //! [`herald_core`] documents the semantics of [`EventStore`] ("Semantics every backend implements"); this
 //! crate checks them. Each check is a `pub async fn` in [`cases`], grouped by topic (`cases::append`,
@@ -96,6 +97,7 @@ use herald_core::{EventStore, Limits};
 
 pub mod cases;
 pub mod jobs;
+pub mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod proxy;

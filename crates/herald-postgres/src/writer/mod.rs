@@ -339,6 +339,13 @@ impl Writer {
             .remembered
             .as_ref()
             .is_some_and(|m| Some(m.last_position as i64) == last_position.or(Some(0)));
+        // A last time past the largest timestamp (a damaged row) would become every later event's, which could
+        // then not be read back: refuse the batch (the transaction is rolled back with the error).
+        if let (Some(position), Some(time)) = (last_position, last_recorded)
+            && let Err(e) = herald_core::timefmt::from_unix_micros(time)
+        {
+            return Err(Error::corrupt_event(position as u64, None, None, e));
+        }
         let tail = Tail {
             next_position: last_position.unwrap_or(0) as u64 + 1,
             // Never before the previous commit: `recorded_at` does not decrease along the log.
