@@ -491,6 +491,7 @@ async fn upcaster_chains_read_old_versions(f: Fixture) {
         .await
         .unwrap();
     let err = repo.load("v").await.unwrap_err();
+    assert!(matches!(err, EsError::Upcast { .. }), "{err:?}");
     assert!(err.to_string().contains("newer"), "{err}");
     let s3 = StreamName::new("order-w").unwrap();
     let bad = f
@@ -518,6 +519,7 @@ async fn upcaster_chains_read_old_versions(f: Fixture) {
         |_| Err("boom".into()),
     ));
     let err = failing.load("u").await.unwrap_err();
+    assert!(matches!(err, EsError::Upcast { .. }), "{err:?}");
     assert!(err.to_string().contains("boom"), "{err}");
 }
 
@@ -617,6 +619,10 @@ async fn idempotent_commands_run_once_per_command_id(f: Fixture) {
         .execute("other", &place("bob"), &meta)
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, ExecuteError::Es(EsError::InvalidInput(_))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("fresh command id"), "{err}");
 }
 

@@ -751,6 +751,7 @@ async fn bad_configuration_is_refused_with_a_named_error() {
         );
     }
     let err = DynamicGroup::new(m(), "x".repeat(201)).unwrap_err();
+    assert!(matches!(err, EsError::InvalidInput(_)), "{err:?}");
     assert!(err.to_string().contains("member id"));
     let g = DynamicGroup::new(m(), "m").unwrap();
     assert!(
@@ -783,6 +784,7 @@ async fn bad_configuration_is_refused_with_a_named_error() {
         .unwrap()
         .dynamic_group(g.clone())
         .unwrap_err();
+    assert!(matches!(err, EsError::InvalidInput(_)), "{err:?}");
     assert!(err.to_string().contains("subscription `s`"), "{err}");
     let err = Subscription::category("s", "acct", f.store.clone(), f.checkpoints.clone())
         .unwrap()
@@ -790,6 +792,7 @@ async fn bad_configuration_is_refused_with_a_named_error() {
         .unwrap()
         .dynamic_group(g.clone())
         .unwrap_err();
+    assert!(matches!(err, EsError::InvalidInput(_)), "{err:?}");
     assert!(err.to_string().contains("static or dynamic"), "{err}");
     let err = Subscription::category("s", "acct", f.store.clone(), f.checkpoints.clone())
         .unwrap()

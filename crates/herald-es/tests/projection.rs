@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use common::Fixture;
 use herald_core::{ReadQuery, ReadScope, RecordedEvent};
 use herald_es::sqlite::{SqliteProjection, SqliteReadModel};
-use herald_es::{BoxError, CancellationToken, Projection, Projector, ReadModel, Subscription};
+use herald_es::{
+    BoxError, CancellationToken, EsError, Projection, Projector, ReadModel, Subscription,
+};
 use rusqlite::Transaction;
 
 async fn one_off_fold_over_any_scope(f: Fixture) {
@@ -47,7 +49,9 @@ async fn one_off_fold_over_any_scope(f: Fixture) {
         .when("Withdrawn", |_, _| Err("nope".into()))
         .run(&*f.store, ReadQuery::all())
         .await;
-    assert!(failing.unwrap_err().to_string().contains("nope"));
+    let err = failing.unwrap_err();
+    assert!(matches!(err, EsError::Handler { .. }), "{err:?}");
+    assert!(err.to_string().contains("nope"));
 }
 
 #[derive(Default)]
@@ -202,6 +206,7 @@ async fn sqlite_projection_commits_read_model_and_checkpoint_together() {
         .await
         .unwrap();
     let err = p.run(&CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, EsError::Handler { .. }), "{err:?}");
     assert!(err.to_string().contains("poisoned"), "{err}");
     assert_eq!(
         users(&p).await.len(),
@@ -259,6 +264,7 @@ async fn sqlite_stores_refuse_a_file_that_is_not_a_herald_database() {
     let err = herald_es::sqlite::SqliteCheckpointStore::open(&path)
         .await
         .unwrap_err();
+    assert!(matches!(err, EsError::InvalidInput(_)), "{err:?}");
     assert!(err.to_string().contains("not a Herald database"), "{err}");
     assert!(
         herald_es::sqlite::SqliteSnapshotStore::open(dir.path().join("missing.db"))
