@@ -42,6 +42,9 @@ async fn worker_process() {
     let pool = WorkerPool::builder(jobs)
         .queue("default", WORKERS)
         .prefetch(16)
+        // SQLite has no cross-process wake-up: both processes must find the jobs by polling, soon, or the first
+        // to look drains the queue alone and the test shows nothing about two processes sharing it.
+        .poll_interval(Duration::from_millis(20))
         .handle_raw("work", move |args, _ctx| {
             let r = Arc::clone(&r);
             async move {
