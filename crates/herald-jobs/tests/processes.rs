@@ -50,8 +50,10 @@ async fn worker_process() {
             async move {
                 let i: u64 = args.parse().unwrap();
                 let start = now_micros();
-                // Some work, so that runs overlap in time across workers and processes.
-                tokio::time::sleep(Duration::from_micros(200 + (i % 5) * 200)).await;
+                // Some work, so that runs overlap in time across workers and processes; milliseconds, so that on
+                // SQLite one process's completions do not hold the file's write lock back to back and starve the
+                // other's claims (seen in CI under load: one process ran all 4,000 jobs).
+                tokio::time::sleep(Duration::from_micros(2_000 + (i % 5) * 500)).await;
                 let end = now_micros();
                 r.lock().unwrap().push((i, start, end));
                 JobResult::Success
