@@ -104,6 +104,8 @@ pub(crate) struct Writer {
     pub(crate) instance: String,
     /// The store's append hooks (see [`crate::hook`]).
     pub(crate) hooks: Vec<Arc<dyn AppendHook>>,
+    /// The delivery routes' statement (see `jobs/routes.rs`), sent once per batch that appends events.
+    pub(crate) delivery_sql: String,
     /// What this writer's last commit left, for the one-round-trip path (`None` after a failure).
     pub(crate) remembered: Option<Remembered>,
     /// Requests in the previous batch: how many concurrent writers to expect back (see
@@ -126,7 +128,7 @@ enum Attempt {
 
 impl Writer {
     pub(crate) async fn run(mut self, client: Client) {
-        let mut conn = match Statements::prepare(&client).await {
+        let mut conn = match Statements::prepare(&client, &self.delivery_sql).await {
             Ok(statements) => Some(Connection::new(client, statements)),
             Err(e) => {
                 tracing::warn!(error = %backend(e), "herald-postgres writer could not prepare statements");
@@ -199,7 +201,9 @@ impl Writer {
 
     async fn reconnect(&self) -> Result<Connection> {
         let client = schema::connect(&self.pg).await?;
-        let statements = Statements::prepare(&client).await.map_err(backend)?;
+        let statements = Statements::prepare(&client, &self.delivery_sql)
+            .await
+            .map_err(backend)?;
         Ok(Connection::new(client, statements))
     }
 
