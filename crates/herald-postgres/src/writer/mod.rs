@@ -25,7 +25,8 @@
 //!    one by one (the write rules of [`herald_core::rules`] against the looked-up state, see `plan.rs`),
 //!    gives the accepted events the positions after the log's end, and sends the net writes of the batch as
 //!    a handful of multi-row statements (`INSERT … SELECT FROM unnest($arrays)`: all events in one, all
-//!    stream versions in one, …), the append hooks' statements, and `COMMIT` (see `write.rs`).
+//!    stream versions in one, the delivery routes' jobs of all events in one, …), the append hooks'
+//!    statements, and `COMMIT` (see `write.rs`).
 //!
 //! Nobody else can write while the head row is locked, so what step 1 read stays true until `COMMIT`: the
 //! checks are exact, positions are contiguous, and a refused request writes nothing. Holding the lock until
