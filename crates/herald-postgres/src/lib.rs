@@ -251,6 +251,7 @@ impl PostgresStore {
             channel,
             instance,
             hooks: jobs::store_hooks(&config),
+            delivery_sql: jobs::delivery_statement(&config.schema),
             remembered: None,
             last_batch: 0,
         };

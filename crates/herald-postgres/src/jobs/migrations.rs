@@ -80,7 +80,7 @@ const MIGRATIONS: &[&str] = &[
     -- Jobs leased by an older Herald had their attempt counted by the claim.
     UPDATE {s}.herald_jobs SET started = true WHERE state = 2;
     ",
-    // 3: delivery routes (herald_core::delivery): joined by every append's delivery statement.
+    // 3: delivery routes (herald_core::delivery): joined by the writer's delivery statement, once per batch.
     "
     CREATE TABLE {s}.herald_routes (
         name          text    PRIMARY KEY,

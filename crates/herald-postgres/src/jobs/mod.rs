@@ -47,6 +47,7 @@ mod wake;
 
 pub(crate) use migrations::migrate;
 pub use queue::PostgresJobQueue;
+pub(crate) use routes::delivery_statement;
 pub use sql::insert_jobs;
 pub use store::JobRouters;
 pub(crate) use store::{append_jobs, store_hooks};

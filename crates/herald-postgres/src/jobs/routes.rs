@@ -1,9 +1,10 @@
 //! Delivery routes on PostgreSQL (the [`DeliveryRoutes`] port): the `herald_routes` table (job migration 2)
-//! and the append hook every store runs: one `INSERT … SELECT` per append that joins the appended events with
-//! the routes table, sent in the append's statement pipeline (no round trip of its own) and so inside its
-//! transaction. Under READ COMMITTED the statement sees every route committed before it starts, so a route
-//! added by any process applies to every append that starts after `add` returned; there is no cache to go
-//! stale. The join matches on the columns [`StreamPattern`](herald_core::delivery::StreamPattern) stores
+//! and the statement every store's writer sends: one `INSERT … SELECT` per group-commit batch that joins all
+//! the batch's appended events with the routes table, sent in the batch's write pipeline (no round trip of its
+//! own) and so inside its transaction. Under READ COMMITTED the statement sees every route committed before it
+//! starts, so a route added by any process applies to every append that starts after `add` returned; there
+//! is no cache to go stale. (It was one statement per append, run while the batch holds the head-row lock:
+//! 16 concurrent appenders paid ~30 %; see `benchmarks/delivery-routes-2026-12-02.md`.) The join matches on the columns [`StreamPattern`](herald_core::delivery::StreamPattern) stores
 //! (prefix or exact name, event type or any), the same rule [`delivery_jobs`](herald_core::delivery::delivery_jobs)
 //! applies on the other backends, and builds [`DeliveryJobArgs`](herald_core::delivery::DeliveryJobArgs)
 //! with the same keys.
@@ -14,7 +15,6 @@ use herald_core::{Error, Result};
 use tokio_postgres::Row;
 
 use super::PostgresJobQueue;
-use crate::hook::{AppendHook, AppendedEvent, HookError, HookParam, HookWrites};
 use crate::schema::backend;
 
 const COLUMNS: &str = "name, stream_prefix, stream_exact, event_type, target, max_attempts";
@@ -106,60 +106,32 @@ impl DeliveryRoutes for PostgresJobQueue {
     }
 }
 
-/// The append hook of every store: the delivery jobs of an append, computed by the database from the routes
-/// table inside the append's transaction. Jobs ready now `NOTIFY` the workers at commit, like a job router's.
-pub(crate) struct DeliveryHook {
-    pub(crate) sql: String,
-    pub(crate) clock: std::sync::Arc<dyn herald_core::Clock>,
-}
-
-impl DeliveryHook {
-    pub(crate) fn new(schema: &str) -> Self {
-        let s = schema;
-        DeliveryHook {
-            sql: format!(
-                "WITH ins AS (
-                    INSERT INTO {s}.herald_jobs (job_id, queue, kind, args, metadata, priority, state, run_at,
-                        attempt, max_attempts, unique_key, order_key, errors, enqueued_at)
-                    SELECT gen_random_uuid(), r.kind, r.kind,
-                        json_build_object('route', r.name, 'event_id', e.id, 'stream', $1::text,
-                            'event_type', e.event_type, 'position', e.position)::text,
-                        '{{}}', 0, 0, $5::int8, 0, r.max_attempts, NULL, NULL, '[]', $5::int8
-                    FROM unnest($2::uuid[], $3::text[], $4::int8[]) WITH ORDINALITY AS e(id, event_type, position, ord)
-                    JOIN {s}.herald_routes r
-                      ON CASE WHEN r.stream_exact THEN r.stream_prefix = $1::text
-                              ELSE starts_with($1::text, r.stream_prefix) END
-                     AND (r.event_type IS NULL OR r.event_type = e.event_type)
-                    ORDER BY e.ord, r.name
-                    RETURNING state
-                 ), woke AS (
-                    SELECT pg_notify('herald_jobs_{s}', '') FROM ins LIMIT 1
-                 )
-                 SELECT count(*) FROM woke"
-            ),
-            clock: std::sync::Arc::new(herald_core::SystemClock),
-        }
-    }
-}
-
-impl AppendHook for DeliveryHook {
-    fn on_append(
-        &self,
-        stream: &str,
-        events: &[AppendedEvent<'_>],
-        writes: &mut HookWrites,
-    ) -> std::result::Result<(), HookError> {
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
-        let types: Vec<String> = events.iter().map(|e| e.event_type.to_owned()).collect();
-        let positions: Vec<i64> = events.iter().map(|e| e.position as i64).collect();
-        let params: Vec<HookParam> = vec![
-            Box::new(stream.to_owned()),
-            Box::new(ids),
-            Box::new(types),
-            Box::new(positions),
-            Box::new(self.clock.now_micros()),
-        ];
-        writes.push(self.sql.clone(), params)?;
-        Ok(())
-    }
+/// The delivery statement of the store in `schema`: the delivery jobs of every event a batch appends, computed
+/// by the database from the routes table inside the batch's transaction. The writer sends it once per batch
+/// that appends events, in the batch's write pipeline (no round trip of its own): `$1`–`$4` are the batch's
+/// events (stream, id, type, position; the arrays the event insert gets), `$5` the enqueue clock. Jobs are
+/// inserted in the order of the events' positions, then of the routes' names, as if appended one by one. Jobs
+/// ready now `NOTIFY` the workers at commit, like a job router's.
+pub(crate) fn delivery_statement(schema: &str) -> String {
+    let s = schema;
+    format!(
+        "WITH ins AS (
+            INSERT INTO {s}.herald_jobs (job_id, queue, kind, args, metadata, priority, state, run_at,
+                attempt, max_attempts, unique_key, order_key, errors, enqueued_at)
+            SELECT gen_random_uuid(), r.kind, r.kind,
+                json_build_object('route', r.name, 'event_id', e.id, 'stream', e.stream,
+                    'event_type', e.event_type, 'position', e.position)::text,
+                '{{}}', 0, 0, $5::int8, 0, r.max_attempts, NULL, NULL, '[]', $5::int8
+            FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int8[]) AS e(stream, id, event_type, position)
+            JOIN {s}.herald_routes r
+              ON CASE WHEN r.stream_exact THEN r.stream_prefix = e.stream
+                      ELSE starts_with(e.stream, r.stream_prefix) END
+             AND (r.event_type IS NULL OR r.event_type = e.event_type)
+            ORDER BY e.position, r.name
+            RETURNING state
+         ), woke AS (
+            SELECT pg_notify('herald_jobs_{s}', '') FROM ins LIMIT 1
+         )
+         SELECT count(*) FROM woke"
+    )
 }

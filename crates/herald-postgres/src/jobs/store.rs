@@ -65,8 +65,9 @@ impl AppendHook for RouterHook {
     }
 }
 
-/// The hooks the writer runs for every append: the configured append hooks, one per job router, then the
-/// delivery routes' statement (the schema is known only now: the builder may set it after the routers).
+/// The hooks the writer runs for every append: the configured append hooks, then one per job router (the
+/// schema is known only now: the builder may set it after the routers). The delivery routes' statement is
+/// not a hook: the writer sends it once per batch (see `routes.rs`).
 pub(crate) fn store_hooks(config: &PostgresConfig) -> Vec<Arc<dyn AppendHook>> {
     let mut hooks = config.append_hooks.0.clone();
     hooks.extend(config.job_routers.0.iter().map(|router| {
@@ -75,7 +76,6 @@ pub(crate) fn store_hooks(config: &PostgresConfig) -> Vec<Arc<dyn AppendHook>> {
             schema: config.schema.clone(),
         }) as Arc<dyn AppendHook>
     }));
-    hooks.push(Arc::new(super::routes::DeliveryHook::new(&config.schema)));
     hooks
 }
 

@@ -25,7 +25,8 @@
 //!    one by one (the write rules of [`herald_core::rules`] against the looked-up state, see `plan.rs`),
 //!    gives the accepted events the positions after the log's end, and sends the net writes of the batch as
 //!    a handful of multi-row statements (`INSERT … SELECT FROM unnest($arrays)`: all events in one, all
-//!    stream versions in one, …), the append hooks' statements, and `COMMIT` (see `write.rs`).
+//!    stream versions in one, the delivery routes' jobs of all events in one, …), the append hooks'
+//!    statements, and `COMMIT` (see `write.rs`).
 //!
 //! Nobody else can write while the head row is locked, so what step 1 read stays true until `COMMIT`: the
 //! checks are exact, positions are contiguous, and a refused request writes nothing. Holding the lock until
@@ -104,6 +105,8 @@ pub(crate) struct Writer {
     pub(crate) instance: String,
     /// The store's append hooks (see [`crate::hook`]).
     pub(crate) hooks: Vec<Arc<dyn AppendHook>>,
+    /// The delivery routes' statement (see `jobs/routes.rs`), sent once per batch that appends events.
+    pub(crate) delivery_sql: String,
     /// What this writer's last commit left, for the one-round-trip path (`None` after a failure).
     pub(crate) remembered: Option<Remembered>,
     /// Requests in the previous batch: how many concurrent writers to expect back (see
@@ -126,7 +129,7 @@ enum Attempt {
 
 impl Writer {
     pub(crate) async fn run(mut self, client: Client) {
-        let mut conn = match Statements::prepare(&client).await {
+        let mut conn = match Statements::prepare(&client, &self.delivery_sql).await {
             Ok(statements) => Some(Connection::new(client, statements)),
             Err(e) => {
                 tracing::warn!(error = %backend(e), "herald-postgres writer could not prepare statements");
@@ -199,7 +202,9 @@ impl Writer {
 
     async fn reconnect(&self) -> Result<Connection> {
         let client = schema::connect(&self.pg).await?;
-        let statements = Statements::prepare(&client).await.map_err(backend)?;
+        let statements = Statements::prepare(&client, &self.delivery_sql)
+            .await
+            .map_err(backend)?;
         Ok(Connection::new(client, statements))
     }
 

@@ -37,6 +37,8 @@ pub(super) struct Statements {
     pub(super) upsert_streams: Statement,
     pub(super) insert_events: Statement,
     pub(super) insert_links: Statement,
+    /// The delivery routes' jobs of the batch's events (one per batch, see `jobs/routes.rs`).
+    pub(super) deliver: Statement,
 }
 
 /// Locks the head row: the serialisation point of every Herald writer of every process.
@@ -112,6 +114,7 @@ impl Statements {
     /// Sets up the write session and prepares its statements (once per connection: a round trip each).
     pub(super) async fn prepare(
         client: &Client,
+        delivery_sql: &str,
     ) -> std::result::Result<Self, tokio_postgres::Error> {
         client.batch_execute(WRITE_SESSION).await?;
         Ok(Statements {
@@ -127,6 +130,7 @@ impl Statements {
             upsert_streams: client.prepare(UPSERT_STREAMS).await?,
             insert_events: client.prepare(INSERT_EVENTS).await?,
             insert_links: client.prepare(INSERT_LINKS).await?,
+            deliver: client.prepare(delivery_sql).await?,
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use herald_core::{Error, Result};
+use herald_core::{Clock, Error, Result, SystemClock};
 use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
@@ -62,6 +62,7 @@ impl Plan<'_> {
             self.links.iter().map(|l| l.2).collect::<Vec<_>>(),
         );
         let e = &self.events;
+        let enqueued_at = SystemClock.now_micros();
         let mut steps: Vec<(Step, &Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !deleted.0.is_empty() {
             // First: the deleted streams' old links go; links made after the delete are inserted below.
@@ -97,6 +98,13 @@ impl Plan<'_> {
                     &e.metadata,
                     &e.recorded_at,
                 ],
+            ));
+            // One delivery statement for all the batch's events, not one per append: it runs while the batch
+            // holds the head-row lock every writer waits on (see `jobs/routes.rs`).
+            steps.push((
+                Step::Store,
+                &st.deliver,
+                vec![&e.streams, &e.ids, &e.types, &e.positions, &enqueued_at],
             ));
         }
         if !links.0.is_empty() {

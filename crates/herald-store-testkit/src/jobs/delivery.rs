@@ -194,6 +194,53 @@ pub async fn a_route_added_elsewhere_applies_to_the_next_append(backend: JobsBac
     assert_eq!(jobs_of(&f, WEBHOOK_KIND).await.len(), 1);
 }
 
+/// Concurrent appends to different streams (committed together where the store batches them) each get the
+/// jobs of their own events: stream, id, type and position of each event, one job per event and route.
+pub async fn concurrent_appends_each_get_their_own_delivery_jobs(backend: JobsBackend) {
+    let (f, _clock) = open(&backend).await;
+    f.routes()
+        .add_route(webhook("orders", "order-*", None))
+        .await
+        .expect("add");
+    let store = f.store();
+    let appended = futures::future::join_all((0..16).map(|i| {
+        let stream = format!("order-{i}");
+        async move {
+            let types: &[&str] = if i % 2 == 0 {
+                &["OrderPlaced", "OrderPaid"]
+            } else {
+                &["OrderPlaced"]
+            };
+            (
+                stream.clone(),
+                types,
+                append(&**store, &stream, types).await,
+            )
+        }
+    }))
+    .await;
+    let mut expected: Vec<DeliveryJobArgs> = appended
+        .iter()
+        .flat_map(|(stream, types, result)| {
+            types.iter().enumerate().map(|(i, t)| DeliveryJobArgs {
+                route: "orders".to_owned(),
+                event_id: result.ids[i],
+                stream: stream.clone(),
+                event_type: (*t).to_owned(),
+                position: result.first_position + i as u64,
+            })
+        })
+        .collect();
+    expected.sort_by_key(|args| args.position);
+    let mut jobs: Vec<DeliveryJobArgs> = jobs_of(&f, WEBHOOK_KIND)
+        .await
+        .into_iter()
+        .map(|(_, args)| args)
+        .collect();
+    jobs.sort_by_key(|args| args.position);
+    assert_eq!(jobs, expected);
+}
+
 /// A refused append (wrong expected version, duplicate id) writes no delivery job.
 pub async fn refused_appends_write_no_delivery_job(backend: JobsBackend) {
     let (f, _clock) = open(&backend).await;

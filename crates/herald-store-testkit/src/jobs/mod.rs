@@ -428,6 +428,7 @@ macro_rules! __job_queue_cases {
             appends_write_one_job_per_matching_event_and_route,
             a_route_added_elsewhere_applies_to_the_next_append,
             refused_appends_write_no_delivery_job,
+            concurrent_appends_each_get_their_own_delivery_jobs,
         ]);
         $crate::__job_queue_module!($backend, wakeups: [
             enqueue_wakes_waiting_workers,
