@@ -51,6 +51,28 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 const MIN_LEASE: Duration = Duration::from_millis(10);
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
+/// The one range of every lease in herald-es (projection and subscription leases, group membership):
+/// `what` names it in the refusal.
+pub(crate) fn check_lease_range(what: &str, lease: Duration) -> Result<()> {
+    if (MIN_LEASE..=MAX_LEASE).contains(&lease) {
+        Ok(())
+    } else {
+        Err(EsError::InvalidInput(format!(
+            "{what} {lease:?} is out of range (10 ms to 24 h)"
+        )))
+    }
+}
+
+/// A heartbeat renews a lease in time only if it is at least 1 ms and below half the lease.
+pub(crate) fn check_heartbeat_fits(what: &str, every: Duration, lease: Duration) -> Result<()> {
+    if every < Duration::from_millis(1) || every * 2 >= lease {
+        return Err(EsError::InvalidInput(format!(
+            "{what} {every:?} must be at least 1 ms and below half the lease ({lease:?})"
+        )));
+    }
+    Ok(())
+}
+
 /// What a run does when another runner holds the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenHeld {
@@ -101,11 +123,7 @@ impl LeaseConfig {
     /// How long the lease lasts without renewal (10 ms to 24 h; default 10 s): how long a standby waits after
     /// the holder died, and how long a holder may pause before another may take over.
     pub fn lease(mut self, lease: Duration) -> Result<Self> {
-        if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
-            return Err(EsError::InvalidInput(format!(
-                "lease {lease:?} is out of range (10 ms to 24 h)"
-            )));
-        }
+        check_lease_range("lease", lease)?;
         self.lease = lease;
         self.check_heartbeat()?;
         Ok(self)
@@ -133,14 +151,7 @@ impl LeaseConfig {
     }
 
     fn check_heartbeat(&self) -> Result<()> {
-        let every = self.heartbeat_interval();
-        if every < Duration::from_millis(1) || every * 2 >= self.lease {
-            return Err(EsError::InvalidInput(format!(
-                "lease heartbeat {every:?} must be at least 1 ms and below half the lease ({:?})",
-                self.lease
-            )));
-        }
-        Ok(())
+        check_heartbeat_fits("lease heartbeat", self.heartbeat_interval(), self.lease)
     }
 
     fn heartbeat_interval(&self) -> Duration {

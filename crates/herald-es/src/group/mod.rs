@@ -158,8 +158,6 @@ pub enum Assignment {
 }
 
 const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
-const MIN_LEASE: Duration = Duration::from_millis(10);
 
 /// Membership of a consumer group whose members join and leave at run time. See the
 /// [subscription module docs](crate::subscription#dynamic-membership).
@@ -208,11 +206,7 @@ impl DynamicGroup {
     /// dies is dropped this long after its last heartbeat; a member that cannot renew its lease stops
     /// handling when it ends. One handler call must finish well within it.
     pub fn lease(mut self, lease: Duration) -> Result<Self> {
-        if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
-            return Err(EsError::InvalidInput(format!(
-                "group lease {lease:?} is out of range (10 ms to 24 h)"
-            )));
-        }
+        crate::lease::check_lease_range("group lease", lease)?;
         self.lease = lease;
         self.check_heartbeat()?;
         Ok(self)
@@ -239,14 +233,7 @@ impl DynamicGroup {
     }
 
     fn check_heartbeat(&self) -> Result<()> {
-        let every = self.heartbeat_interval();
-        if every < Duration::from_millis(1) || every * 2 >= self.lease {
-            return Err(EsError::InvalidInput(format!(
-                "group heartbeat {every:?} must be at least 1 ms and below half the lease ({:?})",
-                self.lease
-            )));
-        }
-        Ok(())
+        crate::lease::check_heartbeat_fits("group heartbeat", self.heartbeat_interval(), self.lease)
     }
 
     fn heartbeat_interval(&self) -> Duration {
