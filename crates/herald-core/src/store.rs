@@ -327,9 +327,9 @@ pub trait EventStoreExt: EventStore {
             head: self.watch_head(),
             buffer: VecDeque::new(),
             failures: 0,
+            options,
         };
         stream::try_unfold(state, move |mut state| {
-            let options = options.clone();
             async move {
                 loop {
                     if let Some(event) = state.buffer.pop_front() {
@@ -344,12 +344,13 @@ pub trait EventStoreExt: EventStore {
                         Ok(page) => page,
                         Err(e)
                             if e.is_transient()
-                                && options
+                                && state
+                                    .options
                                     .give_up_after
                                     .is_none_or(|most| state.failures < most) =>
                         {
                             state.failures += 1;
-                            let delay = options.reconnect.delay(state.failures);
+                            let delay = state.options.reconnect.delay(state.failures);
                             tracing::warn!(
                                 error = %e,
                                 attempt = state.failures,
@@ -447,4 +448,6 @@ struct Follower {
     buffer: VecDeque<RecordedEvent>,
     /// Failed attempts in a row while the backend is unavailable.
     failures: u32,
+    /// How to ride out an unavailable backend (moved along with the state: no copy per event).
+    options: FollowOptions,
 }
